@@ -1,0 +1,1 @@
+"""Serving: ONNX Runtime numerics (plain functions, no torch) and the BentoML service declaration."""

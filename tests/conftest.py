@@ -1,0 +1,38 @@
+"""Shared fixtures. Real-data tests read $DATA_DIR (the Makefile and .ci/run point it at ../shared/data)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPORTED = ROOT / "exported_models"
+
+
+def _data_dir() -> Path:
+    env = os.environ.get("DATA_DIR")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = _data_dir()
+    # real-data tests must run in CI: a missing corpus is a failure, not a skip
+    assert (d / "bbc").is_dir() and (d / "sherlock" / "canon.txt").is_file(), f"corpus not found under {d}"
+    return d
+
+
+@pytest.fixture(scope="session")
+def bbc_dir(data_dir: Path) -> Path:
+    return data_dir / "bbc"
+
+
+@pytest.fixture(scope="session")
+def canon_path(data_dir: Path) -> Path:
+    return data_dir / "sherlock" / "canon.txt"
+
+
+@pytest.fixture(scope="session")
+def exported() -> Path:
+    return EXPORTED

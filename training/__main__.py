@@ -1,0 +1,67 @@
+"""``python -m training <command>``: one sub-command per job, each with ``--help``.
+
+Each command lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``;
+modules are imported only to build the parser, and doing so does no work.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import warnings
+
+from serving.artifacts import ArtifactError
+from training.common import UserError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train-classifier": ("training.cli_classifier", "train the BiLSTM topic classifier on the BBC corpus"),
+    "search-classifier": ("training.search", "Optuna search over classifier hyperparameters"),
+    "export-classifier": ("training.export_classifier", "export a classifier checkpoint to TorchScript + ONNX"),
+    "evaluate-classifier": ("training.evaluate", "score the exported ONNX classifier on a corpus"),
+    "predict-classifier": ("training.predict", "classify a text with the exported model"),
+    "train-generator": ("training.cli_generator", "train the character-level LSTM generator"),
+    "search-generator": ("training.search_generator", "Optuna search over generator hyperparameters"),
+    "export-generator": ("training.export_generator", "export a generator checkpoint (step + prefill graphs)"),
+    "evaluate-generator": ("training.evaluate_generator", "bits per character of the exported generator"),
+    "generate": ("training.generate", "stream text from the exported generator"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if only is None or name == only:
+            try:
+                importlib.import_module(module).add_arguments(p)
+            except ModuleNotFoundError as exc:  # a command whose module is not there yet
+                if exc.name != module:
+                    raise
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # build only the chosen command's arguments: fast --help, no unrelated imports
+    only = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(only).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    try:
+        return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)
+    except (UserError, ArtifactError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
