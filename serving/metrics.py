@@ -6,14 +6,11 @@ between single- and multi-process mode when it is first imported.
 """
 from __future__ import annotations
 
-import threading
-
 
 class Metrics:
     def __init__(self, max_batch_size: int, max_streams: int):
         import prometheus_client as prom
 
-        self._lock = threading.Lock()
         self.classify_batch = prom.Histogram(
             "rnntext_classify_batch_texts", "Texts per classifier batch (BentoML adaptive batching)",
             buckets=_buckets(max_batch_size))

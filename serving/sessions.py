@@ -73,6 +73,7 @@ class MemoryStore:
     with one TTL for all, the least recently used session is also the first to expire."""
 
     kind = "memory"
+    LOCK_TTL_S = 30.0       # unused here (the flag dies with its request); same attribute as RedisStore
 
     def __init__(self, ttl_s: float, max_sessions: int, clock=time.monotonic):
         self.ttl_s, self.max_sessions, self.clock = ttl_s, max_sessions, clock

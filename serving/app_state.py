@@ -1,0 +1,122 @@
+"""Everything one service worker holds: the two runtimes, the session store, the step batcher, the metrics.
+
+Built in the worker by the service's ``__init__``. Loading the runtimes verifies every artifact's sha256
+against its manifest (serving.artifacts.load_manifest); a mismatch raises ArtifactError and the worker does
+not start. ``warm_up`` then runs dummy requests through the real HTTP path so that BentoML's adaptive batcher
+has finished its own training phase (during which it answers 503 easily) before /readyz says ready.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any, Callable
+
+from .config import Settings
+from .generation import Generation
+from .metrics import Metrics
+from .sessions import make_store
+from .stepper import Stepper
+
+log = logging.getLogger("rnntext.service")
+
+WARM_SEQUENTIAL = 12        # BentoML's dispatcher trains on ~11 single calls before it batches for real
+WARM_BURSTS = (2, 4, 8, 16, 16, 16)
+
+
+class AppState:
+    def __init__(self, settings: Settings):
+        from .artifacts import model_dir
+        from .classifier import ClassifierRuntime
+        from .generator import GeneratorRuntime
+        from .genadapter import GenAdapter
+
+        self.settings = s = settings
+        self.classifier = ClassifierRuntime(model_dir(s.models, "classifier"), s.provider, s.threads)
+        self.generator = GenAdapter(GeneratorRuntime(model_dir(s.models, "generator"), s.provider, s.threads))
+        self.providers = {"classifier": self.classifier_providers(), "generator": self.generator.providers()}
+        log.info("ONNX Runtime providers in use: %s (setting %r, %d intra-op threads)",
+                 self.providers, s.provider, s.threads)
+        self.metrics = Metrics(s.max_batch_size, s.max_streams)
+        self.store = make_store(s.redis_url, s.session_ttl_s, s.max_sessions)
+        self.stepper = Stepper(self.generator, s.max_streams, on_tick=self.metrics.on_tick)
+        self.generation = Generation(self.generator, self.store, self.stepper, self.generator.model_tag,
+                                     self.metrics)
+        self._warm_texts = self._make_warm_texts()
+        self.classifier.predict_proba(self._warm_texts)     # ONNX Runtime's first runs allocate: do them now
+        self.generator.warm_up()
+        self._ready = False
+        self._gauge_task: asyncio.Task | None = None
+
+    def classifier_providers(self) -> list[str]:
+        sess = getattr(self.classifier, "session", None)
+        return list(sess.get_providers()) if sess is not None else []
+
+    def classify(self, texts: list[str]) -> list[dict]:
+        self.metrics.on_batch(len(texts))
+        return self.classifier.classify(texts)
+
+    def _make_warm_texts(self) -> list[str]:
+        """Texts from the classifier's own vocabulary, from a headline's length to past ``max_len`` tokens."""
+        vocab = [w for w in self.classifier.manifest["vocab"][2:200] if w.isalpha()] or ["news"]
+        rng = random.Random(0)
+        lengths = [8, 32, 128, 400, max(self.classifier.max_len, 8) + 50]
+        return [" ".join(rng.choice(vocab) for _ in range(n)) for n in lengths]
+
+    async def warm_up(self, get_proxy: Callable[[], Any]) -> None:
+        try:
+            if self.settings.warmup:
+                await self._warm_batcher(get_proxy)
+        except Exception:   # a cold batcher only risks early 503s: serve anyway, but say so
+            log.exception("batcher warm-up failed; serving without it")
+        self._ready = True
+        self._gauge_task = asyncio.get_running_loop().create_task(self._refresh_gauges())
+        log.info("rnntext ready")
+
+    async def _warm_batcher(self, get_proxy: Callable[[], Any]) -> None:
+        while get_proxy() is None:
+            await asyncio.sleep(0.05)
+        client = get_proxy().to_async
+        if self.settings.api_key:   # the in-process client goes through the same API-key gate as everyone
+            client.client.headers["Authorization"] = f"Bearer {self.settings.api_key}"
+        texts = self._warm_texts
+        for i in range(WARM_SEQUENTIAL):
+            await client.classify(texts=[texts[i % len(texts)]])
+        for n in WARM_BURSTS:
+            await asyncio.gather(*(client.classify(texts=texts[: 1 + i % 3]) for i in range(n)))
+        log.info("adaptive batcher warmed up with %d requests", WARM_SEQUENTIAL + sum(WARM_BURSTS))
+
+    async def _refresh_gauges(self) -> None:
+        """Sessions also end by expiry, which no request sees: re-count them now and then."""
+        while True:
+            await self.generation.update_session_gauge()
+            await asyncio.sleep(5)
+
+    async def ready(self) -> bool:
+        return self._ready and await self.store.ping()
+
+    async def info(self) -> dict:
+        def model(m: dict) -> dict:
+            keys = ("created", "metrics", "versions", "config", "corpus_fingerprint", "parity", "files")
+            return {k: m.get(k) for k in keys}
+
+        try:
+            sessions = await self.store.count()
+        except Exception:
+            sessions = None
+        return {
+            "ready": self._ready,
+            "providers": self.providers,
+            "models": {"classifier": {**model(self.classifier.manifest), "labels": self.classifier.labels},
+                       "generator": model(self.generator.manifest)},
+            "sessions": {"store": self.store.kind, "active": sessions, "evicted": self.store.evicted,
+                         "ttl_s": self.settings.session_ttl_s, "max": self.settings.max_sessions},
+            "streams": {"active": self.stepper.active, "max": self.stepper.max_streams, "ticks": self.stepper.ticks},
+            "settings": self.settings.public(),
+        }
+
+    async def aclose(self) -> None:
+        if self._gauge_task is not None:
+            self._gauge_task.cancel()
+        await self.stepper.aclose()
+        await self.store.close()

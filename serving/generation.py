@@ -1,0 +1,167 @@
+"""One /generate request from start to end: session hand-out, prompt prefill, the event stream, saving.
+
+``begin`` does everything that can fail with a client error (unknown session 404, busy session 409, no free
+slot 503) before the first byte is sent, so those get a JSON reply with the right status; ``events`` then
+yields the server-sent events. Whatever happens to the stream (end, error, client gone), the slot and the
+session are given back in ``events``' finally block.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import anyio
+
+from .sessions import SessionBusy, StoreUnavailable, decode_state, encode_state, new_session_id
+from .stepper import Stepper, StepperFull, Stream
+from .validation import ClientError, GenerateRequest, unknown_session
+
+log = logging.getLogger(__name__)
+
+
+def sse(doc: dict[str, Any]) -> bytes:
+    # json.dumps escapes newlines inside strings, so one event is always one ``data:`` line
+    return b"data: " + json.dumps(doc, ensure_ascii=False).encode() + b"\n\n"
+
+
+def busy() -> ClientError:
+    return ClientError(409, "session_busy", "session is in use by another request; retry when it has finished")
+
+
+def store_down() -> ClientError:
+    return ClientError(503, "store_unavailable", "session store unavailable")
+
+
+@dataclass
+class Ticket:
+    req: GenerateRequest
+    stream: Stream
+    token: str | None           # the session's lock token when continuing a session
+
+
+class Generation:
+    def __init__(self, runtime: Any, store: Any, stepper: Stepper, model_tag: str, metrics: Any = None):
+        self.runtime, self.store, self.stepper = runtime, store, stepper
+        self.model_tag, self.metrics = model_tag, metrics
+
+    async def begin(self, req: GenerateRequest) -> Ticket:
+        if self.stepper.active >= self.stepper.max_streams:    # fail fast, before any work
+            raise ClientError(503, "overloaded", f"all {self.stepper.max_streams} generation slots are busy")
+        token, state, sid = None, None, req.session_id
+        try:
+            if sid is not None:
+                try:
+                    token = await self.store.acquire(sid)
+                except SessionBusy:
+                    raise busy() from None
+                blob = await self.store.load(sid)
+                state = None if blob is None else decode_state(blob, self.runtime.state_class, self.model_tag)
+                if state is None:
+                    raise unknown_session()
+            state = await asyncio.to_thread(self.runtime.start, req.prompt, state, req.seed)
+            stream = self.stepper.open(state, req.max_chars, self.runtime.rng_for(state), **req.sampling())
+        except StoreUnavailable:
+            await self._release(sid, token)
+            raise store_down() from None
+        except StepperFull as exc:
+            await self._release(sid, token)
+            raise ClientError(503, "overloaded", str(exc)) from None
+        except BaseException:
+            await self._release(sid, token)
+            raise
+        self._gauge_streams()
+        return Ticket(req, stream, token)
+
+    async def events(self, t: Ticket) -> AsyncIterator[bytes]:
+        req, stream = t.req, t.stream
+        last_refresh = time.monotonic()
+        try:
+            while True:
+                items = [await stream.out.get()]
+                while not stream.out.empty():
+                    items.append(stream.out.get_nowait())
+                text = "".join(i for i in items if isinstance(i, str))
+                if text:
+                    yield sse({"text": text})
+                failure = next((i for i in items if isinstance(i, Exception)), None)
+                if failure is not None:
+                    self._error("internal")
+                    yield sse({"error": "generation failed", "kind": "internal", "done": True})
+                    return
+                if None in items:
+                    break
+                if t.token and time.monotonic() - last_refresh > self.store.LOCK_TTL_S / 3:
+                    await self.store.refresh(req.session_id, t.token)
+                    last_refresh = time.monotonic()
+            done: dict[str, Any] = {"done": True, "chars": stream.produced}
+            try:
+                kept = await self._finish(req, stream)
+            except StoreUnavailable:
+                self._error("store_unavailable")
+                yield sse({"error": "session store unavailable", "kind": "store_unavailable", **done})
+                return
+            if kept:
+                done["session_id"] = kept
+            yield sse(done)
+        finally:
+            # the client may be gone (cancelled task): shield so the lock and slot are really given back
+            with anyio.CancelScope(shield=True):
+                self.stepper.close(stream)
+                self._gauge_streams()
+                await self._release(req.session_id, t.token)
+
+    async def _finish(self, req: GenerateRequest, stream: Stream) -> str | None:
+        """Save (keep_session) or drop the session; returns the kept id."""
+        if req.keep_session:
+            self.runtime.save_rng(stream.state, stream.rng)
+            sid = req.session_id or new_session_id()
+            await self.store.save(sid, encode_state(stream.state, self.model_tag))
+            await self.update_session_gauge()
+            return sid
+        if req.session_id is not None:      # continued without keep_session: this was its last request
+            await self.store.delete(req.session_id)
+            await self.update_session_gauge()
+        return None
+
+    async def end_session(self, sid: str) -> None:
+        try:
+            token = await self.store.acquire(sid)
+        except SessionBusy:
+            raise busy() from None
+        except StoreUnavailable:
+            raise store_down() from None
+        try:
+            if not await self.store.delete(sid):
+                raise unknown_session()
+        except StoreUnavailable:
+            raise store_down() from None
+        finally:
+            await self._release(sid, token)
+        await self.update_session_gauge()
+
+    async def _release(self, sid: str | None, token: str | None) -> None:
+        if sid is None or token is None:
+            return
+        try:
+            await self.store.release(sid, token)
+        except StoreUnavailable:    # the lock's own TTL frees it
+            log.warning("could not release session lock (store unavailable)")
+
+    async def update_session_gauge(self) -> None:
+        if self.metrics is not None:
+            try:
+                self.metrics.sessions.set(await self.store.count())
+            except StoreUnavailable:
+                pass
+
+    def _gauge_streams(self) -> None:
+        if self.metrics is not None:
+            self.metrics.streams.set(self.stepper.active)
+
+    def _error(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.error(kind)

@@ -1,0 +1,112 @@
+"""The BentoML service: declarations only; the numerics are in classifier.py / generator.py (ONNX Runtime).
+
+    POST /classify     {"texts": [...]}               -> [{"label", "probabilities"}, ...]  (adaptive batching)
+    POST /generate     {"prompt", "max_chars", ...}   -> text/event-stream of ``data: <JSON>`` events
+    POST /end_session  {"session_id"}                 -> {"ended": id}
+    GET  /info                                        -> providers, model versions and metrics, limits
+    /livez /readyz /healthz /metrics                  -> BentoML's probes and Prometheus metrics
+
+Settings come from RNNTEXT_* environment variables (serving/config.py, docs/serving.md). No torch is imported.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import bentoml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from .config import Settings
+from .gate import Gate, error_response, read_body
+from .validation import ClientError, parse_json_object, validate_end_session, validate_generate
+
+log = logging.getLogger("rnntext.service")
+SETTINGS = Settings.from_env()      # the decorators below need the batching and worker settings
+
+
+def _svc():
+    return bentoml.get_current_service()
+
+
+def _count_error(kind: str) -> None:
+    try:
+        _svc().metrics.error(kind)
+    except Exception:   # before the service is up: nothing to count into yet
+        pass
+
+
+async def _json(request: Request) -> dict:
+    return parse_json_object(await read_body(request.receive, SETTINGS.max_body_bytes), SETTINGS.max_body_bytes)
+
+
+async def generate(request: Request):
+    try:
+        req = validate_generate(await _json(request), SETTINGS.max_prompt_chars, SETTINGS.max_chars,
+                                SETTINGS.default_chars)
+        ticket = await _svc().generation.begin(req)
+    except ClientError as err:
+        return error_response(err, _count_error)
+    return StreamingResponse(_svc().generation.events(ticket), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def end_session(request: Request):
+    try:
+        sid = validate_end_session(await _json(request))
+        await _svc().generation.end_session(sid)
+    except ClientError as err:
+        return error_response(err, _count_error)
+    return JSONResponse({"ended": sid})
+
+
+async def info(request: Request):
+    return JSONResponse(await _svc().info())
+
+
+routes = Starlette(routes=[Route("/generate", generate, methods=["POST"]),
+                           Route("/end_session", end_session, methods=["POST"]),
+                           Route("/info", info, methods=["GET"])])
+
+
+@bentoml.service(
+    name="rnntext",
+    workers=SETTINGS.workers,
+    traffic={"timeout": 300},   # only the time to the first byte: long event streams are not cut
+)
+@bentoml.asgi_app(routes, path="/")
+class RnnText:
+    def __init__(self) -> None:
+        from .app_state import AppState   # the runtimes: loaded (and their sha256 checked) here, in the worker
+
+        self.state = AppState(SETTINGS)
+        self.metrics = self.state.metrics
+        self.generation = self.state.generation
+
+    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
+    def classify(self, texts: list[str]) -> list[dict]:
+        """One adaptive batch of texts (from several requests); results in input order."""
+        return self.state.classify(texts)
+
+    @bentoml.on_startup
+    async def _start(self) -> None:
+        # the batcher can only be warmed through HTTP, once BentoML has attached the in-process client
+        self._warm = asyncio.get_running_loop().create_task(self.state.warm_up(lambda: getattr(
+            self, "__self_proxy__", None)))
+
+    @bentoml.on_shutdown
+    async def _stop(self) -> None:
+        await self.state.aclose()
+
+    async def __is_ready__(self) -> bool:
+        return await self.state.ready()
+
+    async def info(self) -> dict:
+        return await self.state.info()
+
+
+RnnText.add_asgi_middleware(Gate, api_key=SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes,
+                            max_texts=SETTINGS.max_texts, max_text_chars=SETTINGS.max_text_chars,
+                            on_error=_count_error)
