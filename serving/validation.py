@@ -131,7 +131,7 @@ def validate_generate(doc: dict[str, Any], max_prompt_chars: int, max_chars: int
     top_p = _number(doc, "top_p", 1.0)
     if not 0 < top_p <= 1:
         raise invalid("top_p must be in (0, 1]")
-    top_k = _int(doc, "top_k", None, 1, 1 << 31)
+    top_k = _int(doc, "top_k", None, 1, 1_000_000)   # above the vocabulary size = no cut
     session_id = _str(doc, "session_id", None)
     if session_id is not None and not SESSION_ID.match(session_id):
         raise unknown_session()     # cannot be one of ours: no store look-up needed
