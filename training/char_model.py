@@ -53,14 +53,23 @@ class CharRNN(nn.Module):
         shape = (self.cfg.num_layers, batch, self.cfg.hidden_size)
         return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
 
-    def forward(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
-        """ids (B, T) int64, h and c (L, B, H) -> logits (B, T, V), h (L, B, H), c (L, B, H)."""
+    def _features(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         x = self.drop(self.embed(ids))  # (B, T, E)
         if self.is_lstm:
             out, (h, c) = self.rnn(x, (h, c))  # out (B, T, H)
         else:
             out, h = self.rnn(x, h)
-        return self.decoder(self.drop(out)), h, c  # (B, T, V)
+        return self.drop(out), h, c
+
+    def forward(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        """ids (B, T) int64, h and c (L, B, H) -> logits (B, T, V), h (L, B, H), c (L, B, H)."""
+        out, h, c = self._features(ids, h, c)
+        return self.decoder(out), h, c  # (B, T, V)
+
+    def forward_last(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        """Like forward, but only the last position's logits (B, V): decoding a prompt needs no more."""
+        out, h, c = self._features(ids, h, c)
+        return self.decoder(out[:, -1]), h, c
 
 
 def num_params(model: nn.Module) -> int:
