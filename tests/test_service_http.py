@@ -1,0 +1,240 @@
+"""HTTP tests against a real ``bentoml serve`` subprocess serving the committed exported_models/.
+
+One server for the whole module (default settings): classification and its batching, streaming framing,
+greedy continuation across requests, sessions, client errors, disconnects, metrics.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import math
+import re
+import time
+
+import httpx
+import pytest
+
+from serving_helpers import Server, generated_text, sse_events
+
+pytestmark = pytest.mark.slow
+LABELS = {"business", "entertainment", "politics", "sport", "tech"}
+ARTICLE = ("Shares in the telecoms group rose sharply on Monday after it reported profits above forecasts.\n\n"
+           "The company said strong demand for broadband and mobile contracts had lifted revenue, and the chief "
+           "executive told investors that the outlook for the coming year remained good despite the slowdown "
+           "in the wider economy. Analysts said the figures were a pleasant surprise. ") * 3
+TEXTS = [ARTICLE, "Chelsea won the cup final", "The film won three awards at the ceremony in London.",
+         "Ministers said the election would be held in May. " * 20, "New phone software update released",
+         ARTICLE[:300], "Profits fell.", "The striker scored twice in the second half. " * 8]
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = Server()
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        yield c
+
+
+def classify(client, texts):
+    r = client.post("/classify", json={"texts": texts})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def generate(client, **body):
+    r = client.post("/generate", json=body)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/event-stream")
+    return sse_events(r)
+
+
+def check_result(res):
+    assert res["label"] in LABELS
+    probs = res["probabilities"]
+    assert set(probs) == LABELS
+    assert all(0.0 <= p <= 1.0 for p in probs.values())
+    assert abs(sum(probs.values()) - 1.0) < 1e-5
+    assert res["label"] == max(probs, key=probs.get)
+
+
+def test_classify_one_and_many(client):
+    out = classify(client, TEXTS)
+    assert isinstance(out, list) and len(out) == len(TEXTS)
+    for res in out:
+        check_result(res)
+    assert classify(client, [ARTICLE])[0]["label"] == "business"
+
+
+def test_concurrent_requests_batched_in_order_and_equal_to_single(client):
+    singles = [classify(client, [t])[0] for t in TEXTS]
+    requests = [[TEXTS[(i + j) % len(TEXTS)] for j in range(1 + i % 4)] for i in range(64)]
+    with cf.ThreadPoolExecutor(16) as pool:     # 16 concurrent clients
+        replies = list(pool.map(lambda texts: client.post("/classify", json={"texts": texts}), requests))
+    codes = [r.status_code for r in replies]
+    assert codes.count(200) == len(requests), codes      # no 503 from the batcher, no error at all
+    for texts, reply in zip(requests, replies):
+        out = reply.json()
+        assert len(out) == len(texts)
+        for text, res in zip(texts, out):
+            ref = singles[TEXTS.index(text)]
+            assert res["label"] == ref["label"]
+            for lab in LABELS:
+                assert math.isclose(res["probabilities"][lab], ref["probabilities"][lab], abs_tol=1e-5)
+    metrics = client.get("/metrics").text
+    batched = re.search(r'^rnntext_classify_batch_texts_count(?:\{[^}]*\})? (\S+)$', metrics, re.M)
+    texts_total = re.search(r'^rnntext_classified_texts_total(?:\{[^}]*\})? (\S+)$', metrics, re.M)
+    # more texts than batch calls: requests were merged into batches
+    assert float(texts_total.group(1)) > float(batched.group(1))
+
+
+def test_stream_framing_and_done_event(client):
+    r = client.post("/generate", json={"prompt": "Holmes", "max_chars": 50, "temperature": 0})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    raw = r.text
+    assert re.fullmatch(r"(data: \{[^\n]*\}\n\n)+", raw), raw[:200]
+    events = sse_events(r)
+    *chunks, done = events
+    assert chunks and all(set(e) == {"text"} and e["text"] for e in chunks)
+    assert done == {"done": True, "chars": 50}
+    assert len(generated_text(events)) == 50
+
+
+def test_greedy_continuation_equals_one_long_request(client):
+    prompt = "To Sherlock Holmes she is always the woman. "
+    whole = generated_text(generate(client, prompt=prompt, max_chars=200, temperature=0))
+    first = generate(client, prompt=prompt, max_chars=100, temperature=0, keep_session=True)
+    sid = first[-1]["session_id"]
+    assert first[-1] == {"done": True, "chars": 100, "session_id": sid}
+    second = generate(client, prompt="", max_chars=100, temperature=0, session_id=sid, keep_session=True)
+    assert second[-1]["session_id"] == sid
+    assert len(whole) == 200
+    assert generated_text(first) + generated_text(second) == whole
+
+
+def test_seeded_sampling_continues_its_random_stream(client):
+    body = {"prompt": "It was a dark night", "temperature": 0.8, "top_k": 20, "top_p": 0.95, "seed": 1234}
+    whole = generated_text(generate(client, max_chars=120, **body))
+    assert generated_text(generate(client, max_chars=120, **body)) == whole     # same seed, same text
+    first = generate(client, max_chars=60, keep_session=True, **body)
+    rest = generate(client, prompt="", max_chars=60, session_id=first[-1]["session_id"], temperature=0.8,
+                    top_k=20, top_p=0.95)
+    assert generated_text(first) + generated_text(rest) == whole
+    assert "session_id" not in rest[-1]     # keep_session false: that was the session's last request
+
+
+def test_session_ends_and_unknown_ids_are_404(client):
+    sid = generate(client, prompt="Watson", max_chars=5, keep_session=True)[-1]["session_id"]
+    assert len(sid) >= 22          # >= 128 bits in URL-safe base64
+    r = client.post("/end_session", json={"session_id": sid})
+    assert (r.status_code, r.json()) == (200, {"ended": sid})
+    gone = {"error": "unknown or expired session_id", "kind": "unknown_session"}
+    r = client.post("/end_session", json={"session_id": sid})
+    assert (r.status_code, r.json()) == (404, gone)
+    r = client.post("/generate", json={"prompt": "", "session_id": sid})
+    assert (r.status_code, r.json()) == (404, gone)
+    r = client.post("/generate", json={"prompt": "x", "session_id": "Q" * 32})
+    assert (r.status_code, r.json()) == (404, gone)
+
+
+def test_concurrent_use_of_one_session_is_409(client, server):
+    sid = generate(client, prompt="The game is afoot", max_chars=5, keep_session=True)[-1]["session_id"]
+    busy = {"error": "session is in use by another request; retry when it has finished", "kind": "session_busy"}
+    with httpx.Client(base_url=server.url, timeout=120) as other:
+        with client.stream("POST", "/generate", json={"session_id": sid, "max_chars": 2000,
+                                                      "keep_session": True}) as long:
+            assert long.status_code == 200
+            next(long.iter_lines())     # the stream is running
+            r = other.post("/generate", json={"session_id": sid, "max_chars": 5})
+            assert (r.status_code, r.json()) == (409, busy)
+            r = other.post("/end_session", json={"session_id": sid})
+            assert (r.status_code, r.json()) == (409, busy)
+            events = list(sse_lines(long))
+        assert events[-1] == {"done": True, "chars": 2000, "session_id": sid}
+    assert generate(client, session_id=sid, max_chars=5)[-1] == {"done": True, "chars": 5}
+
+
+def sse_lines(resp):
+    for line in resp.iter_lines():
+        if line.startswith("data: "):
+            yield json.loads(line[6:])
+
+
+def info(client):
+    r = client.get("/info")
+    assert r.status_code == 200
+    return r.json()
+
+
+def test_disconnect_frees_slot_and_leaves_session_unchanged(client, server):
+    prompt = "I had called upon my friend"
+    a = generate(client, prompt=prompt, max_chars=10, temperature=0, keep_session=True)[-1]["session_id"]
+    b = generate(client, prompt=prompt, max_chars=10, temperature=0, keep_session=True)[-1]["session_id"]
+    with httpx.Client(base_url=server.url, timeout=60) as walker:
+        with walker.stream("POST", "/generate", json={"session_id": a, "max_chars": 2000, "temperature": 0,
+                                                       "keep_session": True}) as r:
+            next(r.iter_lines())
+            assert info(client)["streams"]["active"] == 1
+    t0 = time.monotonic()                 # the client is gone: the slot must be free almost at once
+    while info(client)["streams"]["active"] and time.monotonic() - t0 < 2:
+        time.sleep(0.02)
+    assert info(client)["streams"]["active"] == 0
+    # the aborted request left session a as it was: it continues exactly like its twin b
+    ta = generated_text(generate(client, session_id=a, max_chars=40, temperature=0))
+    tb = generated_text(generate(client, session_id=b, max_chars=40, temperature=0))
+    assert ta == tb and len(ta) == 40
+
+
+def test_step_batching_16_streams(client):
+    """16 concurrent streams advance together: about as many steps as ONE stream, not 16 times as many."""
+    n = 150
+    t0 = time.perf_counter()
+    generate(client, prompt="Holmes", max_chars=n, temperature=0)
+    single = time.perf_counter() - t0
+    ticks0 = info(client)["streams"]["ticks"]
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda i: generate(client, prompt=f"Holmes {i}", max_chars=n, temperature=0.7,
+                                                   seed=i), range(16)))
+    many = time.perf_counter() - t0
+    ticks = info(client)["streams"]["ticks"] - ticks0
+    assert all(len(generated_text(ev)) == n for ev in results)
+    assert ticks < 2 * n, ticks                 # 16 separate streams would take 16 * n = 2400 steps
+    print(f"1 stream: {single:.2f} s; 16 streams: {many:.2f} s; {ticks} batched steps")
+    assert many < 8 * single
+
+
+def test_info_reports_providers_and_models(client):
+    doc = info(client)
+    assert doc["ready"] is True
+    assert "CPUExecutionProvider" in doc["providers"]["classifier"]
+    assert "CPUExecutionProvider" in doc["providers"]["generator"]
+    assert set(doc["models"]["classifier"]["labels"]) == LABELS
+    assert doc["models"]["classifier"]["metrics"] and doc["models"]["generator"]["metrics"]
+    assert doc["sessions"]["store"] == "memory"
+    assert doc["settings"]["max_batch_size"] == 64 and doc["settings"]["max_latency_ms"] == 5000
+
+
+def test_metrics_endpoint_has_custom_metrics(client):
+    client.post("/classify", json={"texts": []})
+    generate(client, prompt="abc", max_chars=3)
+    text = client.get("/metrics").text
+    for name in ("rnntext_classify_batch_texts_bucket", "rnntext_generate_step_streams_bucket",
+                 "rnntext_generated_chars_total", "rnntext_active_sessions", "rnntext_active_streams",
+                 'rnntext_errors_total{kind="invalid_request"}'):
+        assert name in text, name
+    chars = re.search(r"^rnntext_generated_chars_total (\S+)$", text, re.M)
+    assert float(chars.group(1)) >= 3
+
+
+def test_health_endpoints(client):
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").status_code == 200
