@@ -85,6 +85,8 @@ class GeneratorRuntime:
     def prefill(self, ids: np.ndarray, h: np.ndarray, c: np.ndarray):
         """ids (B, T) -> logits after the last position (B, V), h, c (L, B, H)."""
         ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"prefill needs ids of shape (B, T) with T >= 1, got {ids.shape}")
         for i in range(0, ids.shape[1], self.PREFILL_CHUNK):
             logits, h, c = self.prefill_session.run(None, {"ids": ids[:, i:i + self.PREFILL_CHUNK], "h": h, "c": c})
         return logits, h, c
