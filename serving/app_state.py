@@ -8,6 +8,9 @@ has finished its own training phase (during which it answers 503 easily) before 
 from __future__ import annotations
 
 import asyncio
+import copy
+import hashlib
+import json
 import logging
 import random
 from typing import Any, Callable
@@ -24,33 +27,51 @@ WARM_SEQUENTIAL = 12        # BentoML's dispatcher trains on ~11 single calls be
 WARM_BURSTS = (2, 4, 8, 16, 16, 16)
 
 
+def verify_artifacts(settings: Settings) -> None:
+    from .artifacts import ArtifactError, load_manifest, model_dir
+
+    try:
+        for kind in ("classifier", "generator"):
+            load_manifest(model_dir(settings.models, kind), kind=kind)     # checks every file's sha256
+    except ArtifactError as exc:
+        raise SystemExit(f"rnntext refuses to start: {exc}") from None
+
+
+def model_tag(manifest: dict) -> str:
+    """Identifies the generator's weights: a session saved by another version must not be resumed."""
+    files = {k: v for k, v in manifest["files"].items() if k.endswith(".onnx")}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class AppState:
     def __init__(self, settings: Settings):
         from .artifacts import model_dir
         from .classifier import ClassifierRuntime
         from .generator import GeneratorRuntime
-        from .genadapter import GenAdapter
 
+        # BentoML's logging config leaves the root logger at WARNING: say what is in use at start
+        for name in ("rnntext", "serving.artifacts"):
+            logging.getLogger(name).setLevel(logging.INFO)
         self.settings = s = settings
         self.classifier = ClassifierRuntime(model_dir(s.models, "classifier"), s.provider, s.threads)
-        self.generator = GenAdapter(GeneratorRuntime(model_dir(s.models, "generator"), s.provider, s.threads))
-        self.providers = {"classifier": self.classifier_providers(), "generator": self.generator.providers()}
+        self.generator = GeneratorRuntime(model_dir(s.models, "generator"), s.provider, s.threads)
+        self.providers = {"classifier": self.classifier.session.get_providers(),
+                          "generator": self.generator.step_session.get_providers()}
         log.info("ONNX Runtime providers in use: %s (setting %r, %d intra-op threads)",
                  self.providers, s.provider, s.threads)
         self.metrics = Metrics(s.max_batch_size, s.max_streams)
         self.store = make_store(s.redis_url, s.session_ttl_s, s.max_sessions)
         self.stepper = Stepper(self.generator, s.max_streams, on_tick=self.metrics.on_tick)
-        self.generation = Generation(self.generator, self.store, self.stepper, self.generator.model_tag,
-                                     self.metrics)
+        self.generation = Generation(self.generator, self.store, self.stepper,
+                                     model_tag(self.generator.manifest), self.metrics)
+        # ONNX Runtime's first runs of each shape allocate and pick kernels: do them before the first client
         self._warm_texts = self._make_warm_texts()
-        self.classifier.predict_proba(self._warm_texts)     # ONNX Runtime's first runs allocate: do them now
-        self.generator.warm_up()
+        self.classifier.predict_proba(self._warm_texts)
+        state = self.generator.start("The ", None, 0)
+        for b in (1, 4, 16):
+            self.generator.advance([copy.deepcopy(state) for _ in range(b)], [0] * b)
         self._ready = False
         self._gauge_task: asyncio.Task | None = None
-
-    def classifier_providers(self) -> list[str]:
-        sess = getattr(self.classifier, "session", None)
-        return list(sess.get_providers()) if sess is not None else []
 
     def classify(self, texts: list[str]) -> list[dict]:
         self.metrics.on_batch(len(texts))

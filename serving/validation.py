@@ -138,8 +138,6 @@ def validate_generate(doc: dict[str, Any], max_prompt_chars: int, max_chars: int
     keep = doc.get("keep_session", False)
     if not isinstance(keep, bool):
         raise invalid("keep_session must be true or false")
-    if not prompt and session_id is None:
-        raise invalid("prompt must not be empty unless session_id continues a session")
     return GenerateRequest(
         prompt=prompt,
         max_chars=_int(doc, "max_chars", default_chars, 1, max_chars),

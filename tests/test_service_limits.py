@@ -82,7 +82,6 @@ GENERATE_CASES = [
                                      " line 1 column 2 (char 1)")),
     (b"[]", invalid("body must be a JSON object")),
     (b'{"prompt": 12}', invalid("prompt must be a string")),
-    (b'{"prompt": ""}', invalid("prompt must not be empty unless session_id continues a session")),
     (('{"prompt": "' + "y" * 201 + '"}').encode(), invalid("prompt is too long: 201 > 200 characters")),
     (b'{"prompt": "a", "max_chars": 0}', invalid("max_chars must be between 1 and 300")),
     (b'{"prompt": "a", "max_chars": 301}', invalid("max_chars must be between 1 and 300")),

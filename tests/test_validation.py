@@ -61,7 +61,6 @@ def test_classify_ok():
 @pytest.mark.parametrize("doc, message", [
     ({"prompt": 5}, "prompt must be a string"),
     ({"prompt": "x" * 11}, "prompt is too long: 11 > 10 characters"),
-    ({"prompt": ""}, "prompt must not be empty unless session_id continues a session"),
     ({"prompt": "a", "max_chars": 0}, "max_chars must be between 1 and 50"),
     ({"prompt": "a", "max_chars": 51}, "max_chars must be between 1 and 50"),
     ({"prompt": "a", "max_chars": 5.0}, "max_chars must be an integer"),
