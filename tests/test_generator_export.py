@@ -1,0 +1,106 @@
+"""export-generator on a small random-weight LSTM: files, manifest, parity checks, refusal on mismatch."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from serving.artifacts import ArtifactError, load_manifest
+from serving.generator import GeneratorRuntime
+from tests.conftest import ROOT
+from training.char_model import CharConfig, CharRNN
+from training.chardata import CharVocab
+from training.export_generator import check_parity, export_graphs
+
+TEXT = 'The quick brown fox, said Holmes, "jumps over the lazy dog."\n     I had seen little of Holmes lately.'
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    vocab = CharVocab.build(TEXT, min_count=1)
+    cfg = CharConfig(vocab_size=len(vocab), embed_dim=16, hidden_size=48, num_layers=2)
+    model = CharRNN(cfg)
+    for p in model.parameters():  # larger weights than the default init: sharper, more varied logits
+        p.data.mul_(3)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict(), "vocab": vocab.to_json(),
+                "train_config": {}, "step": 7, "val_bpc": 3.21, "corpus_fingerprint": "f" * 64}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported_small(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exported")
+    r = _cli("export-generator", str(checkpoint), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "greedy 500 chars equal for batch 1 and 8" in r.stdout
+    return out / "generator"
+
+
+def test_files_and_manifest(exported_small):
+    man = load_manifest(exported_small, kind="generator")
+    assert set(man["files"]) == {"step.onnx", "prefill.onnx", "step.ts", "prefill.ts"}
+    for key in ("vocab", "unk_id", "num_layers", "hidden_size", "config", "metrics", "corpus_fingerprint",
+                "versions", "parity", "created"):
+        assert key in man, key
+    assert man["num_layers"] == 2 and man["hidden_size"] == 48 and man["vocab"][man["unk_id"]] == "\ufffd"
+    assert man["metrics"]["val_bits_per_char"] == 3.21
+    for runtime in ("torchscript", "onnx"):
+        for b in (1, 8):
+            rec = man["parity"][f"{runtime}_b{b}"]
+            assert rec["greedy_equal"] is True and rec["max_abs_logit_diff"] < 1e-4
+
+
+def test_onnx_runtime_matches_pytorch_greedy_500(exported_small, checkpoint):
+    """Independently of the export's own check: ONNX step/prefill through GeneratorRuntime vs eager PyTorch."""
+    ckpt = torch.load(checkpoint, weights_only=True)
+    model = CharRNN(CharConfig(**ckpt["config"])).eval()
+    model.load_state_dict(ckpt["state_dict"])
+    rt = GeneratorRuntime(exported_small, "cpu")
+    for batch in (1, 8):
+        ids = np.stack([rt.encode(TEXT[5 * b:5 * b + 20]) for b in range(batch)])  # (B, 20)
+        logits_o, h_o, c_o = rt.prefill(ids, *rt.zero_state(batch))
+        with torch.no_grad():
+            logits_t, h_t, c_t = model.forward_last(torch.from_numpy(ids), *model.init_state(batch))
+        assert logits_o.shape == (batch, len(rt.vocab)) and h_o.shape == (2, batch, 48)
+        worst = np.abs(logits_o - logits_t.numpy()).max()
+        out_o, out_t = [], []
+        for _ in range(500):
+            nxt_o, nxt_t = logits_o.argmax(-1), logits_t.argmax(-1)
+            out_o.append(nxt_o), out_t.append(nxt_t.numpy())
+            logits_o, h_o, c_o = rt.step(nxt_o, h_o, c_o)
+            with torch.no_grad():
+                logits_t, h_t, c_t = model.forward_last(nxt_t[:, None], h_t, c_t)
+            worst = max(worst, np.abs(logits_o - logits_t.numpy()).max())
+        assert np.array_equal(np.stack(out_o), np.stack(out_t))
+        assert worst < 1e-4
+
+
+def test_parity_failure_refuses_export(checkpoint, exported_small, tmp_path, monkeypatch):
+    from training.char_model import load_checkpoint
+
+    model, ckpt = load_checkpoint(checkpoint)
+    export_graphs(model, tmp_path)
+    with pytest.raises(ArtifactError, match="export check failed"):
+        check_parity(model, tmp_path, CharVocab.from_json(ckpt["vocab"]), chars=20, tol=-1.0)
+    # through the command: non-zero exit, one-line error, the previous folder untouched
+    before = (exported_small / "manifest.json").read_text()
+    r = _cli("export-generator", str(checkpoint), "--out", str(exported_small.parent), "--tol", "-1")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: export check failed")
+    assert (exported_small / "manifest.json").read_text() == before
+    assert json.loads(before)["kind"] == "generator"
+
+
+def test_missing_checkpoint_is_a_one_line_error(tmp_path):
+    r = _cli("export-generator", str(tmp_path / "nope.pt"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: checkpoint not found: {tmp_path / 'nope.pt'}"]
