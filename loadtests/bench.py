@@ -25,8 +25,9 @@ from pathlib import Path
 from loadtests import ROOT, articles
 
 SECTIONS = ("models", "quant", "http", "generation", "session")
-# the service setting that turns adaptive batching off (one article per model call)
-BATCHING_OFF_ENV = {"RNNTEXT_MAX_BATCH_SIZE": "1"}
+# "batching off": the service has no switch for it (BentoML rejects max_batch_size=1), so the baseline is the
+# same ClassifierRuntime behind a non-batchable BentoML endpoint (loadtests/bench_nobatch.py)
+BATCHING_OFF_SERVICE = "loadtests.bench_nobatch:NoBatch"
 
 
 def machine() -> dict:
@@ -238,12 +239,12 @@ def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None
         if server:
             server.stop()
     if "http" in sections:
-        with Server(env={**env, **BATCHING_OFF_ENV}, log_path=out / "server-batching-off.log") as off:
+        with Server(env=env, service=BATCHING_OFF_SERVICE, log_path=out / "server-batching-off.log") as off:
             off.wait_ready()
             res["http"]["batching_off"] = classify_levels(off.url)
         on = {r["concurrency"]: r for r in res["http"]["batching_on"]}
         offr = {r["concurrency"]: r for r in res["http"]["batching_off"]}
-        res["http"].update(max_concurrency=top, batching_off_env=BATCHING_OFF_ENV,
+        res["http"].update(max_concurrency=top, batching_off_baseline=BATCHING_OFF_SERVICE,
                            speedup_at_max=on[top]["throughput_rps"] / offr[top]["throughput_rps"])
         if 1 in on:
             res["http"]["single_client_p50_ms"] = on[1]["p50_ms"]

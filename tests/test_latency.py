@@ -2,7 +2,8 @@
 
 Only ratios measured side by side in one run are asserted, never absolute times, and each bound is looser than
 the issue's target (in brackets) so that background load cannot flip it; docs/benchmarks.md has the measured
-values. One pair of servers for the module: adaptive batching on (the default) and off (max batch size 1).
+values. One pair of servers for the module: adaptive batching on (the default) and off (loadtests/bench_nobatch.py:
+the same runtime behind a non-batchable endpoint).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from loadtests import articles
 from loadtests import bench_http as bh
-from loadtests.bench import BATCHING_OFF_ENV
+from loadtests.bench import BATCHING_OFF_SERVICE
 from loadtests.run import Server
 
 pytestmark = [pytest.mark.latency, pytest.mark.slow]
@@ -31,7 +32,7 @@ def servers(exported, tmp_path_factory):
     logs = tmp_path_factory.mktemp("servers")
     env = {"RNNTEXT_MODELS": str(exported)}
     on = Server(env=env, log_path=logs / "on.log")
-    off = Server(env={**env, **BATCHING_OFF_ENV}, log_path=logs / "off.log")
+    off = Server(env=env, service=BATCHING_OFF_SERVICE, log_path=logs / "off.log")
     try:
         with cf.ThreadPoolExecutor(2) as pool:     # start both at once: start-up is most of the wait
             for f in [pool.submit(on.wait_ready), pool.submit(off.wait_ready)]:
