@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -98,6 +100,15 @@ def suggest(trial) -> dict:
     }
 
 
+def base_params(cfg: dict) -> dict:
+    """The search-space parameters of a config, e.g. to enqueue it as a study's first trial."""
+    import optuna
+
+    flat = {**cfg["data"], **cfg["model"], **cfg["train"]}
+    space = suggest(optuna.trial.FixedTrial(flat))
+    return {k: v for part in space.values() for k, v in part.items()}
+
+
 def merged(base: dict, over: dict) -> dict:
     return {k: {**base[k], **over.get(k, {})} for k in base}
 
@@ -142,6 +153,7 @@ def objective_fn(base: dict, prepared, args, device):
         best = min(history, key=lambda h: h["val_nll"])
         trial.set_user_attr("val_acc", best["val_acc"])
         trial.set_user_attr("seconds", time.time() - t0)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         return best["val_nll"]
 
     return objective
@@ -157,6 +169,8 @@ def main(args) -> int:
     base = config_from_args(args)
     prepared = load_split(base["data"])
     study = create_study(args.study_name, args.storage, "minimize", args.pruner, max_resource=args.trial_epochs)
+    if not study.trials:  # a new study starts from the command-line config, so TPE has a sound anchor
+        study.enqueue_trial(base_params(base), skip_if_exists=True)
     study.optimize(objective_fn(base, prepared, args, device), n_trials=args.n_trials, timeout=args.timeout,
                    gc_after_trial=True)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -170,6 +184,7 @@ def main(args) -> int:
         return 0
     # retrain the best config on the full training split with the full epoch budget; test once
     best = merged(base, suggest(optuna.trial.FixedTrial(study.best_params)))
+    (run_dir / "best").mkdir()
     m = run_training(best, run_dir / "best", device, progress=not args.no_progress, prepared=prepared)
     print(f"best trial {study.best_trial.number}: {study.best_params}\n"
           f"retrained: test accuracy {m['test']['accuracy']:.4f}  macro-F1 {m['test']['macro_f1']:.4f}  "
