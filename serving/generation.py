@@ -2,8 +2,8 @@
 
 ``begin`` does everything that can fail with a client error (unknown session 404, busy session 409, no free
 slot 503) before the first byte is sent, so those get a JSON reply with the right status; ``events`` then
-yields the server-sent events. Whatever happens to the stream (end, error, client gone), the slot and the
-session are given back in ``events``' finally block.
+yields the server-sent events. Whatever happens to the stream (end, error, client gone), ``release`` gives
+the slot and the session back.
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ class Ticket:
     req: GenerateRequest
     stream: Stream
     token: str | None           # the session's lock token when continuing a session
+    released: bool = False
 
 
 class Generation:
@@ -108,11 +109,19 @@ class Generation:
                 done["session_id"] = kept
             yield sse(done)
         finally:
-            # the client may be gone (cancelled task): shield so the lock and slot are really given back
-            with anyio.CancelScope(shield=True):
-                self.stepper.close(stream)
-                self._gauge_streams()
-                await self._release(req.session_id, t.token)
+            await self.release(t)
+
+    async def release(self, t: Ticket) -> None:
+        """Give the slot and the session back (idempotent). Called when the events end, and again by the
+        response however it ends: a generator cancelled before its first event never runs its finally."""
+        if t.released:
+            return
+        t.released = True
+        # the client may be gone (cancelled task): shield so the lock and slot are really given back
+        with anyio.CancelScope(shield=True):
+            self.stepper.close(t.stream)
+            self._gauge_streams()
+            await self._release(t.req.session_id, t.token)
 
     async def _finish(self, req: GenerateRequest, stream: Stream) -> str | None:
         """Save (keep_session) or drop the session; returns the kept id."""

@@ -49,8 +49,22 @@ async def generate(request: Request):
         ticket = await _svc().generation.begin(req)
     except ClientError as err:
         return error_response(err, _count_error)
-    return StreamingResponse(_svc().generation.events(ticket), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventStream(ticket)
+
+
+class EventStream(StreamingResponse):
+    """The generation's events; its slot and session are given back however the response ends."""
+
+    def __init__(self, ticket) -> None:
+        super().__init__(_svc().generation.events(ticket), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.ticket = ticket
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await _svc().generation.release(self.ticket)
 
 
 async def end_session(request: Request):

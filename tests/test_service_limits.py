@@ -50,8 +50,8 @@ def invalid(message: str) -> tuple[int, dict]:
 
 
 CLASSIFY_CASES = [
-    (b'{"texts": ["a"', bad("malformed_json", "body is not valid JSON: Expecting ',' delimiter: line 1 column 14 "
-                                              "(char 13)")),
+    (b'{"texts": ["a"', bad("malformed_json", "body is not valid JSON: Expecting ',' delimiter: line 1 column 15 "
+                                              "(char 14)")),
     (b"", bad("malformed_json", "body is not valid JSON: Expecting value: line 1 column 1 (char 0)")),
     (b'"just a string"', invalid("body must be a JSON object")),
     (b"{}", invalid("texts is required: a list of strings")),
@@ -75,6 +75,16 @@ def test_classify_client_errors(client, body, expected, content_type):
     r = client.post("/classify", content=body, headers={"Content-Type": content_type})
     assert (r.status_code, r.json()) == expected
     still_serving(client)
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=x", "application/vnd.bentoml+pickle",
+                                          "application/x-www-form-urlencoded"])
+def test_classify_reads_any_content_type_as_json(client, content_type):
+    """BentoML would pick another parser (or answer 415) by content type; the body is JSON whatever it says."""
+    r = client.post("/classify", content=b'{"texts": ["The match"]}', headers={"Content-Type": content_type})
+    assert r.status_code == 200 and len(r.json()) == 1
+    r = client.post("/classify", content=b"--x\r\n", headers={"Content-Type": content_type})
+    assert (r.status_code, r.json()["kind"]) == (400, "malformed_json")
 
 
 GENERATE_CASES = [
