@@ -1,0 +1,80 @@
+"""The Redis session store end to end: a real redis-server (started here on a free port) shared by two
+``bentoml serve`` replicas; a session continues on either replica, and across a restart of the service."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from serving_helpers import RedisServer, Server, generated_text, sse_events
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+PROMPT = "Mr. Sherlock Holmes, who was usually very late in the mornings, "
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def replicas(redis_server):
+    env = {"RNNTEXT_REDIS_URL": redis_server.url}
+    servers = [Server(env=env), Server(env=env)]
+    try:
+        for s in servers:
+            s.wait_ready()
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def gen(url: str, **body) -> list[dict]:
+    r = httpx.post(url + "/generate", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return sse_events(r)
+
+
+def test_session_continues_on_the_other_replica_and_after_a_restart(redis_server, replicas):
+    a, b = replicas
+    whole = generated_text(gen(a.url, prompt=PROMPT, max_chars=90, temperature=0))
+    first = gen(a.url, prompt=PROMPT, max_chars=30, temperature=0, keep_session=True)
+    sid = first[-1]["session_id"]
+    second = gen(b.url, prompt="", max_chars=30, temperature=0, session_id=sid, keep_session=True)
+    assert second[-1]["session_id"] == sid
+    assert httpx.get(b.url + "/info", timeout=30).json()["sessions"]["store"] == "redis"
+
+    a.stop()        # restart the service in the middle of the session
+    replicas[0] = a = Server(env={"RNNTEXT_REDIS_URL": redis_server.url}, port=a.port)
+    a.wait_ready()
+    third = gen(a.url, prompt="", max_chars=30, temperature=0, session_id=sid, keep_session=True)
+    assert generated_text(first) + generated_text(second) + generated_text(third) == whole
+
+    r = httpx.post(b.url + "/end_session", json={"session_id": sid}, timeout=30)
+    assert (r.status_code, r.json()) == (200, {"ended": sid})
+    r = httpx.post(a.url + "/generate", json={"session_id": sid}, timeout=30)
+    assert (r.status_code, r.json()) == (404, {"error": "unknown or expired session_id", "kind": "unknown_session"})
+
+
+def test_busy_session_is_409_on_the_other_replica(replicas):
+    a, b = replicas
+    sid = gen(a.url, prompt=PROMPT, max_chars=5, keep_session=True)[-1]["session_id"]
+    with httpx.Client(timeout=120) as c, c.stream("POST", a.url + "/generate",
+                                                  json={"session_id": sid, "max_chars": 2000}) as long:
+        assert long.status_code == 200
+        next(long.iter_lines())
+        r = httpx.post(b.url + "/generate", json={"session_id": sid, "max_chars": 5}, timeout=30)
+        assert (r.status_code, r.json()["kind"]) == (409, "session_busy")
+
+
+def test_redis_down_is_503_not_500_and_readyz_says_so(redis_server, replicas):
+    a, _ = replicas
+    sid = gen(a.url, prompt=PROMPT, max_chars=5, keep_session=True)[-1]["session_id"]
+    redis_server.stop()
+    r = httpx.post(a.url + "/generate", json={"session_id": sid, "max_chars": 5}, timeout=60)
+    assert (r.status_code, r.json()) == (503, {"error": "session store unavailable", "kind": "store_unavailable"})
+    assert httpx.get(a.url + "/readyz", timeout=30).status_code == 503
+    r = httpx.post(a.url + "/classify", json={"texts": ["Shares fell"]}, timeout=60)
+    assert r.status_code == 200         # classification does not need the store
