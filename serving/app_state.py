@@ -70,7 +70,7 @@ class AppState:
         state = self.generator.start("The ", None, 0)
         for b in (1, 4, 16):
             self.generator.advance([copy.deepcopy(state) for _ in range(b)], [0] * b)
-        self._ready = False
+        self._ready = self.batcher_warm = False
         self._gauge_task: asyncio.Task | None = None
 
     def classify(self, texts: list[str]) -> list[dict]:
@@ -82,7 +82,8 @@ class AppState:
         vocab = [w for w in self.classifier.manifest["vocab"][2:200] if w.isalpha()] or ["news"]
         rng = random.Random(0)
         lengths = [8, 32, 128, 400, max(self.classifier.max_len, 8) + 50]
-        return [" ".join(rng.choice(vocab) for _ in range(n)) for n in lengths]
+        limit = self.settings.max_text_chars    # warm-up requests pass the same gate as clients' requests
+        return [" ".join(rng.choice(vocab) for _ in range(n))[:limit].strip() or "news" for n in lengths]
 
     async def warm_up(self, get_proxy: Callable[[], Any]) -> None:
         try:
@@ -98,13 +99,17 @@ class AppState:
         while get_proxy() is None:
             await asyncio.sleep(0.05)
         client = get_proxy().to_async
-        if self.settings.api_key:   # the in-process client goes through the same API-key gate as everyone
-            client.client.headers["Authorization"] = f"Bearer {self.settings.api_key}"
+        if self.settings.api_key:
+            # the in-process client passes the same API-key gate as everyone; its connection is opened on the
+            # first call with these (shared, mutable) default headers
+            client.default_headers["Authorization"] = f"Bearer {self.settings.api_key}"
         texts = self._warm_texts
         for i in range(WARM_SEQUENTIAL):
             await client.classify(texts=[texts[i % len(texts)]])
         for n in WARM_BURSTS:
-            await asyncio.gather(*(client.classify(texts=texts[: 1 + i % 3]) for i in range(n)))
+            await asyncio.gather(*(client.classify(texts=texts[: min(1 + i % 3, self.settings.max_texts)])
+                                   for i in range(n)))
+        self.batcher_warm = True
         log.info("adaptive batcher warmed up with %d requests", WARM_SEQUENTIAL + sum(WARM_BURSTS))
 
     async def _refresh_gauges(self) -> None:
@@ -127,6 +132,7 @@ class AppState:
             sessions = None
         return {
             "ready": self._ready,
+            "batcher_warm": self.batcher_warm,
             "providers": self.providers,
             "models": {"classifier": {**model(self.classifier.manifest), "labels": self.classifier.labels},
                        "generator": model(self.generator.manifest)},

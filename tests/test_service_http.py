@@ -214,7 +214,7 @@ def test_step_batching_16_streams(client):
 
 def test_info_reports_providers_and_models(client):
     doc = info(client)
-    assert doc["ready"] is True
+    assert doc["ready"] is True and doc["batcher_warm"] is True
     assert "CPUExecutionProvider" in doc["providers"]["classifier"]
     assert "CPUExecutionProvider" in doc["providers"]["generator"]
     assert set(doc["models"]["classifier"]["labels"]) == LABELS

@@ -159,6 +159,10 @@ def test_api_key_required(server, method, path, body):
         assert r.status_code != 401
 
 
+def test_batcher_warm_up_passed_the_key_gate(client):
+    assert client.get("/info").json()["batcher_warm"] is True
+
+
 def test_health_checks_need_no_key(server):
     for path in ("/livez", "/readyz", "/healthz"):
         assert httpx.get(server.url + path, timeout=10).status_code == 200
