@@ -52,23 +52,12 @@ def interleaved(fns: dict, rounds: int, warmup: int = 3) -> dict[str, float]:
 
 
 def eager_classifier(manifest: dict, ts_module):
-    """The training model (training.classifier.TextClassifier: packed sequences, eval mode) as a plain PyTorch
-    server would run it, with the exported TorchScript module's weights mapped back onto it."""
+    """training.classifier.TextClassifier (the model that was exported) in eager mode, as a plain PyTorch web
+    server would run it, with the TorchScript module's weights."""
     from training.classifier import ClassifierConfig, TextClassifier
 
     model = TextClassifier(ClassifierConfig.from_dict(manifest["config"]))
-    sd = ts_module.state_dict()
-    if set(sd) == set(model.state_dict()):
-        model.load_state_dict(sd)
-        return model.eval()
-    # MaskedClassifier layout: fwd.<layer>.<w>_l0 / bwd.<layer>.<w>_l0 -> rnn.<w>_l<layer>[_reverse]
-    mapped = {}
-    for key, value in sd.items():
-        part = key.split(".")
-        if part[0] in ("fwd", "bwd"):
-            key = f"rnn.{part[2][:-1]}{part[1]}" + ("_reverse" if part[0] == "bwd" else "")
-        mapped[key] = value
-    model.load_state_dict(mapped)
+    model.load_state_dict(ts_module.state_dict())
     return model.eval()
 
 
