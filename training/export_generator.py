@@ -154,6 +154,7 @@ def main(args) -> int:
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(tmp, dest)
+    dest.chmod(0o755)  # the temporary folder was private (0700)
     sizes = {p.name: p.stat().st_size for p in sorted(dest.iterdir())}
     worst = max(v["max_abs_logit_diff"] for k, v in parity.items() if isinstance(v, dict))
     print(f"exported {dest}: {', '.join(f'{n} {s / 1e6:.1f} MB' for n, s in sizes.items())}; "
