@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from training.tokenizer import PAD_ID, UNK_ID
+
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 POOLINGS = ("last", "mean", "max")
 
@@ -35,6 +37,7 @@ class ClassifierConfig:
     bidirectional: bool = True
     cell: str = "lstm"            # rnn | gru | lstm
     pooling: str = "max+mean"     # any '+'-joined subset of last, mean, max
+    word_dropout: float = 0.0     # training only: replace this share of tokens by <unk>
     embed_dropout: float = 0.3    # drops whole embedding channels (Dropout1d over E)
     dropout: float = 0.3          # between stacked layers and before the output layer
 
@@ -78,7 +81,7 @@ class TextClassifier(nn.Module):
     def __init__(self, config: ClassifierConfig):
         super().__init__()
         self.config = c = config
-        self.embedding = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=0)
+        self.embedding = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=PAD_ID)
         self.embed_dropout = nn.Dropout1d(c.embed_dropout)
         dirs = 2 if c.bidirectional else 1
         cls = CELLS[c.cell]
@@ -91,6 +94,9 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(c.hidden_size * dirs * len(c.poolings), c.num_classes)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.training and self.config.word_dropout > 0:  # the model must not lean on a few rare words
+            drop = (torch.rand(ids.shape, device=ids.device) < self.config.word_dropout) & (ids != PAD_ID)
+            ids = ids.masked_fill(drop, UNK_ID)
         x = self.embedding(ids)  # (B, T, E)
         # Dropout1d zeroes whole channels: (B, E, T) view so a channel is one embedding dimension
         return self.embed_dropout(x.transpose(1, 2)).transpose(1, 2)

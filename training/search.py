@@ -88,6 +88,7 @@ def suggest(trial) -> dict:
             "bidirectional": trial.suggest_categorical("bidirectional", [True, False]),
             "cell": trial.suggest_categorical("cell", ["lstm", "gru", "rnn"]),
             "pooling": trial.suggest_categorical("pooling", ["max", "mean", "last", "max+mean", "last+max+mean"]),
+            "word_dropout": trial.suggest_float("word_dropout", 0.0, 0.3),
             "embed_dropout": trial.suggest_float("embed_dropout", 0.0, 0.5),
             "dropout": trial.suggest_float("dropout", 0.0, 0.5),
         },
