@@ -91,6 +91,10 @@ def report_generation(r: dict) -> None:
     for n, row in r["by_streams"].items():
         print(f"{n:>3} stream(s) of {r['stream_chars']} chars: aggregate {row['aggregate_chars_per_s']:8.0f} chars/s,"
               f" per stream {row['per_stream_chars_per_s']:7.0f} chars/s")
+    if "in_process" in r:
+        ip = r["in_process"]
+        print(f"one stream without the server (in-process sample + step, {ip['threads']} thread(s)): "
+              f"{ip['chars_per_s']:.0f} chars/s")
     top = max(r["by_streams"], key=int)
     print(f"aggregate {top} streams vs one: {r[f'aggregate_{top}_vs_1']:.2f}x")
 
@@ -171,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", type=_ints, default=[1, 4, 16], help="concurrent streams (default 1,4,16)")
     ap.add_argument("--stream-chars", type=int, default=1000, help="characters per benchmark stream")
     ap.add_argument("--url", help="use a running server for http(batching on)/generation/session")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="server setting for the http/generation/session sections, e.g. RNNTEXT_THREADS=1")
+    ap.add_argument("--int8", action="store_true",
+                    help="serve int8-quantized copies of the models in the http/generation/session sections")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default results/bench-<stamp>)")
     ap.add_argument("--docs", action="store_true", help="also copy the PNG plots to docs/img/")
     args = ap.parse_args(argv)
@@ -216,7 +224,13 @@ def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None
     from loadtests.run import Server
 
     texts = [t for _, t in articles(limit=500, seed=2)]
-    env = {"RNNTEXT_MODELS": str(args.models)}
+    models = args.models
+    if args.int8:
+        from loadtests.bench_models import int8_copy
+
+        models = int8_copy(args.models, out / "int8_models")
+    env = {"RNNTEXT_MODELS": str(models), **dict(kv.split("=", 1) for kv in args.env)}
+    res["server_env"] = env
     top = max(args.concurrency)
 
     def classify_levels(url: str) -> list[dict]:
@@ -231,6 +245,11 @@ def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None
             res["http"] = {"batching_on": classify_levels(url)}
         if "generation" in sections:
             res["generation"] = bh.generation(url, args.stream_chars, tuple(args.streams))
+            from loadtests.bench_models import generator_in_process
+
+            threads = int(env.get("RNNTEXT_THREADS", "0")) or max(1, len(os.sched_getaffinity(0)))
+            res["generation"]["in_process"] = generator_in_process(Path(env["RNNTEXT_MODELS"]) / "generator",
+                                                                   threads)
             report_generation(res["generation"])
         if "session" in sections:
             res["session"] = bh.session_continuation(url)

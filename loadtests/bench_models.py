@@ -200,3 +200,42 @@ def quantize_generator(folder: Path, threads: int = 1, rounds: int = 10, eval_ch
     out["prefill_speedup"] = pre_med["fp32"] / pre_med["int8"]
     out["step_ms"] = {k: v / 100 * 1000 for k, v in step_med.items()}
     return out
+
+
+def int8_copy(models: Path, dest: Path) -> Path:
+    """A copy of the exported-models root with every ONNX graph int8-quantized (dynamic) and the manifests
+    re-hashed, so the service can be benchmarked on it (``python -m loadtests.bench --int8``)."""
+    import json
+    import shutil
+
+    from serving.artifacts import MANIFEST, write_manifest
+
+    for kind in ("classifier", "generator"):
+        src, dst = models / kind, dest / kind
+        load_manifest(src, kind)
+        shutil.copytree(src, dst, dirs_exist_ok=True)
+        for onnx_file in sorted(dst.glob("*.onnx")):
+            tmp = onnx_file.with_suffix(".int8.tmp")
+            _quantize(onnx_file, tmp)
+            tmp.replace(onnx_file)
+        doc = json.loads((dst / MANIFEST).read_text())
+        for key in ("files", "format_version"):
+            doc.pop(key, None)
+        doc["quantized"] = "int8 dynamic (onnxruntime.quantization.quantize_dynamic) by loadtests.bench --int8"
+        write_manifest(dst, doc)
+    return dest
+
+
+def generator_in_process(folder: Path, threads: int = 1, chars: int = 2000) -> dict:
+    """chars/s of one stream with no server in between (serving.generator.generate: sample + step per
+    character): the ceiling that the HTTP figure is compared with."""
+    from serving.generator import GeneratorRuntime, generate
+
+    rt = GeneratorRuntime(folder, "cpu", threads)
+    "".join(generate(rt, "Holmes", 50, seed=0))     # warm-up
+    rates = []
+    for seed in range(3):
+        t0 = time.perf_counter()
+        n = len("".join(generate(rt, "Holmes", chars, temperature=0.8, top_k=20, seed=seed)))
+        rates.append(n / (time.perf_counter() - t0))
+    return {"threads": threads, "chars": chars, "chars_per_s": statistics.median(rates)}
