@@ -21,6 +21,7 @@ from .stepper import Stepper, StepperFull, Stream
 from .validation import ClientError, GenerateRequest, unknown_session
 
 log = logging.getLogger(__name__)
+FLUSH_S = 0.02      # characters produced within 20 ms of the last event go out together
 
 
 def sse(doc: dict[str, Any]) -> bytes:
@@ -79,12 +80,17 @@ class Generation:
 
     async def events(self, t: Ticket) -> AsyncIterator[bytes]:
         req, stream = t.req, t.stream
-        last_refresh = time.monotonic()
+        last_refresh = last_sent = time.monotonic()
         try:
             while True:
                 items = [await stream.out.get()]
+                # at most one event per FLUSH_S: per-character events would cost more than the generation
+                wait = last_sent + FLUSH_S - time.monotonic()
+                if isinstance(items[0], str) and wait > 0:
+                    await asyncio.sleep(wait)
                 while not stream.out.empty():
                     items.append(stream.out.get_nowait())
+                last_sent = time.monotonic()
                 text = "".join(i for i in items if isinstance(i, str))
                 if text:
                     yield sse({"text": text})

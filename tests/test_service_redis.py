@@ -64,7 +64,8 @@ def test_busy_session_is_409_on_the_other_replica(replicas):
     with httpx.Client(timeout=120) as c, c.stream("POST", a.url + "/generate",
                                                   json={"session_id": sid, "max_chars": 2000}) as long:
         assert long.status_code == 200
-        next(long.iter_lines())
+        lines = long.iter_lines()   # keep this iterator: dropping it would close the response
+        next(lines)
         r = httpx.post(b.url + "/generate", json={"session_id": sid, "max_chars": 5}, timeout=30)
         assert (r.status_code, r.json()["kind"]) == (409, "session_busy")
 
