@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -94,6 +95,24 @@ class RedisServer:
     def stop(self) -> None:
         _stop(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# Module-scoped fixtures: a test module imports them and may set SERVER_ENV / CLIENT_HEADERS at module level.
+@pytest.fixture(scope="module")
+def server(request):
+    srv = Server(env=getattr(request.module, "SERVER_ENV", None))
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server, request):
+    with httpx.Client(base_url=server.url, timeout=120,
+                      headers=getattr(request.module, "CLIENT_HEADERS", None)) as c:
+        yield c
 
 
 def sse_events(resp: httpx.Response) -> list[dict]:

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from serving_helpers import Server, generated_text, sse_events
+from serving_helpers import client, generated_text, server, sse_events  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 LABELS = {"business", "entertainment", "politics", "sport", "tech"}
@@ -25,22 +25,6 @@ ARTICLE = ("Shares in the telecoms group rose sharply on Monday after it reporte
 TEXTS = [ARTICLE, "Chelsea won the cup final", "The film won three awards at the ceremony in London.",
          "Ministers said the election would be held in May. " * 20, "New phone software update released",
          ARTICLE[:300], "Profits fell.", "The striker scored twice in the second half. " * 8]
-
-
-@pytest.fixture(scope="module")
-def server():
-    srv = Server()
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=120) as c:
-        yield c
 
 
 def classify(client, texts):

@@ -7,31 +7,15 @@ import time
 import httpx
 import pytest
 
-from serving_helpers import Server, generated_text, sse_events
+from serving_helpers import client, generated_text, server, sse_events  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-0123456789"
-ENV = {"RNNTEXT_API_KEY": KEY, "RNNTEXT_SESSION_TTL_S": "4", "RNNTEXT_MAX_SESSIONS": "3",
+SERVER_ENV = {"RNNTEXT_API_KEY": KEY, "RNNTEXT_SESSION_TTL_S": "4", "RNNTEXT_MAX_SESSIONS": "3",
        "RNNTEXT_MAX_TEXTS": "4", "RNNTEXT_MAX_TEXT_CHARS": "1000", "RNNTEXT_MAX_BODY_BYTES": "20000",
        "RNNTEXT_MAX_PROMPT_CHARS": "200", "RNNTEXT_MAX_CHARS": "300", "RNNTEXT_DEFAULT_CHARS": "20"}
-AUTH = {"Authorization": f"Bearer {KEY}"}
+CLIENT_HEADERS = AUTH = {"Authorization": f"Bearer {KEY}"}
 GONE = {"error": "unknown or expired session_id", "kind": "unknown_session"}
-
-
-@pytest.fixture(scope="module")
-def server():
-    srv = Server(env=ENV)
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server.url, timeout=60, headers=AUTH) as c:
-        yield c
 
 
 def still_serving(client):
