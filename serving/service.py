@@ -11,7 +11,6 @@ Settings come from RNNTEXT_* environment variables (serving/config.py, docs/serv
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import bentoml
 from starlette.applications import Starlette
@@ -23,7 +22,6 @@ from .config import Settings
 from .gate import Gate, error_response, read_body
 from .validation import ClientError, parse_json_object, validate_end_session, validate_generate
 
-log = logging.getLogger("rnntext.service")
 SETTINGS = Settings.from_env()      # the decorators below need the batching and worker settings
 
 
@@ -80,9 +78,9 @@ async def info(request: Request):
     return JSONResponse(await _svc().info())
 
 
-routes = Starlette(routes=[Route("/generate", generate, methods=["POST"]),
-                           Route("/end_session", end_session, methods=["POST"]),
-                           Route("/info", info, methods=["GET"])])
+http_routes = Starlette(routes=[Route("/generate", generate, methods=["POST"]),
+                                Route("/end_session", end_session, methods=["POST"]),
+                                Route("/info", info, methods=["GET"])])
 
 
 @bentoml.service(
@@ -90,7 +88,7 @@ routes = Starlette(routes=[Route("/generate", generate, methods=["POST"]),
     workers=SETTINGS.workers,
     traffic={"timeout": 300},   # only the time to the first byte: long event streams are not cut
 )
-@bentoml.asgi_app(routes, path="/")
+@bentoml.asgi_app(http_routes, path="/")   # matched only for its own paths, after BentoML's routes
 class RnnText:
     def __init__(self) -> None:
         from .app_state import AppState   # the runtimes: loaded (and their sha256 checked) here, in the worker
