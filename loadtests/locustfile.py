@@ -7,7 +7,7 @@ GenerateUser  POST /generate and reads the server-sent events to the end, checki
               - streams abandoned mid-way (the connection is closed after the first few events).
 
 Reported names: ``/classify``, ``/classify [8]``, ``/generate`` (time to the last event), ``/generate (continue)``,
-``/generate (abandoned)``, ``/end_session`` and ``SSE /generate first chunk`` (time to the first event).
+``/generate (abandoned)``, ``/end_session`` and ``/generate first chunk`` (type SSE: time to the first event).
 Texts come from $DATA_DIR (BBC articles, Sherlock Holmes prose) when present, else generated ones.
 """
 from __future__ import annotations

@@ -33,7 +33,7 @@ from loadtests import ROOT
 SLO_P95_MS = {
     "/classify": 500,
     "/classify [8]": 1500,
-    "SSE /generate first chunk": 500,
+    "/generate first chunk": 500,
     "/generate": 2500,
     "/generate (continue)": 2500,
     "/end_session": 500,

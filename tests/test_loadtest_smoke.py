@@ -20,14 +20,14 @@ def test_short_locust_run_has_no_failures(exported, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "loadtests.run", "-t", "10", "-u", "5", "-r", "5",
                            "--out", str(out), "--env", f"RNNTEXT_MODELS={exported}",
                            "--max-growth-mb", "1000", *[f"--slo={n}=1e9" for n in
-                                                        ("/classify", "/classify [8]", "SSE /generate first chunk",
+                                                        ("/classify", "/classify [8]", "/generate first chunk",
                                                          "/generate", "/generate (continue)", "/end_session")]],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert (out / "locust_stats.csv").is_file(), proc.stdout + proc.stderr
     assert (out / "report.html").is_file()
     rows = {r["Name"]: r for r in csv.DictReader(open(out / "locust_stats.csv"))}
     assert int(rows["Aggregated"]["Failure Count"]) == 0, proc.stdout
-    assert int(rows["/classify"]["Request Count"]) > 0 and int(rows["SSE /generate first chunk"]["Request Count"]) > 0
+    assert int(rows["/classify"]["Request Count"]) > 0 and int(rows["/generate first chunk"]["Request Count"]) > 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["missed"] == [], summary["missed"]
     assert summary["memory"]["baseline_mb"] > 0
