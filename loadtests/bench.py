@@ -210,11 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     res["seconds"] = time.perf_counter() - t_start
     (out / "bench.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     made = plots(res, out)
+    from loadtests.bench_report import markdown
+
+    (out / "bench.md").write_text(markdown(res) + "\n")
     if args.docs:
         (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
         for p in made:
             shutil.copy(p, ROOT / "docs" / "img" / p.name)
-    print(f"\nresults: {out / 'bench.json'}" + (f", plots: {', '.join(p.name for p in made)}" if made else "")
+    print(f"\nresults: {out / 'bench.json'}, bench.md" + (f", plots: {', '.join(p.name for p in made)}" if made else "")
           + f" ({res['seconds']:.0f} s)")
     return 0
 
