@@ -8,7 +8,10 @@ GenerateUser  POST /generate and reads the server-sent events to the end, checki
 
 Reported names: ``/classify``, ``/classify [8]``, ``/generate`` (time to the last event), ``/generate (continue)``,
 ``/generate (abandoned)``, ``/end_session`` and ``/generate first chunk`` (type SSE: time to the first event).
-Texts come from $DATA_DIR (BBC articles, Sherlock Holmes prose) when present, else generated ones.
+Think times (1-3 s classify, 1-4 s generate) model users, not a closed-loop flood: 50 users offer roughly
+15 /classify requests (~30 articles) and 5 generation streams per second; the closed-loop maximum-throughput
+figures are in loadtests/bench.py. Texts come from $DATA_DIR (BBC articles, Sherlock Holmes prose) when
+present, else generated ones.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ def _results(doc) -> list:
 
 class ClassifyUser(HttpUser):
     weight = 3
-    wait_time = between(0.2, 1.0)
+    wait_time = between(1.0, 3.0)      # think time: 50 users are a busy service, not a flood
 
     def on_start(self):
         self.rng = random.Random()
@@ -67,7 +70,7 @@ class ClassifyUser(HttpUser):
 
 class GenerateUser(HttpUser):
     weight = 2
-    wait_time = between(0.5, 2.0)
+    wait_time = between(1.0, 4.0)
 
     def on_start(self):
         self.rng = random.Random()
