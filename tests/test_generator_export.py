@@ -16,6 +16,8 @@ from training.char_model import CharConfig, CharRNN
 from training.chardata import CharVocab
 from training.export_generator import check_parity, export_graphs
 
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit")]  # exports take ~10 s each
+
 TEXT = 'The quick brown fox, said Holmes, "jumps over the lazy dog."\n     I had seen little of Holmes lately.'
 
 
@@ -61,29 +63,36 @@ def test_files_and_manifest(exported_small):
             assert rec["greedy_equal"] is True and rec["max_abs_logit_diff"] < 1e-4
 
 
-def test_onnx_runtime_matches_pytorch_greedy_500(exported_small, checkpoint):
-    """Independently of the export's own check: ONNX step/prefill through GeneratorRuntime vs eager PyTorch."""
+def test_onnx_and_torchscript_match_pytorch_greedy_500(exported_small, checkpoint):
+    """Independently of the export's own check: ONNX (through GeneratorRuntime) and TorchScript vs eager."""
     ckpt = torch.load(checkpoint, weights_only=True)
     model = CharRNN(CharConfig(**ckpt["config"])).eval()
     model.load_state_dict(ckpt["state_dict"])
     rt = GeneratorRuntime(exported_small, "cpu")
+    ts_step, ts_prefill = (torch.jit.load(str(exported_small / f"{n}.ts")) for n in ("step", "prefill"))
+
+    def onnx(ids, h, c, graph):
+        return tuple(torch.from_numpy(o) for o in graph(ids.numpy(), h.numpy(), c.numpy()))
+
+    runners = {"pytorch": (lambda i, h, c: model.forward_last(i[:, None], h, c), model.forward_last),
+               "torchscript": (ts_step, ts_prefill),
+               "onnx": (lambda i, h, c: onnx(i, h, c, rt.step), lambda i, h, c: onnx(i, h, c, rt.prefill))}
     for batch in (1, 8):
-        ids = np.stack([rt.encode(TEXT[5 * b:5 * b + 20]) for b in range(batch)])  # (B, 20)
-        logits_o, h_o, c_o = rt.prefill(ids, *rt.zero_state(batch))
+        ids = torch.from_numpy(np.stack([rt.encode(TEXT[5 * b:5 * b + 20]) for b in range(batch)]))  # (B, 20)
+        outs, logits_seen = {}, {}
         with torch.no_grad():
-            logits_t, h_t, c_t = model.forward_last(torch.from_numpy(ids), *model.init_state(batch))
-        assert logits_o.shape == (batch, len(rt.vocab)) and h_o.shape == (2, batch, 48)
-        worst = np.abs(logits_o - logits_t.numpy()).max()
-        out_o, out_t = [], []
-        for _ in range(500):
-            nxt_o, nxt_t = logits_o.argmax(-1), logits_t.argmax(-1)
-            out_o.append(nxt_o), out_t.append(nxt_t.numpy())
-            logits_o, h_o, c_o = rt.step(nxt_o, h_o, c_o)
-            with torch.no_grad():
-                logits_t, h_t, c_t = model.forward_last(nxt_t[:, None], h_t, c_t)
-            worst = max(worst, np.abs(logits_o - logits_t.numpy()).max())
-        assert np.array_equal(np.stack(out_o), np.stack(out_t))
-        assert worst < 1e-4
+            for name, (step, prefill) in runners.items():
+                logits, h, c = prefill(ids, *model.init_state(batch))
+                assert logits.shape == (batch, len(rt.vocab)) and h.shape == c.shape == (2, batch, 48)
+                out, seen = [], [logits]
+                for _ in range(500):
+                    out.append(logits.argmax(-1))
+                    logits, h, c = step(out[-1], h, c)
+                    seen.append(logits)
+                outs[name], logits_seen[name] = torch.stack(out), torch.stack(seen)
+        for name in ("torchscript", "onnx"):
+            assert torch.equal(outs[name], outs["pytorch"]), name
+            assert (logits_seen[name] - logits_seen["pytorch"]).abs().max() < 1e-4, name
 
 
 def test_parity_failure_refuses_export(checkpoint, exported_small, tmp_path, monkeypatch):
@@ -95,7 +104,8 @@ def test_parity_failure_refuses_export(checkpoint, exported_small, tmp_path, mon
         check_parity(model, tmp_path, CharVocab.from_json(ckpt["vocab"]), chars=20, tol=-1.0)
     # through the command: non-zero exit, one-line error, the previous folder untouched
     before = (exported_small / "manifest.json").read_text()
-    r = _cli("export-generator", str(checkpoint), "--out", str(exported_small.parent), "--tol", "-1")
+    r = _cli("export-generator", str(checkpoint), "--out", str(exported_small.parent), "--tol", "-1",
+             "--check-chars", "20")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: export check failed")
     assert (exported_small / "manifest.json").read_text() == before
     assert json.loads(before)["kind"] == "generator"
