@@ -48,8 +48,11 @@ class Server:
     def __init__(self, env: dict[str, str] | None = None, port: int | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "ORT_INTRA_OP_THREADS": "1",
-                    "RNNTEXT_THREADS": "1", **(env or {})}
+        # own BENTOML_HOME: each `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts,
+        # which would wipe the metrics of any other server on this machine (other tests, other replicas)
+        self.home = tempfile.mkdtemp(prefix="rnntext-bentoml-")
+        self.env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": self.home,
+                    "ORT_INTRA_OP_THREADS": "1", "RNNTEXT_THREADS": "1", **(env or {})}
         self.log = tempfile.NamedTemporaryFile(prefix="rnntext-serve-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
@@ -72,6 +75,7 @@ class Server:
     def stop(self) -> None:
         _stop(self.proc)
         self.log.close()
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 class RedisServer:
