@@ -27,12 +27,16 @@ WARM_SEQUENTIAL = 12        # BentoML's dispatcher trains on ~11 single calls be
 WARM_BURSTS = (2, 4, 8, 16, 16, 16)
 
 
-def verify_artifacts(settings: Settings) -> None:
-    from .artifacts import ArtifactError, load_manifest, model_dir
+def preflight(settings: Settings) -> None:
+    """What would make every worker fail: artifacts that do not match their manifests, no CUDA for 'cuda'."""
+    from .artifacts import ArtifactError, available_providers, load_manifest, model_dir
 
     try:
         for kind in ("classifier", "generator"):
             load_manifest(model_dir(settings.models, kind), kind=kind)     # checks every file's sha256
+        if settings.provider == "cuda" and "CUDAExecutionProvider" not in available_providers():
+            raise ArtifactError("RNNTEXT_PROVIDER=cuda, but onnxruntime has no CUDAExecutionProvider "
+                                "(install onnxruntime-gpu, or use auto or cpu)")
     except ArtifactError as exc:
         raise SystemExit(f"rnntext refuses to start: {exc}") from None
 

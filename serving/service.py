@@ -98,13 +98,13 @@ class RnnText:
         self.generation = self.state.generation
 
     @bentoml.on_deployment
-    def _verify_artifacts() -> None:
+    def _preflight() -> None:
         """Once, in the main ``bentoml serve`` process, before any worker starts: a model file that does not
-        match its manifest stops the server with one clear message (a worker failing in ``__init__`` would
-        only be restarted over and over)."""
-        from .app_state import verify_artifacts
+        match its manifest (or 'cuda' without CUDA) stops the server with one clear message; a worker failing
+        in ``__init__`` would only be restarted over and over."""
+        from .app_state import preflight
 
-        verify_artifacts(SETTINGS)
+        preflight(SETTINGS)
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms)
     def classify(self, texts: list[str]) -> list[dict]:

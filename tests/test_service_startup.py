@@ -39,6 +39,20 @@ def test_refuses_to_start_without_models(tmp_path):
         in srv.output()
 
 
+def test_refuses_to_start_with_cuda_but_no_cuda(tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA: the setting is valid here")
+    srv = Server(env={"RNNTEXT_MODELS": str(tiny_models.build(tmp_path / "models")), "RNNTEXT_PROVIDER": "cuda"})
+    try:
+        assert srv.proc.wait(timeout=120) != 0
+    finally:
+        srv.stop()
+    assert "rnntext refuses to start: RNNTEXT_PROVIDER=cuda, but onnxruntime has no CUDAExecutionProvider" \
+        in srv.output()
+
+
 def test_service_module_does_not_import_torch():
     code = ("import sys, serving.service, serving.app_state, serving.classifier, serving.generator; "
             "print('torch' in sys.modules)")
