@@ -24,9 +24,15 @@ from training.train_classifier import Encoded, TrainConfig, predict, train
 
 log = logging.getLogger(__name__)
 
-DATA_DEFAULTS = {"max_len": 750, "min_freq": 2, "max_vocab": 30000, "dedup_threshold": 0.9,
+DATA_DEFAULTS = {"max_len": 750, "min_freq": 2, "max_vocab": 30000, "embed_init": "lsa", "dedup_threshold": 0.9,
                  "val_frac": 0.1, "test_frac": 0.1, "split_seed": 0, "limit": 0}
 MODEL_SKIP = {"vocab_size", "num_classes"}  # derived from the data, not flags
+FIELD_HELP = {"cell": "rnn | gru | lstm", "pooling": "'+'-joined subset of last, mean, max",
+              "word_dropout": "share of tokens replaced by <unk> in training",
+              "embed_dropout": "share of embedding channels dropped in training",
+              "dropout": "dropout between stacked layers and before the output layer",
+              "clip": "max gradient norm", "patience": "early stopping: epochs without val-loss improvement",
+              "lr_patience": "ReduceLROnPlateau (factor 0.5) patience in epochs"}
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +41,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", help="BBC corpus in its folder layout (default $DATA_DIR/bbc)")
     g.add_argument("--csv", help="read the corpus from a CSV with text,label columns instead")
     helps = {"max_len": "tokens kept per article (the first ones: the title is never cut)",
+             "embed_init": "lsa (LSA vectors of the training split) | random",
              "limit": "use at most this many articles per class (0 = all; for smoke tests)",
              "dedup_threshold": "TF-IDF cosine above which two articles are near duplicates"}
     for name, default in DATA_DEFAULTS.items():
@@ -45,10 +52,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             if f.name in MODEL_SKIP:
                 continue
             flag = "--" + f.name.replace("_", "-")
+            help_ = FIELD_HELP.get(f.name)
             if isinstance(f.default, bool):
-                g.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+                g.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
             else:
-                g.add_argument(flag, type=type(f.default), default=f.default)
+                g.add_argument(flag, type=type(f.default), default=f.default, help=help_)
 
 
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -71,6 +79,16 @@ def config_from_args(args) -> dict:
             "model": pick(ClassifierConfig), "train": pick(TrainConfig)}
 
 
+def validate(cfg: dict) -> None:
+    """Check the flags before reading any data."""
+    try:
+        ClassifierConfig(vocab_size=2, num_classes=2, **cfg["model"])
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if cfg["data"]["embed_init"] not in ("lsa", "random"):
+        raise UserError(f"--embed-init must be lsa or random, got {cfg['data']['embed_init']!r}")
+
+
 def load_split(data_cfg: dict):
     """Articles, and the duplicate-aware stratified split as {split: [indices]} plus duplicate counts."""
     d = data_cfg
@@ -90,6 +108,15 @@ def encode_splits(articles, split, data_cfg: dict) -> tuple[Vocab, dict[str, Enc
     data = {name: Encoded([vocab.encode(articles[i].text, data_cfg["max_len"]) for i in idx],
                           [articles[i].label for i in idx]) for name, idx in split.items()}
     return vocab, data
+
+
+def initial_embeddings(cfg: dict, train_texts: list[str], vocab: Vocab):
+    """LSA vectors of the training split, or None for nn.Embedding's random init."""
+    if cfg["data"].get("embed_init", "random") == "random":
+        return None
+    from training.classifier_lsa import lsa_embeddings
+
+    return lsa_embeddings(train_texts, vocab, cfg["model"]["embed_dim"])
 
 
 def checkpoint(model, cfg: dict, vocab: Vocab) -> dict:
@@ -117,8 +144,9 @@ def run_training(cfg: dict, run_dir: Path, device, progress: bool = True, on_epo
     vocab.save(run_dir / "vocab.json")
     model_cfg = ClassifierConfig(vocab_size=len(vocab), num_classes=len(labels), **cfg["model"])
     t0 = time.time()
+    init = initial_embeddings(cfg, [texts[i] for i in split["train"]], vocab)
     model, history = train(model_cfg, TrainConfig.from_dict(cfg["train"]), data, on_epoch_end=on_epoch_end,
-                           run_dir=run_dir, device=device, progress=progress)
+                           run_dir=run_dir, device=device, progress=progress, embeddings=init)
     seconds = time.time() - t0
     test_pred = predict(model, data["test"], device=device).argmax(1).numpy()
     svm_pred = tfidf_svm([texts[i] for i in split["train"]], data["train"].labels, [texts[i] for i in split["test"]])
@@ -146,10 +174,7 @@ def main(args) -> int:
         log.info("resuming %s with its saved config", run_dir)
     else:
         cfg = config_from_args(args)
-        try:  # validate the model flags before reading any data
-            ClassifierConfig(vocab_size=2, num_classes=2, **cfg["model"])
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+        validate(cfg)
         run_dir = Path(args.run_dir) if args.run_dir else make_run_dir(args.out, "classifier")
         run_dir.mkdir(parents=True, exist_ok=True)
     m = run_training(cfg, run_dir, pick_device(args.device), progress=not args.no_progress)

@@ -48,4 +48,4 @@ def write_report(run_dir: str | Path, history: list[dict], metrics: dict, labels
     per_class = {lab: v["recall"] for lab, v in test["per_class"].items()}
     lo = min(per_class.values()) if per_class else 0.0
     plot_bars(run / "per_class.png", per_class, "Test accuracy per class", "accuracy",
-              ylim=(max(0.0, lo - 0.05), 1.01))
+              ylim=(max(0.0, lo - 0.05), 1.06))

@@ -80,7 +80,8 @@ class PruningCallback:
 def suggest(trial) -> dict:
     """The classifier search space -> {"data": ..., "model": ..., "train": ...} overrides."""
     return {
-        "data": {"max_len": trial.suggest_categorical("max_len", [300, 500, 750, 1000])},
+        "data": {"max_len": trial.suggest_categorical("max_len", [300, 500, 750, 1000]),
+                 "embed_init": trial.suggest_categorical("embed_init", ["lsa", "random"])},
         "model": {
             "embed_dim": trial.suggest_categorical("embed_dim", [64, 96, 128, 192]),
             "hidden_size": trial.suggest_categorical("hidden_size", [64, 96, 128, 192]),
@@ -135,7 +136,7 @@ def objective_fn(base: dict, prepared, args, device):
     import random
 
     from training.classifier import ClassifierConfig
-    from training.cli_classifier import encode_splits
+    from training.cli_classifier import encode_splits, initial_embeddings
     from training.train_classifier import TrainConfig, train
 
     articles, split, _ = prepared
@@ -149,7 +150,8 @@ def objective_fn(base: dict, prepared, args, device):
         vocab, data = encode_splits(articles, split, cfg["data"])
         model_cfg = ClassifierConfig(vocab_size=len(vocab), num_classes=5, **cfg["model"])
         t0 = time.time()
-        _, history = train(model_cfg, TrainConfig.from_dict(cfg["train"]), data,
+        init = initial_embeddings(cfg, [articles[i].text for i in split["train"]], vocab)
+        _, history = train(model_cfg, TrainConfig.from_dict(cfg["train"]), data, embeddings=init,
                            on_epoch_end=PruningCallback(trial, "val_nll"), device=device, progress=False)
         best = min(history, key=lambda h: h["val_nll"])
         trial.set_user_attr("val_acc", best["val_acc"])
@@ -163,11 +165,12 @@ def objective_fn(base: dict, prepared, args, device):
 def main(args) -> int:
     import optuna
 
-    from training.cli_classifier import config_from_args, load_split, run_training
+    from training.cli_classifier import config_from_args, load_split, run_training, validate
 
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     base = config_from_args(args)
+    validate(base)
     prepared = load_split(base["data"])
     study = create_study(args.study_name, args.storage, "minimize", args.pruner, max_resource=args.trial_epochs)
     if not study.trials:  # a new study starts from the command-line config, so TPE has a sound anchor

@@ -101,12 +101,17 @@ def evaluate(model: TextClassifier, data: Encoded, device="cpu", smoothing: floa
 
 def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, Encoded],
           on_epoch_end: Callable[[int, dict], None] | None = None, run_dir: str | Path | None = None,
-          device: str | torch.device = "cpu", progress: bool = True) -> tuple[TextClassifier, list[dict]]:
-    """Train on data["train"], early-stop on data["val"]; returns (model with best weights, history)."""
+          device: str | torch.device = "cpu", progress: bool = True,
+          embeddings=None) -> tuple[TextClassifier, list[dict]]:
+    """Train on data["train"], early-stop on data["val"]; returns (model with best weights, history).
+    ``embeddings`` (V, E), when given, initialises the embedding table (e.g. LSA vectors)."""
     seed_everything(config.seed)
     rng = random.Random(config.seed)
     device = torch.device(device)
-    model = TextClassifier(model_config).to(device)
+    model = TextClassifier(model_config)
+    if embeddings is not None:
+        model.embedding.weight.data.copy_(torch.as_tensor(embeddings))
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=config.lr_patience)
     state = {"epoch": 0, "history": [], "best_loss": float("inf"), "best_state": None, "bad_epochs": 0}
