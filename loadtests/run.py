@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -55,8 +56,10 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "bentoml", "serve", *([service] if service else []),
                "--host", "127.0.0.1", "--port", str(self.port)]
-        full_env = {**os.environ, **(env or {})}
-        full_env.setdefault("BENTOML_DO_NOT_TRACK", "True")
+        # own BENTOML_HOME: a starting `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir, which
+        # would wipe the metrics of any other server on this host (see docs/serving.md)
+        self._home = tempfile.TemporaryDirectory(prefix="rnntext-loadtest-bentoml-")
+        full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": self._home.name, **(env or {})}
         self.log_path = log_path
         self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -102,6 +105,7 @@ class Server:
                 self.proc.wait(timeout=10)
         if self._log is not subprocess.DEVNULL:
             self._log.close()
+        self._home.cleanup()
 
     def __enter__(self):
         return self
