@@ -84,3 +84,19 @@ def test_embedding_dropout_drops_whole_channels():
     zero_channels = (x == 0).all(dim=1)  # (1, 64): a dropped channel is zero at every step
     assert 10 < zero_channels.sum().item() < 54
     assert ((x == 0).sum() == zero_channels.sum() * 10).item()
+
+
+def test_lsa_embeddings_put_co_occurring_words_together():
+    import numpy as np
+
+    from training.classifier_lsa import lsa_embeddings
+    from training.tokenizer import Vocab
+
+    texts = ["goal match striker goal"] * 5 + ["vote party minister vote"] * 5 + ["goal match party"]
+    vocab = Vocab.build(texts, min_freq=1)
+    w = lsa_embeddings(texts, vocab, dim=4)
+    assert w.shape == (len(vocab), 4) and w.dtype == np.float32
+    assert not w[:2].any() and abs(float(w.std()) - 1) < 1e-5  # <pad>, <unk> zero; std like nn.Embedding
+    unit = w / np.linalg.norm(w, axis=1, keepdims=True).clip(1e-8)
+    sim = lambda a, b: float(unit[vocab.stoi[a]] @ unit[vocab.stoi[b]])  # noqa: E731
+    assert sim("goal", "striker") > 0.9 and sim("vote", "minister") > 0.9 and sim("striker", "minister") < 0.5
