@@ -137,6 +137,7 @@ def plots(res: dict, out: Path) -> list[Path]:
         a1.set(xlabel="concurrent clients", ylabel="articles / s", title="/classify throughput")
         a2.set(xlabel="concurrent clients", ylabel="p95 latency (ms)", title="/classify p95 latency")
         for a in (a1, a2):
+            a.set_ylim(bottom=0)
             a.grid(alpha=0.3)
             a.legend()
         made.append(out / "bench_http_concurrency.png")
@@ -150,6 +151,7 @@ def plots(res: dict, out: Path) -> list[Path]:
         ax.plot([int(k) for k in n], [g[k]["aggregate_chars_per_s"] for k in n], marker="o", label="aggregate")
         ax.plot([int(k) for k in n], [g[k]["per_stream_chars_per_s"] for k in n], marker="o", label="per stream")
         ax.set(xlabel="concurrent streams", ylabel="characters / s", title="Streaming generation (step batching)")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend()
         made.append(out / "bench_generation_streams.png")
