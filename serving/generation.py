@@ -102,7 +102,10 @@ class Generation:
                 if None in items:
                     break
                 if t.token and time.monotonic() - last_refresh > self.store.LOCK_TTL_S / 3:
-                    await self.store.refresh(req.session_id, t.token)
+                    try:
+                        await self.store.refresh(req.session_id, t.token)
+                    except StoreUnavailable:    # keep streaming; saving at the end will say so
+                        log.warning("could not extend a session lock (store unavailable)")
                     last_refresh = time.monotonic()
             done: dict[str, Any] = {"done": True, "chars": stream.produced}
             try:
@@ -123,11 +126,9 @@ class Generation:
         if t.released:
             return
         t.released = True
-        # the client may be gone (cancelled task): shield so the lock and slot are really given back
-        with anyio.CancelScope(shield=True):
-            self.stepper.close(t.stream)
-            self._gauge_streams()
-            await self._release(t.req.session_id, t.token)
+        self.stepper.close(t.stream)
+        self._gauge_streams()
+        await self._release(t.req.session_id, t.token)
 
     async def _finish(self, req: GenerateRequest, stream: Stream) -> str | None:
         """Save (keep_session) or drop the session; returns the kept id."""
@@ -162,7 +163,9 @@ class Generation:
         if sid is None or token is None:
             return
         try:
-            await self.store.release(sid, token)
+            # the client may be gone (cancelled task): shield so that the session is really given back
+            with anyio.CancelScope(shield=True):
+                await self.store.release(sid, token)
         except StoreUnavailable:    # the lock's own TTL frees it
             log.warning("could not release session lock (store unavailable)")
 
