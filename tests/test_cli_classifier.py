@@ -90,7 +90,7 @@ def test_errors_missing_and_empty_data_dir(tmp_path):
 def test_error_unknown_label_folder(tmp_path):
     (tmp_path / "weather").mkdir()
     (tmp_path / "weather" / "001.txt").write_text("Rain\n\nIt rained.")
-    assert_one_line_error(cli("evaluate-classifier", "--data-dir", str(tmp_path)), "unknown label folder", "weather")
+    assert_one_line_error(cli("train-classifier", "--data-dir", str(tmp_path)), "unknown label folder", "weather")
 
 
 def test_errors_bad_csv(tmp_path):
