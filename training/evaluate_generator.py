@@ -20,7 +20,7 @@ def add_arguments(p) -> None:
     p.add_argument("--models", default="exported_models", help="exported-models root or the generator folder")
     p.add_argument("--text", required=True, help="text file to score")
     p.add_argument("--tail-frac", type=float, help="score only the last fraction (0.05 = the validation split)")
-    p.add_argument("--streams", type=int, default=32, help="pieces scored in parallel (batch size)")
+    p.add_argument("--streams", type=int, default=64, help="pieces scored in parallel (batch size)")
     p.add_argument("--context", type=int, default=256, help="characters read before each piece")
     p.add_argument("--provider", default="cpu", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
@@ -32,7 +32,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
-def bits_per_char(runtime, ids: np.ndarray, streams: int = 32, context: int = 256) -> float:
+def bits_per_char(runtime, ids: np.ndarray, streams: int = 64, context: int = 256) -> float:
     """Mean -log2 p(char | everything before it) over ids (N,), scored as ``streams`` parallel pieces."""
     n = len(ids)
     streams = max(1, min(streams, n // 64 or 1))
