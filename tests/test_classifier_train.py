@@ -9,7 +9,8 @@ import torch
 from training.classifier import ClassifierConfig
 from training.train_classifier import Encoded, TrainConfig, collate, evaluate, length_batches, train
 
-MODEL = ClassifierConfig(vocab_size=20, num_classes=2, embed_dim=8, hidden_size=8, embed_dropout=0.0, dropout=0.0)
+MODEL = ClassifierConfig(vocab_size=20, num_classes=2, embed_dim=8, hidden_size=8, word_dropout=0.0,
+                         embed_dropout=0.0, dropout=0.0)
 FAST = TrainConfig(epochs=6, batch_size=8, lr=1e-2, patience=10)
 
 

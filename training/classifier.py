@@ -32,14 +32,14 @@ class ClassifierConfig:
     vocab_size: int
     num_classes: int
     embed_dim: int = 128
-    hidden_size: int = 128
+    hidden_size: int = 96
     num_layers: int = 1
     bidirectional: bool = True
     cell: str = "lstm"            # rnn | gru | lstm
     pooling: str = "max+mean"     # any '+'-joined subset of last, mean, max
-    word_dropout: float = 0.0     # training only: replace this share of tokens by <unk>
-    embed_dropout: float = 0.3    # drops whole embedding channels (Dropout1d over E)
-    dropout: float = 0.3          # between stacked layers and before the output layer
+    word_dropout: float = 0.15    # training only: replace this share of tokens by <unk>
+    embed_dropout: float = 0.4    # drops whole embedding channels (Dropout1d over E)
+    dropout: float = 0.4          # between stacked layers and before the output layer
 
     def __post_init__(self):
         if self.cell not in CELLS:

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-2
     label_smoothing: float = 0.1
     clip: float = 1.0             # max gradient norm
