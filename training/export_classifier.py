@@ -2,8 +2,8 @@
 
 Traces the model (its graph has no packed sequences: see training/classifier.py) with dynamic batch and
 length, then checks both files against eager PyTorch on real articles of several lengths and batch sizes;
-the eager model is also compared with the packed-sequence reference. Above ``--tolerance`` max abs logit difference nothing is
-written. The folder follows docs/export_format.md; serving reads it without torch.
+the eager model is also compared with the packed-sequence reference. Above ``--tolerance`` max abs logit
+difference nothing is written. The folder follows docs/export_format.md; serving reads it without torch.
 """
 from __future__ import annotations
 

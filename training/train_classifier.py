@@ -149,8 +149,8 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
             seen += len(batch)
         val = evaluate(model, data["val"], device, config.label_smoothing)
         metrics = {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_acc": correct / seen,
-                   "val_loss": val["loss"], "val_nll": val["nll"], "val_acc": val["acc"], "lr": opt.param_groups[0]["lr"],
-                   "seconds": time.time() - t0}
+                   "val_loss": val["loss"], "val_nll": val["nll"], "val_acc": val["acc"],
+                   "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
         sched.step(val["loss"])
         state["history"].append(metrics)
         if val["loss"] < state["best_loss"]:
