@@ -74,4 +74,4 @@ def test_two_workers_share_one_study_and_the_best_is_retrained(bbc_dir, tmp_path
         t["value"] for t in doc["trials"] if t["state"] == "COMPLETE" and t["value"] is not None)
     assert (run / "history.png").stat().st_size > 0 and (run / "importance.png").stat().st_size > 0
     best = read_json(run / "best" / "metrics.json")
-    assert best["test"]["n"] == 3 and (run / "best" / "model.pt").is_file()
+    assert best["test"]["n"] == 5 and (run / "best" / "model.pt").is_file()
