@@ -29,15 +29,17 @@ from pathlib import Path
 
 from loadtests import ROOT
 
-# p95 thresholds (ms) for the load test's mixed traffic at 50 users on 2 CPU cores. /generate is the time to the
-# last event of an 80-300-character stream, so it is bounded by the generation rate, not by the network.
+# p95 thresholds (ms) for the load test's mixed traffic at 50 users on 2 CPU cores, derived from the targets:
+# /classify p95 <= 300 ms under load; a request of 8 articles twice that; the first event <= 3x the 50 ms
+# first-chunk target; a whole 80-300-character stream at the >= 6,000 chars/s aggregate that 16 streams should
+# reach (>= 375 chars/s each, so <= 0.8 s for 300 characters) with 2.5x headroom; /end_session is a store delete.
 SLO_P95_MS = {
-    "/classify": 500,
-    "/classify [8]": 1500,
-    "/generate first chunk": 500,
-    "/generate": 2500,
-    "/generate (continue)": 2500,
-    "/end_session": 500,
+    "/classify": 300,
+    "/classify [8]": 600,
+    "/generate first chunk": 150,
+    "/generate": 2000,
+    "/generate (continue)": 2000,
+    "/end_session": 100,
 }
 
 
