@@ -1,7 +1,5 @@
-"""Subprocesses for the serving tests: a real ``bentoml serve`` and a real ``redis-server``, each on a free port.
-
-Both run in their own process group and are stopped (SIGTERM, then SIGKILL) by ``stop()``.
-"""
+"""Subprocesses for the serving tests: a real ``bentoml serve`` and a real ``redis-server``, each on a free port
+and in its own process group, plus module-scoped server/client fixtures and an SSE parser."""
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,63 +16,31 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests import run as loadtest_run
+from loadtests.run import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-
-
-class Server:
-    """``bentoml serve`` from the project root (bentofile.yaml), as ``make serve`` runs it."""
+class Server(loadtest_run.Server):
+    """``bentoml serve`` from the project root (bentofile.yaml), as ``make serve`` runs it, with its own
+    BENTOML_HOME (see loadtests.run.Server), one ONNX Runtime thread, and its output kept in a log file."""
 
     def __init__(self, env: dict[str, str] | None = None, port: int | None = None):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        # own BENTOML_HOME: each `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts,
-        # which would wipe the metrics of any other server on this machine (other tests, other replicas)
-        self.home = tempfile.mkdtemp(prefix="rnntext-bentoml-")
-        self.env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": self.home,
-                    "ORT_INTRA_OP_THREADS": "1", "RNNTEXT_THREADS": "1", **(env or {})}
-        self.log = tempfile.NamedTemporaryFile(prefix="rnntext-serve-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        fd, log = tempfile.mkstemp(prefix="rnntext-serve-", suffix=".log")
+        os.close(fd)
+        super().__init__(env={"ORT_INTRA_OP_THREADS": "1", "RNNTEXT_THREADS": "1", **(env or {})}, port=port,
+                         log_path=Path(log))
 
     def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
+        return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 240) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.output()[-4000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return time.monotonic() - t0
-            time.sleep(0.3)
-        raise TimeoutError(f"server not ready after {timeout} s:\n{self.output()[-4000:]}")
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        self.log.close()
-        shutil.rmtree(self.home, ignore_errors=True)
+        try:
+            return super().wait_ready(timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            raise type(exc)(f"{exc}\n{self.output()[-4000:]}") from None
 
 
 class RedisServer:
@@ -97,7 +62,9 @@ class RedisServer:
         raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
-        _stop(self.proc)
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)    # nothing to keep: the store is thrown away
+            self.proc.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
