@@ -1,9 +1,14 @@
-"""Step batching for generation: one asyncio task advances every active stream together.
+"""Step batching for generation: one loop advances every active stream together.
 
 Each tick samples one character per stream (its own temperature / top-k / top-p and its own random generator)
 and then runs ONE batched step of the generator for all of them (``GeneratorRuntime.advance``), so N concurrent
-streams cost about one step of batch N instead of N steps of batch 1. The tick runs in a dedicated thread (ONNX
-Runtime releases the GIL), so the event loop keeps serving requests meanwhile.
+streams cost about one step of batch N instead of N steps of batch 1.
+
+The loop runs in its own thread and never waits for the event loop: it hands each tick's characters over with
+``call_soon_threadsafe`` and goes straight on to the next tick (ONNX Runtime releases the GIL meanwhile, so the
+event loop keeps serving requests). A round trip to the event loop per tick cost more than the step itself on
+a busy 2-core host. A stream's bookkeeping (``produced``, ``remaining``) is done in that thread, under the lock,
+so a finished stream's state has fed exactly the characters it emitted, never one more.
 
 A stream that is closed (finished, or its client went away) leaves the active set at once: its slot is free for
 the next request even while a tick that still includes it is running; that tick's result for it is dropped.
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -40,12 +45,13 @@ class Stepper:
     def __init__(self, runtime: Any, max_streams: int,
                  on_tick: Callable[[int, int], None] | None = None):
         self.runtime, self.max_streams = runtime, max_streams
-        self.on_tick = on_tick                  # (streams in the tick, characters emitted) for the metrics
+        self.on_tick = on_tick                  # (streams in the tick, characters emitted), from the thread
         self._active: list[Stream] = []
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
-        # one thread: ticks are sequential by design, and they must not queue behind classifier batches
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stepper")
+        self._lock = threading.Lock()           # guards _active and every stream's bookkeeping
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
         self.ticks = 0
 
     @property
@@ -54,68 +60,94 @@ class Stepper:
 
     def open(self, state: Any, max_chars: int, rng: Any, temperature: float, top_k: int | None,
              top_p: float) -> Stream:
-        if len(self._active) >= self.max_streams:
-            raise StepperFull(f"all {self.max_streams} generation slots are busy")
         stream = Stream(state, max_chars, temperature, top_k, top_p, rng)
-        self._active.append(stream)
-        if self._task is None or self._task.done():
-            self._wake = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="stepper")
+        with self._lock:
+            if len(self._active) >= self.max_streams:
+                raise StepperFull(f"all {self.max_streams} generation slots are busy")
+            self._active.append(stream)
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._thread = threading.Thread(target=self._run, name="stepper", daemon=True)
+            self._thread.start()
         self._wake.set()
         return stream
 
     def close(self, stream: Stream) -> None:
-        """Free the stream's slot now (idempotent)."""
-        stream.closed = True
-        if stream in self._active:
-            self._active.remove(stream)
+        """Free the stream's slot now (idempotent); no character is produced for it after this returns."""
+        with self._lock:
+            stream.closed = True
+            if stream in self._active:
+                self._active.remove(stream)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._active:
-                self._wake.clear()
-                await self._wake.wait()
+    # ------------------------------------------------------------ the stepping thread
+    def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            with self._lock:
+                batch = list(self._active)
+            if not batch:
+                self._wake.wait(1.0)
                 continue
-            batch = list(self._active)
             try:
-                ids = await loop.run_in_executor(self._pool, self._tick, batch)
+                ids = self._tick(batch)
             except Exception as exc:  # a failed step fails only the streams that were in it
                 log.exception("generation step failed for %d streams", len(batch))
-                for s in batch:
-                    self.close(s)
-                    s.out.put_nowait(exc)
+                self._hand_over(self._fail, self._take(batch), exc)
                 continue
-            self.ticks += 1
-            emitted = 0
-            for s, i in zip(batch, ids):
-                if s.closed:
-                    continue
-                s.out.put_nowait(self.runtime.decode([i]))
-                s.produced += 1
-                s.remaining -= 1
-                emitted += 1
-                if s.remaining <= 0:
-                    self.close(s)
-                    s.out.put_nowait(None)
+            out = []
+            with self._lock:
+                for s, i in zip(batch, ids):
+                    if s.closed:
+                        continue
+                    s.produced += 1
+                    s.remaining -= 1
+                    if s.remaining <= 0:
+                        self._active.remove(s)      # finished: its state covers exactly what it emitted
+                    out.append((s, self.runtime.decode([i]), s.remaining <= 0))
+                self.ticks += 1
             if self.on_tick:
-                self.on_tick(len(batch), emitted)
+                self.on_tick(len(batch), len(out))
+            self._hand_over(self._deliver, out)
 
     def _tick(self, batch: list[Stream]) -> list[int]:
-        """Worker thread: sample each stream's next character, then feed them all through one batched step."""
+        """Sample each stream's next character, then feed them all through one batched step."""
         rt = self.runtime
         ids = [rt.sample_next(s.state.logits, s.temperature, s.top_k, s.top_p, s.rng) for s in batch]
         rt.advance([s.state for s in batch], ids)
         return ids
 
+    def _take(self, batch: list[Stream]) -> list[Stream]:
+        with self._lock:
+            taken = [s for s in batch if not s.closed]
+            for s in taken:
+                s.closed = True
+                self._active.remove(s)
+        return taken
+
+    def _hand_over(self, fn: Callable, *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:    # the event loop is closed: the service is shutting down
+            self._stopping = True
+
+    # ------------------------------------------------------------ on the event loop
+    @staticmethod
+    def _deliver(out: list[tuple[Stream, str, bool]]) -> None:
+        for s, text, finished in out:
+            s.out.put_nowait(text)
+            if finished:
+                s.out.put_nowait(None)
+
+    @staticmethod
+    def _fail(streams: list[Stream], exc: Exception) -> None:
+        for s in streams:
+            s.out.put_nowait(exc)
+
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 10)
         for s in list(self._active):
             self.close(s)
             s.out.put_nowait(None)
-        self._pool.shutdown(wait=False, cancel_futures=True)
