@@ -17,7 +17,7 @@ DEFAULTS: dict[str, str] = {
     "RNNTEXT_MODELS": "exported_models",         # exported-models root; relative paths are from the project root
     "RNNTEXT_PROVIDER": "auto",                  # auto | cuda | cpu
     "RNNTEXT_WORKERS": "1",                      # >1 only with RNNTEXT_REDIS_URL (sessions must be shared)
-    "RNNTEXT_THREADS": "0",                      # ONNX Runtime intra-op threads per session; 0 = cores / workers
+    "RNNTEXT_THREADS": "0",                      # ONNX Runtime intra-op threads per session; 0 = cores / (2 workers)
     "RNNTEXT_MAX_BATCH_SIZE": "64",              # texts per classifier batch (BentoML adaptive batching)
     "RNNTEXT_MAX_LATENCY_MS": "5000",            # batcher's latency ceiling; requests predicted to miss it get 503
     "RNNTEXT_MAX_TEXTS": "64",                   # texts per /classify request
@@ -69,7 +69,10 @@ class Settings:
         if provider not in ("auto", "cuda", "cpu"):
             raise ConfigError(f"RNNTEXT_PROVIDER={provider!r}: expected auto, cuda or cpu")
         workers = _int(raw, "RNNTEXT_WORKERS", 1)
-        threads = _int(raw, "RNNTEXT_THREADS", 0) or max(1, (os.cpu_count() or 1) // workers)
+        # each worker runs two models at once (a classifier batch and a generation step), each with its own
+        # intra-op pool: more threads than cores in total makes ONNX Runtime's spinning pools fight (measured
+        # here: 2 threads per session on 2 busy cores generated 3x slower than 1)
+        threads = _int(raw, "RNNTEXT_THREADS", 0) or max(1, (os.cpu_count() or 1) // (2 * workers))
         s = cls(
             models=models if models.is_absolute() else ROOT / models,
             provider=provider,

@@ -21,7 +21,7 @@ from .stepper import Stepper, StepperFull, Stream
 from .validation import ClientError, GenerateRequest, unknown_session
 
 log = logging.getLogger(__name__)
-FLUSH_S = 0.02      # characters produced within 20 ms of the last event go out together
+FLUSH_S = 0.05      # characters produced within 50 ms of the last event go out together
 
 
 def sse(doc: dict[str, Any]) -> bytes:
@@ -80,7 +80,7 @@ class Generation:
 
     async def events(self, t: Ticket) -> AsyncIterator[bytes]:
         req, stream = t.req, t.stream
-        last_refresh = last_sent = time.monotonic()
+        last_refresh, last_sent = time.monotonic(), 0.0     # the first characters go out at once
         try:
             while True:
                 items = [await stream.out.get()]
