@@ -35,7 +35,9 @@ def main(args) -> int:
         raise UserError(f"model labels {rt.labels} differ from the corpus labels {list(bbc.LABELS)}")
     articles = bbc.read_corpus(None if args.csv else data_path(args.data_dir, "bbc"), args.csv)
     if args.split == "test":
-        wanted = set(rt.manifest.get("split", {}).get("test", []))
+        wanted = set((rt.manifest.get("split") or {}).get("test", []))
+        if not wanted:
+            raise UserError("--split test: the manifest records no test split (use --split all)")
         articles = [a for a in articles if a.id in wanted]
         if len(articles) != len(wanted):
             raise UserError(f"corpus holds {len(articles)} of the {len(wanted)} test articles in the manifest")

@@ -135,6 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def objective_fn(base: dict, prepared, args, device):
     import random
 
+    from training.bbc import LABELS
     from training.classifier import ClassifierConfig
     from training.cli_classifier import encode_splits, initial_embeddings
     from training.train_classifier import TrainConfig, train
@@ -148,7 +149,7 @@ def objective_fn(base: dict, prepared, args, device):
         cfg = merged(base, suggest(trial))
         cfg["train"]["epochs"] = args.trial_epochs
         vocab, data = encode_splits(articles, split, cfg["data"])
-        model_cfg = ClassifierConfig(vocab_size=len(vocab), num_classes=5, **cfg["model"])
+        model_cfg = ClassifierConfig(vocab_size=len(vocab), num_classes=len(LABELS), **cfg["model"])
         t0 = time.time()
         init = initial_embeddings(cfg, [articles[i].text for i in split["train"]], vocab)
         _, history = train(model_cfg, TrainConfig.from_dict(cfg["train"]), data, embeddings=init,
