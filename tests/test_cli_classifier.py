@@ -101,6 +101,12 @@ def test_errors_bad_csv(tmp_path):
     assert_one_line_error(cli("train-classifier", "--csv", str(bad)), "unknown label '9'")
 
 
+def test_error_too_few_articles_for_a_split(tmp_path):
+    csv = tmp_path / "tiny.csv"
+    csv.write_text("text,label\n" + "".join(f"article number {i},{i % 5}\n" for i in range(10)))
+    assert_one_line_error(cli("train-classifier", "--csv", str(csv)), "split empty")
+
+
 def test_error_bad_model_flag():
     assert_one_line_error(cli("train-classifier", "--cell", "transformer"), "cell must be one of")
 

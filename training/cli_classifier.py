@@ -99,6 +99,9 @@ def load_split(data_cfg: dict):
     groups = bbc.duplicate_groups([a.text for a in articles], d["dedup_threshold"])
     fracs = (1 - d["val_frac"] - d["test_frac"], d["val_frac"], d["test_frac"])
     split = bbc.split_grouped([a.label for a in articles], groups, fracs, d["split_seed"])
+    empty = [name for name, idx in split.items() if not idx]
+    if empty:
+        raise UserError(f"{len(articles)} articles leave the {'/'.join(empty)} split empty; use more data")
     return articles, split, bbc.duplicate_stats(groups)
 
 
