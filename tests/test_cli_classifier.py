@@ -125,3 +125,21 @@ def test_every_classifier_command_has_help():
                 "predict-classifier"):
         proc = cli(cmd, "--help")
         assert proc.returncode == 0 and "usage:" in proc.stdout, cmd
+
+
+@pytest.mark.slow
+def test_train_from_the_kaggle_csv(bbc_dir, tmp_path):
+    import csv
+
+    from training import bbc
+
+    rows = [(a.text, a.label) for a in bbc.first_per_class(bbc.read_folder(bbc_dir), 12)]
+    path = tmp_path / "bbc-text.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    run = tmp_path / "run"
+    assert main(["train-classifier", "--csv", str(path), "--run-dir", str(run), *SMOKE[2:]]) == 0
+    split = read_json(run / "split.json")
+    assert [len(split[k]) for k in ("train", "val", "test")] == [50, 5, 5]
+    assert all(i.startswith("row") for i in split["test"])
+    assert read_json(run / "metrics.json")["test"]["n"] == 5
