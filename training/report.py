@@ -46,6 +46,6 @@ def write_report(run_dir: str | Path, history: list[dict], metrics: dict, labels
     plot_confusion(run / "confusion.png", np.array(test["confusion_matrix"]), labels,
                    f"Test confusion matrix (accuracy {test['accuracy']:.3f})")
     per_class = {lab: v["recall"] for lab, v in test["per_class"].items()}
-    lo = min(per_class.values()) if per_class else 0.0
+    lo = max(0.0, min(per_class.values(), default=0.0) - 0.05)
     plot_bars(run / "per_class.png", per_class, "Test accuracy per class", "accuracy",
-              ylim=(max(0.0, lo - 0.05), 1.06))
+              ylim=(lo, 1 + 0.1 * (1 - lo)))  # headroom for the value labels
