@@ -18,7 +18,7 @@ DEFAULTS: dict[str, str] = {
     "RNNTEXT_PROVIDER": "auto",                  # auto | cuda | cpu
     "RNNTEXT_WORKERS": "1",                      # >1 only with RNNTEXT_REDIS_URL (sessions must be shared)
     "RNNTEXT_THREADS": "0",                      # ONNX Runtime intra-op threads per session; 0 = cores / (2 workers)
-    "RNNTEXT_MAX_BATCH_SIZE": "64",              # texts per classifier batch (BentoML adaptive batching)
+    "RNNTEXT_MAX_BATCH_SIZE": "32",              # texts per classifier batch = one model call of the runtime
     "RNNTEXT_MAX_LATENCY_MS": "5000",            # batcher's latency ceiling; requests predicted to miss it get 503
     "RNNTEXT_MAX_TEXTS": "64",                   # texts per /classify request
     "RNNTEXT_MAX_TEXT_CHARS": "20000",           # characters per text

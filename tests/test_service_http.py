@@ -224,7 +224,7 @@ def test_info_reports_providers_and_models(client):
     assert set(doc["models"]["classifier"]["labels"]) == LABELS
     assert doc["models"]["classifier"]["metrics"] and doc["models"]["generator"]["metrics"]
     assert doc["sessions"]["store"] == "memory"
-    assert doc["settings"]["max_batch_size"] == 64 and doc["settings"]["max_latency_ms"] == 5000
+    assert doc["settings"]["max_batch_size"] == 32 and doc["settings"]["max_latency_ms"] == 5000
 
 
 def test_metrics_endpoint_has_custom_metrics(client):
