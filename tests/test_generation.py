@@ -20,9 +20,16 @@ def runtime(tmp_path_factory):
     return GeneratorRuntime(tiny_models.generator(tmp_path_factory.mktemp("m") / "generator"), "cpu", 1)
 
 
-def make(runtime, max_streams=4):
-    store = MemoryStore(ttl_s=60, max_sessions=10)
-    return Generation(runtime, store, Stepper(runtime, max_streams), model_tag(runtime.manifest)), store
+def run(runtime, test, max_streams: int = 4) -> None:
+    """Run ``test(gen, store)`` on a fresh Generation (memory store), then stop its stepping thread."""
+    async def main():
+        store = MemoryStore(ttl_s=60, max_sessions=10)
+        gen = Generation(runtime, store, Stepper(runtime, max_streams), model_tag(runtime.manifest))
+        try:
+            await test(gen, store)
+        finally:
+            await gen.stepper.aclose()
+    asyncio.run(main())
 
 
 def req(**kw) -> GenerateRequest:
@@ -41,8 +48,7 @@ def text(events):
 
 
 def test_second_request_on_a_busy_session_is_409_and_the_lock_is_released(runtime):
-    async def go():
-        gen, store = make(runtime)
+    async def go(gen, store):
         sid = (await run_all(gen, req(keep_session=True)))[-1]["session_id"]
         ticket = await gen.begin(req(prompt="", session_id=sid, keep_session=True))
         for attempt in (gen.begin(req(prompt="", session_id=sid)), gen.end_session(sid)):
@@ -55,12 +61,11 @@ def test_second_request_on_a_busy_session_is_409_and_the_lock_is_released(runtim
         with pytest.raises(ClientError) as info:
             await gen.end_session(sid)
         assert info.value.status == 404
-    asyncio.run(go())
+    run(runtime, go)
 
 
 def test_abandoned_stream_frees_slot_and_lock_and_keeps_the_old_state(runtime):
-    async def go():
-        gen, store = make(runtime)
+    async def go(gen, store):
         first = await run_all(gen, req(keep_session=True))
         sid = first[-1]["session_id"]
         saved = await store.load(sid)
@@ -73,38 +78,35 @@ def test_abandoned_stream_frees_slot_and_lock_and_keeps_the_old_state(runtime):
         more = await run_all(gen, req(prompt="", session_id=sid, keep_session=True))    # not busy any more
         whole = await run_all(gen, req(max_chars=40))
         assert text(first) + text(more) == text(whole)
-    asyncio.run(go())
+    run(runtime, go)
 
 
 def test_continuing_without_keep_session_ends_the_session(runtime):
-    async def go():
-        gen, store = make(runtime)
+    async def go(gen, store):
         sid = (await run_all(gen, req(keep_session=True)))[-1]["session_id"]
         last = await run_all(gen, req(prompt="", session_id=sid))
         assert last[-1] == {"done": True, "chars": 20}
         assert await store.load(sid) is None
-    asyncio.run(go())
+    run(runtime, go)
 
 
 def test_no_free_slot_is_503(runtime):
-    async def go():
-        gen, _ = make(runtime, max_streams=1)
+    async def go(gen, _):
         ticket = await gen.begin(req(max_chars=1000))
         with pytest.raises(ClientError) as info:
             await gen.begin(req())
         assert (info.value.status, info.value.kind) == (503, "overloaded")
         await gen.release(ticket)       # the response does this even when no event was ever sent
         assert len(await run_all(gen, req(max_chars=5))) >= 2
-    asyncio.run(go())
+    run(runtime, go, max_streams=1)
 
 
 def test_session_of_another_model_version_is_unknown(runtime):
-    async def go():
-        gen, store = make(runtime)
+    async def go(gen, store):
         sid = (await run_all(gen, req(keep_session=True)))[-1]["session_id"]
         gen.model_tag = "another-model"
         with pytest.raises(ClientError) as info:
             await gen.begin(req(prompt="", session_id=sid))
         assert (info.value.status, info.value.kind) == (404, "unknown_session")
         assert await store.acquire(sid)     # the failed request gave the session back
-    asyncio.run(go())
+    run(runtime, go)
