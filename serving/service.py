@@ -44,25 +44,26 @@ async def generate(request: Request):
     try:
         req = validate_generate(await _json(request), SETTINGS.max_prompt_chars, SETTINGS.max_chars,
                                 SETTINGS.default_chars)
-        ticket = await _svc().generation.begin(req)
+        generation = _svc().generation
+        ticket = await generation.begin(req)
     except ClientError as err:
         return error_response(err, _count_error)
-    return EventStream(ticket)
+    return EventStream(generation, ticket)
 
 
 class EventStream(StreamingResponse):
     """The generation's events; its slot and session are given back however the response ends."""
 
-    def __init__(self, ticket) -> None:
-        super().__init__(_svc().generation.events(ticket), media_type="text/event-stream",
+    def __init__(self, generation, ticket) -> None:
+        super().__init__(generation.events(ticket), media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.ticket = ticket
+        self.generation, self.ticket = generation, ticket
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await _svc().generation.release(self.ticket)
+            await self.generation.release(self.ticket)
 
 
 async def end_session(request: Request):
