@@ -252,7 +252,9 @@ def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None
             res["generation"] = bh.generation(url, args.stream_chars, tuple(args.streams))
             from loadtests.bench_models import generator_in_process
 
-            threads = int(env.get("RNNTEXT_THREADS", "0")) or max(1, len(os.sched_getaffinity(0)))
+            from serving.config import Settings
+
+            threads = Settings.from_env({**os.environ, **env}).threads   # what the service uses
             res["generation"]["in_process"] = generator_in_process(Path(env["RNNTEXT_MODELS"]) / "generator",
                                                                    threads)
             report_generation(res["generation"])
