@@ -35,7 +35,7 @@ def add_arguments(p) -> None:
     g.add_argument("--clip", type=float, default=1.0)
     g.add_argument("--epochs", type=float, default=10.0, help="upper bound on passes over the text")
     g.add_argument("--time-budget-min", type=float, help="stop after this many minutes (cosine follows the clock)")
-    g.add_argument("--eval-every", type=int, default=150, help="steps between validations")
+    g.add_argument("--eval-every", type=int, default=200, help="steps between validations")
     g.add_argument("--patience", type=int, default=4, help="validations without improvement before stopping")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on AVX512-BF16 CPUs)")
     g.add_argument("--seed", type=int, default=0)

@@ -41,7 +41,7 @@ class TrainConfig:
     clip: float = 1.0
     epochs: float = 10.0  # upper bound; the time budget usually ends the run first
     time_budget_min: float | None = None
-    eval_every: int = 150  # steps
+    eval_every: int = 200  # steps
     patience: int = 4  # evaluations without improvement before stopping
     sample_every: int = 1  # print a sample every this many evaluations (0 = never)
     bf16: bool = False  # bfloat16 autocast on CPU: about 2x faster on CPUs with AVX512-BF16
