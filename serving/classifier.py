@@ -36,9 +36,13 @@ class ClassifierRuntime:
         ids = [self._stoi.get(t, UNK_ID) for t in self._pattern.findall(text)][: self.max_len]
         return ids or [UNK_ID]
 
-    def predict_proba(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    def predict_proba(self, texts: list[str], batch_size: int = 4) -> np.ndarray:
         """Class probabilities (N, C) in input order. Texts are sorted by length inside the call, so a short
-        text is not padded to the length of a long one in the same batch."""
+        text is not padded to the length of a long one in the same batch.
+
+        batch_size: texts per ONNX call. Small chunks of length-sorted texts beat one big padded call on
+        CPU (32 real articles, one thread: 5.4 ms/article in one chunk of 32, 3.3 in 8s, 2.7 in 4s, 3.5 alone).
+        """
         encoded = [self.encode(t) for t in texts]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         probs = np.empty((len(texts), len(self.labels)), dtype=np.float32)
