@@ -136,14 +136,7 @@ def plots(res: dict, out: Path) -> list[Path]:
             a2.plot(c, [row["p95_ms"] for row in rows], marker="o", label=mode.replace("_", " "))
         a1.set(xlabel="concurrent clients", ylabel="articles / s", title="/classify throughput")
         a2.set(xlabel="concurrent clients", ylabel="p95 latency (ms)", title="/classify p95 latency")
-        for a in (a1, a2):
-            a.set_ylim(bottom=0)
-            a.grid(alpha=0.3)
-            a.legend()
-        made.append(out / "bench_http_concurrency.png")
-        fig.tight_layout()
-        fig.savefig(made[-1])
-        plt.close(fig)
+        made.append(_finish(plt, fig, (a1, a2), out / "bench_http_concurrency.png"))
     if "generation" in res:
         g = res["generation"]["by_streams"]
         n = sorted(g, key=int)
@@ -151,14 +144,20 @@ def plots(res: dict, out: Path) -> list[Path]:
         ax.plot([int(k) for k in n], [g[k]["aggregate_chars_per_s"] for k in n], marker="o", label="aggregate")
         ax.plot([int(k) for k in n], [g[k]["per_stream_chars_per_s"] for k in n], marker="o", label="per stream")
         ax.set(xlabel="concurrent streams", ylabel="characters / s", title="Streaming generation (step batching)")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        made.append(out / "bench_generation_streams.png")
-        fig.tight_layout()
-        fig.savefig(made[-1])
-        plt.close(fig)
+        made.append(_finish(plt, fig, (ax,), out / "bench_generation_streams.png"))
     return made
+
+
+def _finish(plt, fig, axes, path):
+    """y axes from zero, grid, legend; save and close the figure; return its path."""
+    for a in axes:
+        a.set_ylim(bottom=0)
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _ints(s: str) -> list[int]:
