@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,19 @@ def canon_path(data_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def exported() -> Path:
     return EXPORTED
+
+
+def training_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m training ARGS`` from the project root, output captured."""
+    return subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A real redis-server on a free port, for one test module."""
+    from serving_helpers import RedisServer
+
+    server = RedisServer()
+    yield server
+    server.stop()

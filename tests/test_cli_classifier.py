@@ -4,22 +4,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import training_cli as cli
 from training.__main__ import main
 from training.common import read_json
 
-ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["--limit", "30", "--max-len", "120", "--embed-dim", "24", "--hidden-size", "16", "--epochs", "5",
          "--batch-size", "16", "--lr", "0.01", "--no-progress"]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:

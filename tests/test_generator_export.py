@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import torch
 
 from serving.artifacts import ArtifactError, load_manifest
 from serving.generator import GeneratorRuntime
-from tests.conftest import ROOT
+from tests.conftest import training_cli as _cli
 from training.char_model import CharConfig, CharRNN
 from training.chardata import CharVocab
 from training.export_generator import check_parity, export_graphs
@@ -19,11 +17,6 @@ from training.export_generator import check_parity, export_graphs
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit")]  # exports take ~10 s each
 
 TEXT = 'The quick brown fox, said Holmes, "jumps over the lazy dog."\n     I had seen little of Holmes lately.'
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -3,25 +3,18 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from dataclasses import asdict
 
 import numpy as np
 import pytest
 
 from serving.generator import GenState, GeneratorRuntime, generate, sample_next
-from tests.conftest import ROOT
+from tests.conftest import training_cli as _cli
 from training.chardata import split_text
 from training.common import read_text
 
 MAX_VAL_BPC = 1.55  # the committed model measures 1.534 on the canon's validation tail (docs/generator.md)
 MAX_MODEL_MB = 60  # four copies of the weights: step/prefill x ONNX/TorchScript
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")

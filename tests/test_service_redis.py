@@ -5,17 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from serving_helpers import RedisServer, Server, generated_text, sse_events
+from serving_helpers import Server, generated_text, sse_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 PROMPT = "Mr. Sherlock Holmes, who was usually very late in the mornings, "
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    server = RedisServer()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -99,13 +99,6 @@ def test_memory_store_busy_flag():
     run(go())
 
 
-@pytest.fixture(scope="module")
-def redis_server():
-    server = RedisServer()
-    yield server
-    server.stop()
-
-
 @pytest.mark.redis
 def test_redis_store_round_trip_eviction_and_busy(redis_server):
     async def go():
