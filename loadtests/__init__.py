@@ -14,6 +14,8 @@ import random
 from functools import lru_cache
 from pathlib import Path
 
+from training.common import read_text as _read  # UTF-8, else Latin-1 (no torch imported)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _WORDS = ("the government said on monday that the company would report higher profits after strong sales of its "
@@ -24,14 +26,6 @@ _WORDS = ("the government said on monday that the company would report higher pr
 def data_dir() -> Path:
     env = os.environ.get("DATA_DIR")
     return Path(env) if env else ROOT.parent / "shared" / "data"
-
-
-def _read(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
 
 
 def synthetic_article(rng: random.Random, n_words: int = 380) -> str:

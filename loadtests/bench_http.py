@@ -146,7 +146,6 @@ def session_continuation(url: str, history_chars: int = 10_000, new_chars: int =
                          max_prompt_chars: int = 4000) -> dict:
     """Time to generate ``new_chars`` continuing a session that has read ``history_chars`` characters vs
     the same request on a fresh session (same short prompt, alternating, medians)."""
-    rng = random.Random(1)
     text = prose()[100_000:100_000 + history_chars]
     sid, seen = None, 0
     while seen < history_chars:        # feed the history in prompt-sized pieces, generating 1 char each
