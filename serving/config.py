@@ -32,6 +32,9 @@ DEFAULTS: dict[str, str] = {
     "RNNTEXT_REDIS_URL": "",                     # e.g. redis://host:6379/0; empty = in-process store
     "RNNTEXT_API_KEY": "",                       # when set, required on every endpoint but /livez /readyz /healthz
     "RNNTEXT_WARMUP": "1",                       # 0 skips the start-up warm-up (tests of start-up only)
+    "RNNTEXT_READ_TIMEOUT_S": "30",              # a request head, and then its body, must arrive within this
+    "RNNTEXT_MAX_CONNECTIONS": "1000",           # open connections per worker; 503 and closed above
+    "RNNTEXT_TRACING": "0",                      # 1 keeps BentoML's OpenTelemetry tracing (off: OTEL_SDK_DISABLED)
 }
 
 
@@ -59,6 +62,9 @@ class Settings:
     redis_url: str
     api_key: str
     warmup: bool
+    read_timeout_s: float
+    max_connections: int
+    tracing: bool
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -91,7 +97,10 @@ class Settings:
             max_sessions=_int(raw, "RNNTEXT_MAX_SESSIONS", 1),
             redis_url=raw["RNNTEXT_REDIS_URL"],
             api_key=raw["RNNTEXT_API_KEY"],
-            warmup=raw["RNNTEXT_WARMUP"] not in ("0", "false", "no", "off"),
+            warmup=_flag(raw["RNNTEXT_WARMUP"]),
+            read_timeout_s=_float(raw, "RNNTEXT_READ_TIMEOUT_S"),
+            max_connections=_int(raw, "RNNTEXT_MAX_CONNECTIONS", 1),
+            tracing=_flag(raw["RNNTEXT_TRACING"]),
         )
         if s.default_chars > s.max_chars:
             raise ConfigError("RNNTEXT_DEFAULT_CHARS must not exceed RNNTEXT_MAX_CHARS")
@@ -117,6 +126,10 @@ def _int(raw: dict[str, str], name: str, minimum: int) -> int:
     if value < minimum:
         raise ConfigError(f"{name}={value}: must be at least {minimum}")
     return value
+
+
+def _flag(value: str) -> bool:
+    return value.lower() not in ("0", "false", "no", "off")
 
 
 def _float(raw: dict[str, str], name: str) -> float:

@@ -11,6 +11,7 @@ Settings come from RNNTEXT_* environment variables (serving/config.py, docs/serv
 from __future__ import annotations
 
 import asyncio
+import os
 
 import bentoml
 from starlette.applications import Starlette
@@ -18,11 +19,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from . import connections, upstream
 from .config import Settings
 from .gate import Gate, error_response, read_body
 from .validation import ClientError, parse_json_object, validate_end_session, validate_generate
 
 SETTINGS = Settings.from_env()      # the decorators below need the batching and worker settings
+
+# Imported in each worker before BentoML builds its ASGI app and uvicorn server, so these take effect there.
+# Tracing without an exporter only costs CPU and memory per request; RNNTEXT_TRACING=1 leaves OpenTelemetry
+# to BentoML's tracing config and the OTEL_* variables.
+if not SETTINGS.tracing:
+    os.environ["OTEL_SDK_DISABLED"] = "true"
+upstream.install()
+connections.install(SETTINGS.max_connections, SETTINGS.read_timeout_s)
 
 
 def _svc():
@@ -87,7 +97,9 @@ http_routes = Starlette(routes=[Route("/generate", generate, methods=["POST"]),
 @bentoml.service(
     name="rnntext",
     workers=SETTINGS.workers,
-    traffic={"timeout": 300},   # only the time to the first byte: long event streams are not cut
+    # only the time to the response's first byte (long event streams are not cut); BentoML's default, above
+    # the body deadline; it also bounds how long anything BentoML keeps per request lives
+    traffic={"timeout": 60},
 )
 @bentoml.asgi_app(http_routes, path="/")   # matched only for its own paths, after BentoML's routes
 class RnnText:
@@ -131,4 +143,4 @@ class RnnText:
 
 RnnText.add_asgi_middleware(Gate, api_key=SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes,
                             max_texts=SETTINGS.max_texts, max_text_chars=SETTINGS.max_text_chars,
-                            on_error=_count_error)
+                            read_timeout_s=SETTINGS.read_timeout_s, on_error=_count_error)

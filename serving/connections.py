@@ -1,0 +1,86 @@
+"""Connection limits for each worker's uvicorn server: a cap on open connections and a deadline for headers.
+
+BentoML 1.4 builds its workers' ``uvicorn.Config`` itself and exposes neither uvicorn's ``limit_concurrency`` nor
+any header timeout, and uvicorn arms no timer before a connection's first request: a client that connects and
+then sends its request line one byte a second holds a socket for ever. ``install()`` (called when the service
+module is imported, which happens in the worker before BentoML builds its uvicorn server) wraps the HTTP
+protocol class that uvicorn picks with two checks:
+
+* a connection over ``max_connections`` open ones in this worker gets ``503 {"error", "kind": "overloaded"}``
+  and is closed at once, before anything is read;
+* a connection with no request in flight (just opened, or between keep-alive requests) must deliver a whole
+  request head within ``read_timeout_s``, or it is closed. Bodies have their own deadline (serving/gate.py).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_installed: dict[str, Any] = {}
+
+
+def _refusal(max_connections: int) -> bytes:
+    body = json.dumps({"error": f"too many open connections (limit {max_connections} per worker); retry later",
+                       "kind": "overloaded"}).encode()
+    head = (f"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+def guarded(protocol: type, max_connections: int, read_timeout_s: float) -> type:
+    """A subclass of one of uvicorn's HTTP protocols (h11 or httptools) with the two checks above."""
+    refusal = _refusal(max_connections)
+
+    class Guarded(protocol):
+        _head_timer = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                transport.write(refusal)
+                transport.close()       # connection_lost then removes it from ``connections``
+                return
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()                 # the next request head must arrive in time too
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(read_timeout_s, self._head_expired)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_expired(self) -> None:
+            self._head_timer = None
+            idle = self.cycle is None or self.cycle.response_complete     # no request has started since _arm
+            if idle and not self.transport.is_closing():
+                self.transport.close()
+
+    Guarded.__name__ = Guarded.__qualname__ = f"Guarded{protocol.__name__}"
+    return Guarded
+
+
+def install(max_connections: int, read_timeout_s: float) -> None:
+    """Make every uvicorn server started in this process use the guarded protocol (idempotent)."""
+    import uvicorn
+
+    _installed.update(max_connections=max_connections, read_timeout_s=read_timeout_s)
+    if "load" in _installed:
+        return
+    load = _installed["load"] = uvicorn.Config.load
+
+    def guarded_load(config: Any) -> None:
+        load(config)
+        config.http_protocol_class = guarded(config.http_protocol_class, _installed["max_connections"],
+                                             _installed["read_timeout_s"])
+
+    uvicorn.Config.load = guarded_load

@@ -1,0 +1,78 @@
+"""A fix for per-request memory that BentoML 1.4 keeps, applied when the service module is imported.
+
+BentoML's ``TimeoutMiddleware`` (``bentoml/_internal/server/http/traffic.py``) arms
+``loop.call_later(traffic.timeout, ...)`` for every request and never cancels it. An asyncio timer copies the
+current ``contextvars`` context when it is created, and that middleware runs inside the OpenTelemetry ASGI
+middleware, so each pending timer keeps the request's server span and BentoML's request-id context alive
+until it fires: ~5 KB per request for ``traffic.timeout`` seconds (docs/upstream/bentoml-timeout-leak.md has
+the measurements and a minimal reproduction). ``Handle.cancel()`` alone does not help: it drops the callback,
+not the copied context.
+
+The replacement below behaves as the original (504 JSON when the response has not started within the
+timeout) but arms its timer in an empty context, cancels it as soon as the response starts, and also stops
+waiting when the app finishes without sending anything. It is applied only while BentoML's method is the
+leaking one: once upstream cancels its timer, ``install()`` leaves it alone.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+ORIGINAL: dict[str, Any] = {}      # BentoML's own method, kept for the tests that show the defect
+
+
+async def _timeout_call(self: Any, scope: dict, receive: Any, send: Any) -> None:
+    if scope["type"] not in ("http", "websocket"):
+        return await self.app(scope, receive, send)
+    loop = asyncio.get_running_loop()
+    started = loop.create_future()      # done when the response starts (or the app ends without one)
+    # an empty context: the timer must not keep this request's context (span, request id) alive
+    timer = loop.call_later(self.timeout, self._set_timer_out, started, context=contextvars.Context())
+
+    async def _send(message: dict) -> None:
+        if not started.done():
+            started.set_result(None)
+        await send(message)
+
+    app = asyncio.ensure_future(self.app(scope, receive, _send))
+    app.add_done_callback(lambda _: started.done() or started.set_result(None))
+    try:
+        await started
+    except asyncio.TimeoutError:
+        if app.cancel():
+            from starlette.responses import JSONResponse
+
+            await JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"},
+                               status_code=504)(scope, receive, send)
+        return
+    finally:
+        timer.cancel()
+    await app
+
+
+def _leaks(method: Any) -> bool:
+    """BentoML's own ``__call__`` arms a timer that it never cancels."""
+    try:
+        src = inspect.getsource(method)
+    except (OSError, TypeError):
+        return False
+    return "call_later" in src and ".cancel()" not in src.replace("fut.cancel()", "")
+
+
+def install() -> bool:
+    """Patch BentoML's TimeoutMiddleware in this process (idempotent); True when the fix is in place."""
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    current = TimeoutMiddleware.__call__
+    if current is _timeout_call:
+        return True
+    if not _leaks(current):
+        log.info("BentoML's TimeoutMiddleware cancels its timer already: not patched")
+        return False
+    ORIGINAL["call"] = current
+    TimeoutMiddleware.__call__ = _timeout_call
+    return True
