@@ -7,11 +7,12 @@
 #
 # RNNTEXT_PROVIDER=auto (default) takes the CUDA execution provider when onnxruntime-gpu finds a GPU and falls
 # back to CPU otherwise; the provider in use is logged at start and reported by GET /info. All RNNTEXT_*
-# settings (docs/serving.md) can be passed with -e. Build from the project root (it copies serving/ and
-# exported_models/). onnxruntime-gpu 1.2x wheels on PyPI are built for CUDA 12 + cuDNN 9, hence the base.
+# settings (docs/serving.md) can be passed with -e. Build from the project root (it copies requirements/serve.lock,
+# serving/ and exported_models/). onnxruntime-gpu wheels on PyPI from 1.27 on are built for CUDA 13 + cuDNN 9
+# (the locked version is in serve.lock), hence the base; the host needs an NVIDIA driver that supports CUDA 13.
 ARG VARIANT=gpu
 
-FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 AS base-gpu
+FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS base-gpu
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
  && rm -rf /var/lib/apt/lists/*
@@ -23,9 +24,13 @@ ENV ORT_PACKAGE=onnxruntime
 FROM base-${VARIANT}
 ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 BENTOML_DO_NOT_TRACK=True BENTOML_HOME=/tmp/bentoml
-RUN python3 -m venv /opt/venv \
- && pip install --no-cache-dir "bentoml==1.4.39" "numpy>=1.24,<3" "redis>=5,<9" "${ORT_PACKAGE}>=1.17,<2"
 WORKDIR /app
+# every version from the serving lock (make lock); the GPU variant takes onnxruntime-gpu of the locked version
+COPY requirements/serve.lock requirements/
+RUN python3 -m venv /opt/venv \
+ && sed "s/^onnxruntime==/${ORT_PACKAGE}==/" requirements/serve.lock > /tmp/requirements.txt \
+ && pip install --no-cache-dir -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
 COPY bentofile.yaml ./
 COPY serving/ serving/
 COPY exported_models/ exported_models/

@@ -4,19 +4,44 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DATA_DIR ?= $(abspath ../shared/data)
 export DATA_DIR
-TORCH_PIN := torch==2.13.0
+# Lock files (make lock): requirements/serve.lock = the serving set (numpy, onnxruntime, tqdm, bentoml, redis),
+# universal (Python 3.11 and the 3.12 Docker images); requirements/dev.lock = everything setup installs, for
+# Python 3.11 on Linux x86_64, constrained by serve.lock. torch is locked to the local CPU wheel in $(TORCH_WHEELS)
+# (an unpinned torch pulls several GB of CUDA packages).
+TORCH_PIN := torch==2.13.0+cpu
+TORCH_WHEELS := /opt/wheels
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
+LOCK_FLAGS ?=
 
-.PHONY: setup test test-fast serve train-classifier search-classifier train-generator export loadtest bench clean
+.PHONY: setup lock test test-fast serve train-classifier search-classifier train-generator export loadtest bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: requirements/dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	# pinned first: an unpinned torch would pull several GB of CUDA packages
-	$(PY) -m pip install "$(TORCH_PIN)"
-	$(PY) -m pip install -e ".[train,serve,test]" "$(TORCH_PIN)"
+	# every version from the lock; torch there is $(TORCH_PIN), the local CPU wheel (no CUDA packages)
+	$(PY) -m pip install -r requirements/dev.lock
+	$(PY) -m pip install --no-deps -e .
 	touch $@
+
+# Regenerates both lock files with uv==$(UV_VERSION), keeping the current pins where the ranges in pyproject.toml
+# allow. Upgrades: make lock LOCK_FLAGS="--upgrade-package bentoml" (or "-P bentoml==1.4.41", or --upgrade).
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "uv==$(UV_VERSION)"
+	$(UV) pip compile pyproject.toml --extra serve --universal --python-version 3.11 \
+	    --custom-compile-command "make lock" $(LOCK_FLAGS) -o requirements/serve.lock >/dev/null
+	echo "$(TORCH_PIN)" | $(UV) pip compile pyproject.toml - --extra train --extra serve --extra test \
+	    --python-version 3.11 --python-platform x86_64-unknown-linux-gnu -c requirements/serve.lock \
+	    --find-links $(TORCH_WHEELS) --emit-find-links --custom-compile-command "make lock" $(LOCK_FLAGS) \
+	    -o requirements/dev.lock >/dev/null
+	# the GPU image (Dockerfile) installs onnxruntime-gpu of the locked onnxruntime version: check it exists
+	sed 's/^onnxruntime==/onnxruntime-gpu==/' requirements/serve.lock \
+	  | $(UV) pip compile - --python-version 3.12 --python-platform x86_64-unknown-linux-gnu -q >/dev/null \
+	  || { echo "error: no onnxruntime-gpu release matches the locked onnxruntime;" \
+	            "pin one that has: make lock LOCK_FLAGS='-P onnxruntime==X.Y.Z'"; exit 1; }
 
 test: setup
 	$(PY) -m pytest
