@@ -98,5 +98,13 @@ def sse_events(resp: httpx.Response) -> list[dict]:
     return events
 
 
+def read_all(s: socket.socket) -> bytes:
+    """Everything a raw socket receives until the server closes the connection."""
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def generated_text(events: list[dict]) -> str:
     return "".join(e.get("text", "") for e in events)

@@ -14,6 +14,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from loadtests.run import free_port
 from serving.connections import guarded
+from serving_helpers import read_all
 
 CAP, DEADLINE = 3, 0.6
 
@@ -48,13 +49,6 @@ def connect(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     time.sleep(0.05)        # let the server's connection_made run before the next connection
     return s
-
-
-def read_all(s: socket.socket) -> bytes:
-    chunks = []
-    while chunk := s.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def get(s: socket.socket, path: str = "/") -> bytes:
