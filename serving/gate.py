@@ -6,7 +6,7 @@ its body a byte a second gets 408 and its connection closed, instead of holding 
 /classify is BentoML's batchable endpoint; BentoML's own parser would answer a bad body with its generic
 pydantic message (and some media types with 415 or a 500). So the gate answers every mistake in that body with
 ``{"error", "kind"}`` and a 4xx too, and hands BentoML a clean ``{"texts": [...]}`` JSON body.
-The mounted routes (/generate, /end_session, /info) parse the replayed body with ``read_body``.
+The mounted routes (/generate, /end_session, /info) parse the replayed body with ``request.body()``.
 """
 from __future__ import annotations
 

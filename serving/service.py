@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from . import connections, upstream
 from .config import Settings
-from .gate import Gate, error_response, read_body
+from .gate import Gate, error_response
 from .validation import ClientError, parse_json_object, validate_end_session, validate_generate
 
 SETTINGS = Settings.from_env()      # the decorators below need the batching and worker settings
@@ -47,7 +47,8 @@ def _count_error(kind: str) -> None:
 
 
 async def _json(request: Request) -> dict:
-    return parse_json_object(await read_body(request.receive, SETTINGS.max_body_bytes), SETTINGS.max_body_bytes)
+    # the gate has read the body (size limit, deadline) and replays it in one message
+    return parse_json_object(await request.body(), SETTINGS.max_body_bytes)
 
 
 async def generate(request: Request):

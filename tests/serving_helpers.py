@@ -106,5 +106,12 @@ def read_all(s: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+def response(raw: bytes) -> tuple[str, dict[str, str], bytes]:
+    """A raw HTTP/1.1 response: status line, headers (lower-case names), body."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    return status, {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}, body
+
+
 def generated_text(events: list[dict]) -> str:
     return "".join(e.get("text", "") for e in events)

@@ -14,7 +14,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from loadtests.run import free_port
 from serving.connections import guarded
-from serving_helpers import read_all
+from serving_helpers import read_all, response
 
 CAP, DEADLINE = 3, 0.6
 
@@ -66,9 +66,9 @@ def test_over_the_cap_a_connection_gets_a_json_503_and_is_closed(port):
     held = [connect(port) for _ in range(CAP)]
     try:
         extra = connect(port)
-        reply = read_all(extra)         # closed by the server without a request: recv ends
-        head, _, body = reply.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 503 ") and b"connection: close" in head and b"retry-after: 1" in head
+        status, headers, body = response(read_all(extra))   # closed by the server without a request
+        assert status == "HTTP/1.1 503 Service Unavailable"
+        assert (headers["connection"], headers["retry-after"]) == ("close", "1")
         assert json.loads(body) == {"error": f"too many open connections (limit {CAP} per worker); retry later",
                                     "kind": "overloaded"}
     finally:

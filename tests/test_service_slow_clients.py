@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from serving_helpers import client, read_all, server  # noqa: F401 (fixtures)
+from serving_helpers import client, read_all, response, server  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S, MAX_CONNECTIONS = 2, 12
@@ -19,12 +19,6 @@ SERVER_ENV = {"RNNTEXT_READ_TIMEOUT_S": str(TIMEOUT_S), "RNNTEXT_MAX_CONNECTIONS
 def connect(server) -> socket.socket:
     url = urlparse(server.url)
     return socket.create_connection((url.hostname, url.port), timeout=TIMEOUT_S + 10)
-
-
-def response(raw: bytes) -> tuple[str, dict[str, str], bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status, *lines = head.decode().split("\r\n")
-    return status, {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}, body
 
 
 def still_serving(client):
