@@ -8,7 +8,7 @@
 # RNNTEXT_PROVIDER=auto (default) takes the CUDA execution provider when onnxruntime-gpu finds a GPU and falls
 # back to CPU otherwise; the provider in use is logged at start and reported by GET /info. All RNNTEXT_*
 # settings (docs/serving.md) can be passed with -e. Build from the project root (it copies requirements/serve.lock,
-# serving/ and exported_models/). onnxruntime-gpu wheels on PyPI from 1.27 on are built for CUDA 13 + cuDNN 9
+# runtime/, serving/ and exported_models/). onnxruntime-gpu wheels on PyPI from 1.27 on are built for CUDA 13 + cuDNN 9
 # (the locked version is in serve.lock), hence the base; the host needs an NVIDIA driver that supports CUDA 13.
 ARG VARIANT=gpu
 
@@ -32,6 +32,7 @@ RUN python3 -m venv /opt/venv \
  && pip install --no-cache-dir -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 COPY bentofile.yaml ./
+COPY runtime/ runtime/
 COPY serving/ serving/
 COPY exported_models/ exported_models/
 RUN useradd --create-home --uid 10001 app

@@ -10,7 +10,7 @@ Reported names: ``/classify``, ``/classify [8]``, ``/generate`` (time to the las
 ``/generate (abandoned)``, ``/end_session`` and ``/generate first chunk`` (type SSE: time to the first event).
 Think times (1-3 s classify, 1-4 s generate) model users, not a closed-loop flood: 50 users offer roughly
 15 /classify requests (~30 articles) and 5 generation streams per second; the closed-loop maximum-throughput
-figures are in loadtests/bench.py. Texts come from $DATA_DIR (BBC articles, Sherlock Holmes prose) when
+figures are in loadtests/bench/run.py. Texts come from $DATA_DIR (BBC articles, Sherlock Holmes prose) when
 present, else generated ones.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ import time
 
 from locust import HttpUser, between, task
 
-from loadtests import articles, prose_slice, sse_events
+from loadtests.sse import sse_events
+from loadtests.texts import articles, prose_slice
 
 GEN_CHARS = (80, 300)      # new characters per generation request (uniform)
 

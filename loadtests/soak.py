@@ -147,11 +147,11 @@ def _stream(max_chars: int, session: bool = False, abandon: bool = False):
 
 class Soak:
     """Runs a traffic plan with concurrent aiohttp clients (lighter on the client's CPU share than httpx, as in
-    loadtests/bench_http.py), counting requests per label and failures per label and reason."""
+    loadtests/bench/http_load.py), counting requests per label and failures per label and reason."""
 
     def __init__(self, url: str, plan: list[tuple[str, int]], clients: int, sample_every: int, rss=None,
                  progress=None):
-        from loadtests import articles, prose
+        from loadtests.texts import articles, prose
 
         with warnings.catch_warnings():     # a few corpus files are Latin-1, which read_text warns about
             warnings.simplefilter("ignore")
@@ -194,7 +194,7 @@ class Soak:
         return result if reason is None else None
 
     async def _op(self, s, kind: str, rng: random.Random) -> None:
-        from loadtests import prose_slice
+        from loadtests.texts import prose_slice
 
         if kind == "classify":
             await self._req(s, "POST /classify", "/classify", _classified,
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     from tqdm import tqdm
 
-    from loadtests.run import Server
+    from loadtests.server import Server
 
     server = None
     try:

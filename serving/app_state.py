@@ -1,7 +1,7 @@
 """Everything one service worker holds: the two runtimes, the session store, the step batcher, the metrics.
 
 Built in the worker by the service's ``__init__``. Loading the runtimes verifies every artifact's sha256
-against its manifest (serving.artifacts.load_manifest); a mismatch raises ArtifactError and the worker does
+against its manifest (runtime.manifest.load_manifest); a mismatch raises ArtifactError and the worker does
 not start. ``warm_up`` then runs dummy requests through the real HTTP path so that BentoML's adaptive batcher
 has finished its own training phase (during which it answers 503 easily) before /readyz says ready.
 """
@@ -29,7 +29,8 @@ WARM_BURSTS = (2, 4, 8, 16, 16, 16)
 
 def preflight(settings: Settings) -> None:
     """What would make every worker fail: artifacts that do not match their manifests, no CUDA for 'cuda'."""
-    from .artifacts import ArtifactError, available_providers, load_manifest, model_dir
+    from runtime.manifest import ArtifactError, load_manifest, model_dir
+    from runtime.providers import available_providers
 
     try:
         for kind in ("classifier", "generator"):
@@ -49,12 +50,12 @@ def model_tag(manifest: dict) -> str:
 
 class AppState:
     def __init__(self, settings: Settings):
-        from .artifacts import model_dir
-        from .classifier import ClassifierRuntime
-        from .generator import GeneratorRuntime
+        from runtime.classifier import ClassifierRuntime
+        from runtime.generator import GeneratorRuntime
+        from runtime.manifest import model_dir
 
         # BentoML's logging config leaves the root logger at WARNING: say what is in use at start
-        for name in ("rnntext", "serving.artifacts"):
+        for name in ("rnntext", "runtime"):
             logging.getLogger(name).setLevel(logging.INFO)
         self.settings = s = settings
         self.classifier = ClassifierRuntime(model_dir(s.models, "classifier"), s.provider, s.threads)

@@ -105,7 +105,7 @@ http_routes = Starlette(routes=[Route("/generate", generate, methods=["POST"]),
 @bentoml.asgi_app(http_routes, path="/")   # matched only for its own paths, after BentoML's routes
 class RnnText:
     def __init__(self) -> None:
-        from .app_state import AppState   # the runtimes: loaded (and their sha256 checked) here, in the worker
+        from .app_state import AppState  # the runtimes: loaded (and their sha256 checked) here, in the worker
 
         self.state = AppState(SETTINGS)
         self.metrics = self.state.metrics

@@ -145,7 +145,7 @@ class RedisStore:
     LOCK_TTL_S = 30.0       # a stream extends its lock every LOCK_TTL_S / 3 (see generation.py)
 
     def __init__(self, url: str, ttl_s: float, max_sessions: int, prefix: str = "rnntext:"):
-        import redis.asyncio as aioredis   # only when configured: the in-process store needs no client
+        import redis.asyncio as aioredis  # only when configured: the in-process store needs no client
 
         self._redis = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self.ttl_ms = int(ttl_s * 1000)

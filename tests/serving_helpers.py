@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from loadtests import run as loadtest_run
-from loadtests.run import free_port
+from loadtests.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"

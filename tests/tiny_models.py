@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from serving.artifacts import write_manifest
+from runtime.manifest import write_manifest
 
 LABELS = ["business", "entertainment", "politics", "sport", "tech"]
 CHARS = list(" abcdefghijklmnopqrstuvwxyz.,\n")

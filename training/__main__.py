@@ -11,21 +11,21 @@ import logging
 import sys
 import warnings
 
-from serving.artifacts import ArtifactError
-from training.common import UserError
+from runtime.manifest import ArtifactError
+from training.common.cli import UserError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train-classifier": ("training.cli_classifier", "train the BiLSTM topic classifier on the BBC corpus"),
-    "search-classifier": ("training.search", "Optuna search over classifier hyperparameters"),
-    "export-classifier": ("training.export_classifier", "export a classifier checkpoint to TorchScript + ONNX"),
-    "evaluate-classifier": ("training.evaluate", "score the exported ONNX classifier on a corpus"),
-    "predict-classifier": ("training.predict", "classify a text with the exported model"),
-    "train-generator": ("training.cli_generator", "train the character-level LSTM generator"),
-    "search-generator": ("training.search_generator", "Optuna search over generator hyperparameters"),
-    "export-generator": ("training.export_generator", "export a generator checkpoint (step + prefill graphs)"),
-    "evaluate-generator": ("training.evaluate_generator", "bits per character of the exported generator"),
-    "generate": ("training.generate", "stream text from the exported generator"),
+    "train-classifier": ("training.classifier.cli", "train the BiLSTM topic classifier on the BBC corpus"),
+    "search-classifier": ("training.classifier.search", "Optuna search over classifier hyperparameters"),
+    "export-classifier": ("training.classifier.export", "export a classifier checkpoint to TorchScript + ONNX"),
+    "evaluate-classifier": ("training.classifier.evaluate", "score the exported ONNX classifier on a corpus"),
+    "predict-classifier": ("training.classifier.predict", "classify a text with the exported model"),
+    "train-generator": ("training.generator.cli", "train the character-level LSTM generator"),
+    "search-generator": ("training.generator.search", "Optuna search over generator hyperparameters"),
+    "export-generator": ("training.generator.export", "export a generator checkpoint (step + prefill graphs)"),
+    "evaluate-generator": ("training.generator.evaluate", "bits per character of the exported generator"),
+    "generate": ("training.generator.generate", "stream text from the exported generator"),
 }
 
 

@@ -1,0 +1,100 @@
+"""Markdown tables from a bench.json (``python -m loadtests.bench.report results/bench-*/bench.json``), so the
+figures in docs/benchmarks.md are pasted from a run, never typed in. Each table shows the issue's target."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _ok(flag: bool) -> str:
+    return "met" if flag else "**missed**"
+
+
+def markdown(res: dict) -> str:
+    out = []
+    m = res.get("machine", {})
+    out.append(f"Run {res.get('date')} on {m.get('cpu')} ({m.get('cores')} cores), ONNX Runtime "
+               f"{m.get('onnxruntime')}, Python {m.get('python')}; `{res.get('command')}`"
+               + (f"; server settings {res['server_env']}" if res.get("server_env") else "") + ".\n")
+    if "models" in res:
+        r = res["models"]
+        out.append(f"**Classifier inference**, ms per article, {r['threads']} thread(s), median of {r['rounds']} "
+                   f"interleaved rounds (batch 1: {r['tokens_batch1_mean']:.0f} tokens on average; batch "
+                   f"{r['batch']}: {r['tokens_batch_mean']:.0f}):\n")
+        out.append("| batch | ONNX Runtime | TorchScript | eager PyTorch | ORT vs eager | target | ORT vs TorchScript |")
+        out.append("| --- | ---: | ---: | ---: | ---: | --- | ---: |")
+        for key in ("batch1", f"batch{r['batch']}"):
+            ms, sp = r[key]["ms_per_article"], r[key]["ort_speedup_vs_eager"]
+            out.append(f"| {key[5:]} | {ms['onnxruntime']:.2f} | {ms['torchscript']:.2f} | {ms['eager']:.2f} | "
+                       f"{sp:.2f}x | >= 1.3x: {_ok(sp >= 1.3)} | {r[key]['ort_speedup_vs_torchscript']:.2f}x |")
+        out.append("")
+    if "quant" in res:
+        c, g = res["quant"]["classifier"], res["quant"]["generator"]
+        out.append("**int8 dynamic quantization** (`onnxruntime.quantization.quantize_dynamic`, QInt8 weights):\n")
+        out.append("| model | quality fp32 | quality int8 | change | speed-up | size |")
+        out.append("| --- | ---: | ---: | ---: | --- | --- |")
+        out.append(f"| classifier | accuracy {c['accuracy']['fp32']:.4f} | {c['accuracy']['int8']:.4f} | "
+                   f"{c['accuracy_change']:+.4f} (agreement {c['agreement']:.4f}, {c['evaluated_on']}) | "
+                   f"{c['speedup_batch1']:.2f}x batch 1, {c['speedup_batch32']:.2f}x batch 32 | "
+                   f"{c['file_bytes']['fp32'] / 1e6:.1f} -> {c['file_bytes']['int8'] / 1e6:.1f} MB |")
+        out.append(f"| generator | {g['bpc']['fp32']:.4f} bits/char | {g['bpc']['int8']:.4f} | {g['bpc_change']:+.4f} "
+                   f"({g['evaluated_on']}) | step {g['step_speedup']:.2f}x ({g['step_ms']['fp32']:.3f} -> "
+                   f"{g['step_ms']['int8']:.3f} ms), prefill {g['prefill_speedup']:.2f}x | |")
+        out.append("")
+    if "http" in res:
+        h = res["http"]
+        out.append("**HTTP /classify**, one article per request, closed loop, client-side latency "
+                   f"(batching off = `{h.get('batching_off_baseline')}`):\n")
+        out.append("| clients | mode | articles/s | p50 ms | p95 ms | failures |")
+        out.append("| ---: | --- | ---: | ---: | ---: | ---: |")
+        for mode in ("batching_on", "batching_off"):
+            for row in h.get(mode, []):
+                out.append(f"| {row['concurrency']} | {mode.replace('_', ' ')} | {row['throughput_rps']:.1f} | "
+                           f"{row['p50_ms']:.1f} | {row['p95_ms']:.1f} | {row['failures']} |")
+        if "speedup_at_max" in h:
+            on = {r["concurrency"]: r for r in h["batching_on"]}[h["max_concurrency"]]
+            out.append(f"\nAdaptive batching vs off at {h['max_concurrency']} clients: {h['speedup_at_max']:.2f}x "
+                       f"throughput (target >= 2x: {_ok(h['speedup_at_max'] >= 2)}), p95 {on['p95_ms']:.0f} ms "
+                       f"(target <= 300 ms: {_ok(on['p95_ms'] <= 300)}).")
+        if "single_client_p50_ms" in h:
+            p50 = h["single_client_p50_ms"]
+            out.append(f"One article end to end, one client: p50 {p50:.1f} ms (target <= 20 ms: {_ok(p50 <= 20)}).")
+        out.append("")
+    if "generation" in res:
+        g = res["generation"]
+        out.append(f"**Generation** (streams of {g['stream_chars']} characters after a 200-character prompt):\n")
+        out.append("| streams | aggregate chars/s | per-stream chars/s |")
+        out.append("| ---: | ---: | ---: |")
+        for n, row in g["by_streams"].items():
+            out.append(f"| {n} | {row['aggregate_chars_per_s']:.0f} | {row['per_stream_chars_per_s']:.0f} |")
+        top = max(g["by_streams"], key=int)
+        ratio = g[f"aggregate_{top}_vs_1"]
+        one = g["one_stream_chars_per_s"]
+        out.append(f"\nTime to first chunk p50 {g['ttfc_p50_ms']:.1f} ms, p95 {g['ttfc_p95_ms']:.1f} ms (target <= 50 ms:"
+                   f" {_ok(g['ttfc_p50_ms'] <= 50)}); one stream {one:.0f} chars/s (target >= 2,000: "
+                   f"{_ok(one >= 2000)}); {top} streams vs one {ratio:.2f}x (target >= 3x: {_ok(ratio >= 3)}).")
+        if "in_process" in g:
+            ip = g["in_process"]
+            out.append(f"Same model in-process, no server (sample + step per character, {ip['threads']} thread(s)): "
+                       f"{ip['chars_per_s']:.0f} chars/s.")
+        out.append("")
+    if "session" in res:
+        s = res["session"]
+        out.append(f"**Session continuation**: {s['new_chars']} new characters, fresh request {s['fresh_ms']:.0f} ms vs "
+                   f"after {s['history_chars']:,} characters of history {s['continued_ms']:.0f} ms: ratio "
+                   f"{s['ratio']:.2f} (target <= 1.2: {_ok(s['ratio'] <= 1.2)}).\n")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m loadtests.bench.report", description=__doc__)
+    ap.add_argument("bench_json", nargs="+", type=Path, help="bench.json files written by python -m loadtests.bench")
+    for path in ap.parse_args(argv).bench_json:
+        print(markdown(json.loads(path.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The service under test as a subprocess: ``bentoml serve`` on a free port, ready-wait, RSS of its process tree.
+
+Shared by the locust load test, the soak, the benchmarks and the HTTP tests.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from loadtests import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A ``bentoml serve`` subprocess in its own process group; ``rss()`` sums its whole process tree."""
+
+    def __init__(self, env: dict[str, str] | None = None, port: int | None = None, service: str | None = None,
+                 log_path: Path | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "bentoml", "serve", *([service] if service else []),
+               "--host", "127.0.0.1", "--port", str(self.port)]
+        # own BENTOML_HOME: a starting `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir, which
+        # would wipe the metrics of any other server on this host (see docs/serving.md)
+        self._home = tempfile.TemporaryDirectory(prefix="rnntext-loadtest-bentoml-")
+        full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": self._home.name, **(env or {})}
+        self.log_path = log_path
+        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout: float = 180.0) -> float:
+        import httpx
+
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with code {self.proc.returncode} before it was ready"
+                                   + (f" (log: {self.log_path})" if self.log_path else ""))
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return time.perf_counter() - t0
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready after {timeout:.0f} s")
+
+    def rss(self) -> int:
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        total = 0
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
+        self._home.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, server: Server, period: float = 1.0):
+        super().__init__(daemon=True)
+        self.server, self.period = server, period
+        self.samples: list[tuple[float, int]] = []
+        self._halt = threading.Event()
+        self.t0 = time.perf_counter()
+
+    def run(self):
+        while not self._halt.is_set():
+            self.samples.append((time.perf_counter() - self.t0, self.server.rss()))
+            self._halt.wait(self.period)
+
+    def stop(self):
+        self._halt.set()
+        self.join()

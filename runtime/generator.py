@@ -1,0 +1,166 @@
+"""Character generation with the exported ONNX generator (numpy + onnxruntime only, no torch).
+
+The BentoML service and the ``generate`` command share these numerics. A stream's whole state is a
+``GenState``: recurrent state (h, c), the logits of the next character and the RNG state. Invariant: after
+N characters have been emitted, every one of them has been fed to the model, so a stream can be stopped
+and resumed anywhere (``start("", state)``) and produces exactly what an uninterrupted run would.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.manifest import load_manifest, model_dir
+from runtime.providers import make_session
+
+
+def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, rng: np.random.Generator | None = None) -> int:
+    """One character id from next-char logits (V,): temperature 0 = argmax; else top-k, then top-p nucleus."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    if rng is None:
+        raise ValueError("sampling with temperature > 0 needs an rng")
+    z = logits / temperature
+    order = np.argsort(-z, kind="stable")  # most likely first; stable so ties are deterministic
+    z = z[order]
+    if top_k is not None and 0 < top_k < len(z):
+        z = z[:top_k]
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if top_p is not None and 0 < top_p < 1:
+        keep = int(np.searchsorted(np.cumsum(p), top_p)) + 1  # smallest prefix with mass >= top_p
+        p = p[:keep] / p[:keep].sum()
+    return int(order[rng.choice(len(p), p=p)])
+
+
+@dataclass
+class GenState:
+    """One stream: recurrent state, logits of the next character and the sampler's RNG state.
+
+    Only numpy arrays and JSON values, so it can be stored (serving.sessions.encode_state) without pickle.
+    """
+
+    h: np.ndarray  # (L, H) float32
+    c: np.ndarray  # (L, H) float32
+    logits: np.ndarray  # (V,) float32: the next character's logits, i.e. every emitted char has been fed
+    rng_state: dict[str, Any] | None = field(default=None)  # numpy bit_generator.state
+
+
+class GeneratorRuntime:
+    """The exported step/prefill ONNX graphs of ``exported_models/generator`` (manifest verified)."""
+
+    state_class = GenState
+    PRIME = "\n"  # what an empty prompt without a state reads: generation starts at a line start
+    PREFILL_CHUNK = 4096  # longer prompts are read in pieces, the state carried between them
+
+    def __init__(self, folder: str | Path, provider: str = "auto", intra_threads: int | None = None):
+        folder = model_dir(folder, "generator")
+        self.manifest = load_manifest(folder, kind="generator")
+        self.vocab: list[str] = list(self.manifest["vocab"])
+        self.unk_id = int(self.manifest["unk_id"])
+        self.num_layers = int(self.manifest["num_layers"])
+        self.hidden_size = int(self.manifest["hidden_size"])
+        self._index = {ch: i for i, ch in enumerate(self.vocab)}
+        self.step_session = make_session(folder / "step.onnx", provider, intra_threads)
+        self.prefill_session = make_session(folder / "prefill.onnx", provider, intra_threads)
+
+    # ------------------------------------------------------------ text <-> ids
+    def encode(self, text: str) -> np.ndarray:
+        """(N,) int64; characters outside the vocabulary become unk_id."""
+        return np.fromiter((self._index.get(ch, self.unk_id) for ch in text), dtype=np.int64, count=len(text))
+
+    def decode(self, ids) -> str:
+        return "".join(self.vocab[int(i)] for i in ids)
+
+    # ------------------------------------------------------------ raw graphs
+    def zero_state(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        shape = (self.num_layers, batch, self.hidden_size)
+        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+
+    def prefill(self, ids: np.ndarray, h: np.ndarray, c: np.ndarray):
+        """ids (B, T) -> logits after the last position (B, V), h, c (L, B, H)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"prefill needs ids of shape (B, T) with T >= 1, got {ids.shape}")
+        for i in range(0, ids.shape[1], self.PREFILL_CHUNK):
+            logits, h, c = self.prefill_session.run(None, {"ids": ids[:, i:i + self.PREFILL_CHUNK], "h": h, "c": c})
+        return logits, h, c
+
+    def step(self, ids: np.ndarray, h: np.ndarray, c: np.ndarray):
+        """ids (B,) -> logits (B, V), h, c (L, B, H)."""
+        return tuple(self.step_session.run(None, {"ids": np.asarray(ids, dtype=np.int64), "h": h, "c": c}))
+
+    # ------------------------------------------------------------ streams
+    def start(self, prompt: str, state: GenState | None = None, seed: int | None = None) -> GenState:
+        """Read ``prompt`` from ``state`` (or from zeros). An empty prompt keeps the state's logits, or
+        with no state reads PRIME. ``seed`` starts a fresh RNG; without it the state's RNG continues."""
+        if state is None:
+            h, c = self.zero_state(1)
+            prompt = prompt or self.PRIME
+            rng_state = None
+        else:
+            h, c = state.h[:, None].copy(), state.c[:, None].copy()  # (L, 1, H)
+            rng_state = state.rng_state
+        if seed is not None or rng_state is None:
+            rng_state = np.random.default_rng(seed).bit_generator.state
+        if not prompt:
+            return GenState(h[:, 0], c[:, 0], state.logits.copy(), rng_state)
+        logits, h, c = self.prefill(self.encode(prompt)[None], h, c)
+        return GenState(h[:, 0], c[:, 0], logits[0], rng_state)
+
+    @staticmethod
+    def rng_for(state: GenState) -> np.random.Generator:
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state.rng_state
+        return rng
+
+    @staticmethod
+    def save_rng(state: GenState, rng: np.random.Generator) -> None:
+        state.rng_state = rng.bit_generator.state
+
+    sample_next = staticmethod(sample_next)
+
+    def advance(self, states: Sequence[GenState], ids: Sequence[int]) -> None:
+        """Feed one character to each stream with ONE batched step call; updates the states in place."""
+        h = np.stack([s.h for s in states], axis=1)  # (L, B, H)
+        c = np.stack([s.c for s in states], axis=1)
+        logits, h, c = self.step(np.asarray(ids, dtype=np.int64), h, c)
+        for b, s in enumerate(states):
+            s.h, s.c, s.logits = h[:, b].copy(), c[:, b].copy(), logits[b].copy()
+
+
+class TextStream:
+    """Iterator over generated characters; ``.state`` is the stream's state after the last one yielded."""
+
+    def __init__(self, runtime: GeneratorRuntime, prompt: str, max_chars: int, temperature: float = 0.8,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 state: GenState | None = None):
+        self.runtime, self.remaining = runtime, max_chars
+        self.sampling = (temperature, top_k, top_p)
+        self.state = runtime.start(prompt, state, seed)
+        self._rng = runtime.rng_for(self.state)
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        if self.remaining <= 0:
+            raise StopIteration
+        i = sample_next(self.state.logits, *self.sampling, rng=self._rng)
+        self.runtime.advance([self.state], [i])  # feed it now: the state always covers every emitted char
+        self.runtime.save_rng(self.state, self._rng)
+        self.remaining -= 1
+        return self.runtime.decode([i])
+
+
+def generate(runtime: GeneratorRuntime, prompt: str, max_chars: int, temperature: float = 0.8,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             state: GenState | None = None) -> TextStream:
+    """Characters one at a time; the returned TextStream's ``.state`` resumes the stream later."""
+    return TextStream(runtime, prompt, max_chars, temperature, top_k, top_p, seed, state)

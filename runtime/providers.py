@@ -1,0 +1,49 @@
+"""ONNX Runtime sessions on the execution provider asked for (CUDA when present, CPU otherwise)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from runtime.manifest import ArtifactError
+
+log = logging.getLogger(__name__)
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
+
+
+def make_session(path: str | os.PathLike, provider: str = "auto", intra_threads: int | None = None,
+                 inter_threads: int = 1):
+    """An ONNX Runtime InferenceSession.
+
+    provider: ``auto`` (CUDA when available, else CPU), ``cuda`` (error if unavailable) or ``cpu``.
+    intra_threads: threads per op; default ``$ORT_INTRA_OP_THREADS`` or 1. ONNX Runtime's own default
+    spins one thread per core, which starves the web server and the other workers in the process.
+    """
+    import onnxruntime as ort
+
+    avail = ort.get_available_providers()
+    if provider == "auto":
+        provider = "cuda" if "CUDAExecutionProvider" in avail else "cpu"
+    if provider == "cuda":
+        if "CUDAExecutionProvider" not in avail:
+            raise ArtifactError("provider 'cuda' asked for, but onnxruntime has no CUDAExecutionProvider "
+                                "(install onnxruntime-gpu)")
+        providers = [("CUDAExecutionProvider", {"device_id": int(os.environ.get("ORT_CUDA_DEVICE", "0")),
+                                                "arena_extend_strategy": "kSameAsRequested"}),
+                     "CPUExecutionProvider"]
+    elif provider == "cpu":
+        providers = ["CPUExecutionProvider"]
+    else:
+        raise ArtifactError(f"unknown provider {provider!r} (auto | cuda | cpu)")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_threads or int(os.environ.get("ORT_INTRA_OP_THREADS", "1"))
+    opts.inter_op_num_threads = inter_threads
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    log.info("%s: providers %s", Path(path).name, sess.get_providers())
+    return sess

@@ -1,0 +1,140 @@
+"""The classifier commands end to end on a small real subset, and their one-line errors on bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from training.__main__ import main
+from training.common.files import read_json
+
+from tests.conftest import training_cli as cli
+
+SMOKE = ["--limit", "30", "--max-len", "120", "--embed-dim", "24", "--hidden-size", "16", "--epochs", "5",
+         "--batch-size", "16", "--lr", "0.01", "--no-progress"]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    for f in fragments:
+        assert f in errors[0]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(bbc_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["train-classifier", "--data-dir", str(bbc_dir), "--out", str(out), *SMOKE]) == 0
+    (run,) = out.iterdir()
+    return run
+
+
+@pytest.mark.slow
+def test_train_writes_the_run_folder(smoke_run):
+    for name in ("config.json", "split.json", "vocab.json", "metrics.json", "model.pt", "last.pt", "loss.png",
+                 "accuracy.png", "lr.png", "confusion.png", "per_class.png"):
+        assert (smoke_run / name).stat().st_size > 0, name
+    m = read_json(smoke_run / "metrics.json")
+    split = read_json(smoke_run / "split.json")
+    assert [len(split[k]) for k in ("train", "val", "test")] == [120, 15, 15]
+    assert not set(split["test"]) & set(split["train"])
+    test = m["test"]
+    assert test["n"] == 15 and sum(map(sum, test["confusion_matrix"])) == 15
+    assert set(test["per_class"]) == {"politics", "sport", "tech", "entertainment", "business"}
+    assert 0 <= test["macro_f1"] <= 1 and m["baseline_tfidf_svm"]["n"] == 15
+    hist = m["history"]
+    assert len(hist) == 5 and hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert read_json(smoke_run / "config.json")["model"]["hidden_size"] == 16
+
+
+@pytest.mark.slow
+def test_export_evaluate_predict_on_the_smoke_model(smoke_run, bbc_dir, tmp_path):
+    assert main(["export-classifier", str(smoke_run), "--out", str(tmp_path), "--data-dir", str(bbc_dir)]) == 0
+    manifest = read_json(tmp_path / "classifier" / "manifest.json")
+    assert max(manifest["parity"]["max_abs_diff"].values()) < 1e-4
+    assert sorted(manifest["files"]) == ["model.onnx", "model.ts"]
+    proc = cli("evaluate-classifier", "--models", str(tmp_path), "--data-dir", str(bbc_dir), "--split", "test")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["n"] == 15
+    assert result["accuracy"] == pytest.approx(read_json(smoke_run / "metrics.json")["test"]["accuracy"], abs=1e-9)
+    proc = cli("predict-classifier", "--models", str(tmp_path), "--json", "Chelsea won the cup final")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["label"] in out["probabilities"] and sum(out["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_resume_a_finished_run_keeps_its_history(smoke_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    assert main(["train-classifier", "--run-dir", str(run), "--no-progress"]) == 0
+    assert len(read_json(run / "metrics.json")["history"]) == 5
+
+
+def test_errors_missing_and_empty_data_dir(tmp_path):
+    assert_one_line_error(cli("train-classifier", "--data-dir", str(tmp_path / "nope")), "data directory not found")
+    assert_one_line_error(cli("train-classifier", "--data-dir", str(tmp_path)), "no topic folders")
+
+
+def test_error_unknown_label_folder(tmp_path):
+    (tmp_path / "weather").mkdir()
+    (tmp_path / "weather" / "001.txt").write_text("Rain\n\nIt rained.")
+    assert_one_line_error(cli("train-classifier", "--data-dir", str(tmp_path)), "unknown label folder", "weather")
+
+
+def test_errors_bad_csv(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("body,topic\nhello,1\n")
+    assert_one_line_error(cli("train-classifier", "--csv", str(bad)), "missing column", "text")
+    bad.write_text("text,label\nhello,9\n")
+    assert_one_line_error(cli("train-classifier", "--csv", str(bad)), "unknown label '9'")
+
+
+def test_error_too_few_articles_for_a_split(tmp_path):
+    csv = tmp_path / "tiny.csv"
+    csv.write_text("text,label\n" + "".join(f"article number {i},{i % 5}\n" for i in range(10)))
+    assert_one_line_error(cli("train-classifier", "--csv", str(csv)), "split empty")
+
+
+def test_error_bad_model_flag():
+    assert_one_line_error(cli("train-classifier", "--cell", "transformer"), "cell must be one of")
+
+
+def test_error_tampered_model_file(exported, tmp_path):
+    models = tmp_path / "classifier"
+    shutil.copytree(exported / "classifier", models)
+    with open(models / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    assert_one_line_error(cli("predict-classifier", "--models", str(models), "some text"), "model.onnx", "sha256")
+    assert_one_line_error(cli("evaluate-classifier", "--models", str(tmp_path)), "does not match the manifest")
+
+
+def test_every_classifier_command_has_help():
+    for cmd in ("train-classifier", "search-classifier", "export-classifier", "evaluate-classifier",
+                "predict-classifier"):
+        proc = cli(cmd, "--help")
+        assert proc.returncode == 0 and "usage:" in proc.stdout, cmd
+
+
+@pytest.mark.slow
+def test_train_from_the_kaggle_csv(bbc_dir, tmp_path):
+    import csv
+
+    from training.classifier import data as bbc
+
+    rows = [(a.text, a.label) for a in bbc.first_per_class(bbc.read_folder(bbc_dir), 12)]
+    path = tmp_path / "bbc-text.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    run = tmp_path / "run"
+    assert main(["train-classifier", "--csv", str(path), "--run-dir", str(run), *SMOKE[2:]]) == 0
+    split = read_json(run / "split.json")
+    assert [len(split[k]) for k in ("train", "val", "test")] == [50, 5, 5]
+    assert all(i.startswith("row") for i in split["test"])
+    assert read_json(run / "metrics.json")["test"]["n"] == 5

@@ -1,0 +1,187 @@
+"""train-classifier: BBC corpus -> duplicate-aware split -> vocab -> BiLSTM -> report + checkpoint.
+
+The run folder gets config.json (resolved), split.json (article ids per split and the duplicate
+counts), vocab.json, metrics.json (test metrics of the model and of the TF-IDF + SVM baseline on the same
+split, plus the epoch history), loss/accuracy/lr/confusion/per_class PNGs, model.pt (config + state_dict +
+vocab + labels; no pickled module) and last.pt (resume state). ``--run-dir`` on an existing run resumes it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from training.classifier import data as bbc
+from training.classifier.model import ClassifierConfig
+from training.classifier.tokenizer import PATTERN, Vocab, length_quantile
+from training.classifier.train import Encoded, TrainConfig, predict, train
+from training.common.cli import UserError, data_path, make_run_dir
+from training.common.devices import library_versions, pick_device
+from training.common.files import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+DATA_DEFAULTS = {"max_len": 750, "min_freq": 2, "max_vocab": 30000, "embed_init": "lsa", "dedup_threshold": 0.9,
+                 "val_frac": 0.1, "test_frac": 0.1, "split_seed": 0, "limit": 0}
+MODEL_SKIP = {"vocab_size", "num_classes"}  # derived from the data, not flags
+FIELD_HELP = {"cell": "rnn | gru | lstm", "pooling": "'+'-joined subset of last, mean, max",
+              "word_dropout": "share of tokens replaced by <unk> in training",
+              "embed_dropout": "share of embedding channels dropped in training",
+              "dropout": "dropout between stacked layers and before the output layer",
+              "clip": "max gradient norm", "patience": "early stopping: epochs without val-loss improvement",
+              "lr_patience": "ReduceLROnPlateau (factor 0.5) patience in epochs"}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One --flag per data setting and per field of ClassifierConfig and TrainConfig."""
+    g = parser.add_argument_group("data and tokens")
+    g.add_argument("--data-dir", help="BBC corpus in its folder layout (default $DATA_DIR/bbc)")
+    g.add_argument("--csv", help="read the corpus from a CSV with text,label columns instead")
+    helps = {"max_len": "tokens kept per article (the first ones: the title is never cut)",
+             "embed_init": "lsa (LSA vectors of the training split) | random",
+             "limit": "use at most this many articles per class (0 = all; for smoke tests)",
+             "dedup_threshold": "TF-IDF cosine above which two articles are near duplicates"}
+    for name, default in DATA_DEFAULTS.items():
+        g.add_argument("--" + name.replace("_", "-"), type=type(default), default=default, help=helps.get(name))
+    for title, cls in (("model", ClassifierConfig), ("training", TrainConfig)):
+        g = parser.add_argument_group(title)
+        for f in dataclasses.fields(cls):
+            if f.name in MODEL_SKIP:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            help_ = FIELD_HELP.get(f.name)
+            if isinstance(f.default, bool):
+                g.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+            else:
+                g.add_argument(flag, type=type(f.default), default=f.default, help=help_)
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("run")
+    g.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_flags(parser)
+    add_run_flags(parser)
+    parser.add_argument("--out", default="runs", help="folder that receives the run folder")
+    parser.add_argument("--run-dir", help="use (or resume) this run folder; its config.json wins over flags")
+
+
+def config_from_args(args) -> dict:
+    pick = lambda cls: {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in MODEL_SKIP}
+    return {"data": {"data_dir": args.data_dir, "csv": args.csv, **{k: getattr(args, k) for k in DATA_DEFAULTS}},
+            "model": pick(ClassifierConfig), "train": pick(TrainConfig)}
+
+
+def validate(cfg: dict) -> None:
+    """Check the flags before reading any data."""
+    try:
+        ClassifierConfig(vocab_size=2, num_classes=2, **cfg["model"])
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if cfg["data"]["embed_init"] not in ("lsa", "random"):
+        raise UserError(f"--embed-init must be lsa or random, got {cfg['data']['embed_init']!r}")
+
+
+def load_split(data_cfg: dict):
+    """Articles, and the duplicate-aware stratified split as {split: [indices]} plus duplicate counts."""
+    d = data_cfg
+    path = None if d.get("csv") else data_path(d.get("data_dir"), "bbc")
+    articles = bbc.read_corpus(path, d.get("csv"))
+    if d.get("limit"):
+        articles = bbc.first_per_class(articles, d["limit"])
+    groups = bbc.duplicate_groups([a.text for a in articles], d["dedup_threshold"])
+    fracs = (1 - d["val_frac"] - d["test_frac"], d["val_frac"], d["test_frac"])
+    split = bbc.split_grouped([a.label for a in articles], groups, fracs, d["split_seed"])
+    empty = [name for name, idx in split.items() if not idx]
+    if empty:
+        raise UserError(f"{len(articles)} articles leave the {'/'.join(empty)} split empty; use more data")
+    return articles, split, bbc.duplicate_stats(groups)
+
+
+def encode_splits(articles, split, data_cfg: dict) -> tuple[Vocab, dict[str, Encoded]]:
+    """Vocabulary from the training split only; every split encoded and cut to max_len."""
+    vocab = Vocab.build([articles[i].text for i in split["train"]], data_cfg["min_freq"], data_cfg["max_vocab"])
+    data = {name: Encoded([vocab.encode(articles[i].text, data_cfg["max_len"]) for i in idx],
+                          [articles[i].label for i in idx]) for name, idx in split.items()}
+    return vocab, data
+
+
+def initial_embeddings(cfg: dict, train_texts: list[str], vocab: Vocab):
+    """LSA vectors of the training split, or None for nn.Embedding's random init."""
+    if cfg["data"].get("embed_init", "random") == "random":
+        return None
+    from training.classifier.embeddings import lsa_embeddings
+
+    return lsa_embeddings(train_texts, vocab, cfg["model"]["embed_dim"])
+
+
+def checkpoint(model, cfg: dict, vocab: Vocab) -> dict:
+    """Everything needed to rebuild the model without pickled classes."""
+    return {"config": dataclasses.asdict(model.config), "run_config": cfg, "state_dict": model.state_dict(),
+            "vocab": vocab.itos, "labels": list(bbc.LABELS), "max_len": cfg["data"]["max_len"],
+            "tokenizer": {"lowercase": True, "pattern": PATTERN}}
+
+
+def run_training(cfg: dict, run_dir: Path, device, progress: bool = True, on_epoch_end=None,
+                 prepared=None) -> dict:
+    """Train, test once, score the SVM baseline on the same split, write the report; returns metrics."""
+    from training.classifier.baseline import tfidf_svm
+    from training.classifier.report import classification_metrics, write_report
+
+    articles, split, dups = prepared or load_split(cfg["data"])
+    labels = list(bbc.LABELS)
+    log.info("%d articles, duplicates %s, split %s", len(articles), dups, {k: len(v) for k, v in split.items()})
+    vocab, data = encode_splits(articles, split, cfg["data"])
+    texts = [a.text for a in articles]
+    cover = sum(len(s) < cfg["data"]["max_len"] for s in data["train"].ids) / len(data["train"])
+    write_json(run_dir / "config.json", cfg)
+    write_json(run_dir / "split.json", {**{k: [articles[i].id for i in v] for k, v in split.items()},
+                                        "duplicates": dups, "corpus_fingerprint": bbc.fingerprint(articles)})
+    vocab.save(run_dir / "vocab.json")
+    model_cfg = ClassifierConfig(vocab_size=len(vocab), num_classes=len(labels), **cfg["model"])
+    t0 = time.time()
+    init = initial_embeddings(cfg, [texts[i] for i in split["train"]], vocab)
+    model, history = train(model_cfg, TrainConfig.from_dict(cfg["train"]), data, on_epoch_end=on_epoch_end,
+                           run_dir=run_dir, device=device, progress=progress, embeddings=init)
+    seconds = time.time() - t0
+    test_pred = predict(model, data["test"], device=device).argmax(1).numpy()
+    svm_pred = tfidf_svm([texts[i] for i in split["train"]], data["train"].labels, [texts[i] for i in split["test"]])
+    best = min(history, key=lambda h: h["val_loss"])
+    metrics = {"test": classification_metrics(data["test"].labels, test_pred, labels),
+               "val": {"accuracy": best["val_acc"], "loss": best["val_loss"], "best_epoch": best["epoch"]},
+               "baseline_tfidf_svm": classification_metrics(data["test"].labels, svm_pred, labels),
+               "duplicates": dups, "vocab_size": len(vocab), "max_len_coverage_train": cover,
+               "length_p95_train": length_quantile([texts[i] for i in split["train"]]),
+               "train_seconds": seconds, "parameters": sum(p.numel() for p in model.parameters()),
+               "versions": library_versions()}
+    write_report(run_dir, history, metrics, labels)
+    torch.save(checkpoint(model, cfg, vocab), run_dir / "model.pt")
+    log.info("test accuracy %.4f macro-F1 %.4f | TF-IDF+SVM accuracy %.4f | %.0fs -> %s",
+             metrics["test"]["accuracy"], metrics["test"]["macro_f1"],
+             metrics["baseline_tfidf_svm"]["accuracy"], seconds, run_dir)
+    return metrics
+
+
+def main(args) -> int:
+    torch.set_num_threads(args.threads)
+    if args.run_dir and (Path(args.run_dir) / "config.json").is_file():
+        run_dir = Path(args.run_dir)
+        cfg = read_json(run_dir / "config.json")
+        log.info("resuming %s with its saved config", run_dir)
+    else:
+        cfg = config_from_args(args)
+        validate(cfg)
+        run_dir = Path(args.run_dir) if args.run_dir else make_run_dir(args.out, "classifier")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    m = run_training(cfg, run_dir, pick_device(args.device), progress=not args.no_progress)
+    print(f"test accuracy {m['test']['accuracy']:.4f}  macro-F1 {m['test']['macro_f1']:.4f}  "
+          f"(TF-IDF+SVM {m['baseline_tfidf_svm']['accuracy']:.4f})  run: {run_dir}")
+    return 0

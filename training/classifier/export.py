@@ -1,0 +1,147 @@
+"""export-classifier: checkpoint -> exported_models/classifier/{model.onnx, model.ts, manifest.json}.
+
+Traces the model (its graph has no packed sequences: see training/classifier/model.py) with dynamic batch and
+length, then checks both files against eager PyTorch on real articles of several lengths and batch sizes;
+the eager model is also compared with the packed-sequence reference. Above ``--tolerance`` max abs logit
+difference nothing is written. The folder follows docs/export_format.md; serving reads it without torch.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.manifest import write_manifest
+from runtime.providers import make_session
+from training.classifier import data as bbc
+from training.classifier.model import ClassifierConfig, TextClassifier, packed_forward
+from training.classifier.tokenizer import Vocab
+from training.classifier.train import collate
+from training.common.cli import UserError, data_path
+from training.common.devices import library_versions
+from training.common.files import read_json
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZES = (1, 3, 8, 16)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a train-classifier run folder (holds model.pt, split.json, metrics.json)")
+    parser.add_argument("--out", default="exported_models", help="exported models root; writes <out>/classifier")
+    parser.add_argument("--data-dir", help="corpus for the parity check (default: the run's, or $DATA_DIR/bbc)")
+    parser.add_argument("--csv", help="read the parity corpus from a CSV instead")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="max abs logit difference allowed")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def load_checkpoint(path: str | Path) -> tuple[TextClassifier, dict]:
+    path = Path(path)
+    path = path / "model.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path} (run train-classifier first)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # plain data only: no pickled classes
+    model = TextClassifier(ClassifierConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt
+
+
+def parity_batches(texts: list[str], vocab: Vocab, max_len: int) -> list[list[list[int]]]:
+    """Batches of real articles: each batch size over short, median and longest articles, and mixed."""
+    enc = sorted((vocab.encode(t, max_len) for t in texts), key=len)
+    n = len(enc)
+    out = []
+    for b in BATCH_SIZES:
+        b = min(b, n)
+        out += [enc[:b], enc[n // 2: n // 2 + b], enc[n - b:], enc[:: max(1, n // b)][:b]]
+    # a headline-only input, a one-token input
+    out.append([vocab.encode(texts[0].split("\n")[0], max_len), [vocab.encode("the")[0]]])
+    return out
+
+
+def export(model: TextClassifier, folder: Path, opset: int) -> None:
+    ids, lengths = collate([[5, 6, 7, 8, 9, 10, 11], [5, 6, 7]])  # example input; B and T stay dynamic
+    with torch.no_grad():
+        ts = torch.jit.trace(model, (ids, lengths), check_trace=False)
+    ts.save(str(folder / "model.ts"))
+    torch.onnx.export(model, (ids, lengths), str(folder / "model.onnx"), input_names=["ids", "lengths"],
+                      output_names=["logits"], opset_version=opset, dynamo=False,
+                      dynamic_axes={"ids": {0: "batch", 1: "time"}, "lengths": {0: "batch"},
+                                    "logits": {0: "batch"}})
+
+
+def check_parity(model: TextClassifier, folder: Path, batches) -> dict:
+    ts = torch.jit.load(str(folder / "model.ts"))
+    sess = make_session(folder / "model.onnx", provider="cpu")
+    worst = {"onnx": 0.0, "torchscript": 0.0, "packed_reference": 0.0}
+    cases = []
+    with torch.no_grad():
+        for seqs in batches:
+            ids, lengths = collate(seqs)
+            ref = model(ids, lengths).numpy()
+            onnx = sess.run(["logits"], {"ids": ids.numpy(), "lengths": lengths.numpy()})[0]
+            diff = {"onnx": float(np.abs(onnx - ref).max()),
+                    "torchscript": float(np.abs(ts(ids, lengths).numpy() - ref).max()),
+                    "packed_reference": float(np.abs(packed_forward(model, ids, lengths).numpy() - ref).max())}
+            cases.append({"batch": len(seqs), "min_len": int(lengths.min()), "max_len": int(lengths.max()), **diff})
+            worst = {k: max(worst[k], diff[k]) for k in worst}
+    return {"max_abs_diff": worst, "cases": cases}
+
+
+def main(args) -> int:
+    torch.set_num_threads(args.threads)
+    run = Path(args.run_dir)
+    model, ckpt = load_checkpoint(run)
+    for name in ("split.json", "metrics.json"):
+        if not (run / name).is_file():
+            raise UserError(f"{run}: no {name} (pass a train-classifier run folder)")
+    split, metrics = read_json(run / "split.json"), read_json(run / "metrics.json")
+    data_cfg = ckpt["run_config"]["data"]
+    csv_path = args.csv or (None if args.data_dir else data_cfg.get("csv"))
+    articles = bbc.read_corpus(None if csv_path else data_path(args.data_dir or data_cfg.get("data_dir"), "bbc"),
+                               csv_path)
+    by_id = {a.id: a for a in articles}
+    missing = [i for i in split["test"] if i not in by_id]
+    if missing:
+        raise UserError(f"corpus lacks {len(missing)} test article(s) of the run, e.g. {missing[0]}")
+    vocab, max_len = Vocab(ckpt["vocab"]), ckpt["max_len"]
+    batches = parity_batches([by_id[i].text for i in split["test"]], vocab, max_len)
+
+    out = Path(args.out) / "classifier"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".classifier-", dir=out.parent))
+    tmp.chmod(0o755)
+    try:
+        export(model, tmp, args.opset)
+        parity = check_parity(model, tmp, batches)
+        worst = max(parity["max_abs_diff"].values())
+        log.info("parity over %d batches: %s", len(batches), parity["max_abs_diff"])
+        if not worst <= args.tolerance:
+            raise UserError(f"parity check failed: max abs logit difference {worst:.3g} > {args.tolerance:g} "
+                            f"({parity['max_abs_diff']}); nothing exported")
+        t, b = metrics["test"], metrics["baseline_tfidf_svm"]
+        write_manifest(tmp, {
+            "kind": "classifier", "labels": ckpt["labels"], "vocab": ckpt["vocab"], "tokenizer": ckpt["tokenizer"],
+            "max_len": max_len, "config": ckpt["config"],
+            "metrics": {"test_accuracy": t["accuracy"], "test_macro_f1": t["macro_f1"], "test_n": t["n"],
+                        "val_accuracy": metrics["val"]["accuracy"], "baseline_tfidf_svm_accuracy": b["accuracy"],
+                        "baseline_tfidf_svm_macro_f1": b["macro_f1"], "train_seconds": metrics.get("train_seconds")},
+            "corpus_fingerprint": split["corpus_fingerprint"], "versions": library_versions(), "parity": parity,
+            "split": {"test": split["test"], "duplicates": split.get("duplicates")},
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"exported {out}: parity onnx {parity['max_abs_diff']['onnx']:.2e}, "
+          f"torchscript {parity['max_abs_diff']['torchscript']:.2e}")
+    return 0
