@@ -1,6 +1,6 @@
 """``search-generator``: Optuna TPE search over the char model, each trial a short time-budgeted run.
 
-Uses the study and pruning machinery of training/classifier/search.py (SQLite or any RDB storage, so workers can
+Uses the study and pruning machinery of training/common/study.py (SQLite or any RDB storage, so workers can
 join and an interrupted study resumes). Each trial calls the same ``train()`` as train-generator with the
 pruning callback as its ``on_eval`` hook; evaluations happen every ``--eval-chars`` characters, so trials
 of different batch/BPTT shapes are compared at the same amount of text read. The objective is the best
@@ -12,6 +12,7 @@ import logging
 
 from training.common.cli import UserError, data_path, make_run_dir
 from training.common.files import read_text
+from training.common.study import DEFAULT_STORAGE
 from training.generator.cli import CANON
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--eval-chars", type=int, default=200_000, help="characters between validations")
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--storage", default="runs/optuna.db", help="SQLite file or any RDB URL")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLite file or any RDB URL")
     p.add_argument("--study-name", default="generator")
     p.add_argument("--n-trials", type=int, default=10, help="trials this worker runs")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
