@@ -1,6 +1,6 @@
 """``python -m loadtests.soak``: a memory soak test, a bounded load of mixed requests that judges memory growth.
 
-1. starts ``bentoml serve`` from the project root on a free 127.0.0.1 port (loadtests.run.Server), or loads
+1. starts ``bentoml serve`` from the project root on a free 127.0.0.1 port (loadtests.server.Server), or loads
    ``--url`` (then without the memory check);
 2. sends ``--requests`` HTTP requests from ``--clients`` keep-alive clients, a mix fixed by ``--seed`` (MIX):
    /classify with a headline (38 %) or an article (8 %), /livez (34 %), /metrics (3 %), one-shot 16-character

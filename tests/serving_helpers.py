@@ -16,16 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests import run as loadtest_run
-from loadtests.server import free_port
+from loadtests import server as loadtest_server
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-class Server(loadtest_run.Server):
+class Server(loadtest_server.Server):
     """``bentoml serve`` from the project root (bentofile.yaml), as ``make serve`` runs it, with its own
-    BENTOML_HOME (see loadtests.run.Server), one ONNX Runtime thread, and its output kept in a log file."""
+    BENTOML_HOME (see loadtests.server.Server), one ONNX Runtime thread, and its output kept in a log file."""
 
     def __init__(self, env: dict[str, str] | None = None, port: int | None = None):
         fd, log = tempfile.mkstemp(prefix="rnntext-serve-", suffix=".log")
@@ -45,7 +44,7 @@ class Server(loadtest_run.Server):
 
 class RedisServer:
     def __init__(self, port: int | None = None):
-        self.port = port or free_port()
+        self.port = port or loadtest_server.free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dir = tempfile.mkdtemp(prefix="rnntext-redis-")
         self.proc = subprocess.Popen(
