@@ -8,6 +8,7 @@ only the standard library, numpy and onnxruntime; the two model packages do not 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 import subprocess
@@ -44,6 +45,7 @@ def imports_of(path: Path) -> set[str]:
     return parse_imports(path.read_text(), here if path.name == "__init__.py" else here.rpartition(".")[0])
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
     return {module_name(p): imports_of(p) for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
 
