@@ -1,25 +1,21 @@
 """Shared fixtures. Real-data tests read $DATA_DIR (the Makefile and .ci/run point it at ../shared/data)."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from loadtests import texts
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPORTED = ROOT / "exported_models"
 
 
-def _data_dir() -> Path:
-    env = os.environ.get("DATA_DIR")
-    return Path(env) if env else ROOT.parent / "shared" / "data"
-
-
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    d = _data_dir()
+    d = texts.data_dir()  # the same $DATA_DIR rule the load tests and benchmarks read by
     # real-data tests must run in CI: a missing corpus is a failure, not a skip
     assert (d / "bbc").is_dir() and (d / "sherlock" / "canon.txt").is_file(), f"corpus not found under {d}"
     return d
