@@ -8,11 +8,17 @@ has finished its own training phase (during which it answers 503 easily) before 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import copy
 import hashlib
 import json
 import logging
+import os
+import platform
 import random
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 from .config import Settings
@@ -40,6 +46,34 @@ def preflight(settings: Settings) -> None:
                                 "(install onnxruntime-gpu, or use auto or cpu)")
     except ArtifactError as exc:
         raise SystemExit(f"rnntext refuses to start: {exc}") from None
+    if not settings.redis_url and not settings.session_db:
+        # one SQLite file per server start, shared by its workers (they inherit the environment); removed when
+        # the server exits, like the in-process sessions it replaces
+        folder = tempfile.mkdtemp(prefix="rnntext-sessions-")
+        atexit.register(shutil.rmtree, folder, True)
+        os.environ["RNNTEXT_SESSION_DB"] = str(Path(folder) / "sessions.db")
+
+
+def device_name(providers: list[str]) -> str:
+    """The GPU's name on CUDA (nvidia-smi), else the CPU model from /proc/cpuinfo."""
+    if providers and providers[0] == "CUDAExecutionProvider":
+        import subprocess
+
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=10).stdout.strip().splitlines()
+            if out:
+                return out[0]
+        except (OSError, subprocess.SubprocessError):
+            pass
+        return "CUDA GPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
 
 
 def model_tag(manifest: dict) -> str:
@@ -49,7 +83,7 @@ def model_tag(manifest: dict) -> str:
 
 
 class AppState:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, worker: int | None = None):
         from runtime.classifier import ClassifierRuntime
         from runtime.generator import GeneratorRuntime
         from runtime.manifest import model_dir
@@ -58,14 +92,23 @@ class AppState:
         for name in ("rnntext", "runtime"):
             logging.getLogger(name).setLevel(logging.INFO)
         self.settings = s = settings
-        self.classifier = ClassifierRuntime(model_dir(s.models, "classifier"), s.provider, s.threads)
-        self.generator = GeneratorRuntime(model_dir(s.models, "generator"), s.provider, s.threads)
+        self.worker = worker
+        self.classifier = ClassifierRuntime(model_dir(s.models, "classifier"), s.provider, s.threads,
+                                            precision=s.precision)
+        self.generator = GeneratorRuntime(model_dir(s.models, "generator"), s.provider, s.threads,
+                                          precision=s.precision)
         self.providers = {"classifier": self.classifier.session.get_providers(),
                           "generator": self.generator.step_session.get_providers()}
-        log.info("ONNX Runtime providers in use: %s (setting %r, %d intra-op threads)",
-                 self.providers, s.provider, s.threads)
+        self.precision = {"classifier": self.classifier.precision, "generator": self.generator.precision}
+        self.device = device_name(self.providers["classifier"])
+        log.info("worker %s of %d: ONNX Runtime providers %s on %s, precision %s (setting %r), %d intra-op "
+                 "thread(s) per session", worker, s.workers, self.providers, self.device, self.precision,
+                 s.precision, s.threads)
         self.metrics = Metrics(s.max_batch_size, s.max_streams)
-        self.store = make_store(s.redis_url, s.session_ttl_s, s.max_sessions)
+        db = s.session_db or os.environ.get("RNNTEXT_SESSION_DB", "")
+        if not s.redis_url and not db and s.workers > 1:
+            raise RuntimeError("no RNNTEXT_SESSION_DB: the workers would not share their sessions")
+        self.store = make_store(s.redis_url, db or None, s.session_ttl_s, s.max_sessions, lease_s=s.session_lease_s)
         self.stepper = Stepper(self.generator, s.max_streams, on_tick=self.metrics.on_tick)
         self.generation = Generation(self.generator, self.store, self.stepper,
                                      model_tag(self.generator.manifest), self.metrics)
@@ -89,6 +132,9 @@ class AppState:
         lengths = [8, 32, 128, 400, max(self.classifier.max_len, 8) + 50]
         limit = self.settings.max_text_chars    # warm-up requests pass the same gate as clients' requests
         return [" ".join(rng.choice(vocab) for _ in range(n))[:limit].strip() or "news" for n in lengths]
+
+    def start_warm_up(self, get_proxy: Callable[[], Any]) -> None:
+        self._warm_task = asyncio.get_running_loop().create_task(self.warm_up(get_proxy))
 
     async def warm_up(self, get_proxy: Callable[[], Any]) -> None:
         try:
@@ -138,7 +184,12 @@ class AppState:
         return {
             "ready": self._ready,
             "batcher_warm": self.batcher_warm,
+            "worker": self.worker,
+            "pid": os.getpid(),
+            "workers": self.settings.workers,
+            "device": self.device,
             "providers": self.providers,
+            "precision": self.precision,
             "models": {"classifier": {**model(self.classifier.manifest), "labels": self.classifier.labels},
                        "generator": model(self.generator.manifest)},
             "sessions": {"store": self.store.kind, "active": sessions, "evicted": self.store.evicted,

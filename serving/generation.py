@@ -16,9 +16,10 @@ from typing import Any, AsyncIterator
 
 import anyio
 
+from .errors import overloaded, session_busy, store_down, unknown_session
+from .schemas import GenerateFields
 from .sessions import SessionBusy, StoreUnavailable, decode_state, encode_state, new_session_id
 from .stepper import Stepper, StepperFull, Stream
-from .validation import ClientError, GenerateRequest, unknown_session
 
 log = logging.getLogger(__name__)
 FLUSH_S = 0.05      # characters produced within 50 ms of the last event go out together
@@ -29,17 +30,9 @@ def sse(doc: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(doc, ensure_ascii=False).encode() + b"\n\n"
 
 
-def busy() -> ClientError:
-    return ClientError(409, "session_busy", "session is in use by another request; retry when it has finished")
-
-
-def store_down() -> ClientError:
-    return ClientError(503, "store_unavailable", "session store unavailable")
-
-
 @dataclass
 class Ticket:
-    req: GenerateRequest
+    req: GenerateFields
     stream: Stream
     token: str | None           # the session's lock token when continuing a session
     released: bool = False
@@ -50,16 +43,16 @@ class Generation:
         self.runtime, self.store, self.stepper = runtime, store, stepper
         self.model_tag, self.metrics = model_tag, metrics
 
-    async def begin(self, req: GenerateRequest) -> Ticket:
+    async def begin(self, req: GenerateFields) -> Ticket:
         if self.stepper.active >= self.stepper.max_streams:    # fail fast, before any work
-            raise ClientError(503, "overloaded", f"all {self.stepper.max_streams} generation slots are busy")
+            raise overloaded(f"all {self.stepper.max_streams} generation slots are busy")
         token, state, sid = None, None, req.session_id
         try:
             if sid is not None:
                 try:
                     token = await self.store.acquire(sid)
                 except SessionBusy:
-                    raise busy() from None
+                    raise session_busy() from None
                 blob = await self.store.load(sid)
                 state = None if blob is None else decode_state(blob, self.runtime.state_class, self.model_tag)
                 if state is None:
@@ -71,7 +64,7 @@ class Generation:
             raise store_down() from None
         except StepperFull as exc:
             await self._release(sid, token)
-            raise ClientError(503, "overloaded", str(exc)) from None
+            raise overloaded(str(exc)) from None
         except BaseException:
             await self._release(sid, token)
             raise
@@ -130,7 +123,7 @@ class Generation:
         self._gauge_streams()
         await self._release(t.req.session_id, t.token)
 
-    async def _finish(self, req: GenerateRequest, stream: Stream) -> str | None:
+    async def _finish(self, req: GenerateFields, stream: Stream) -> str | None:
         """Save (keep_session) or drop the session; returns the kept id."""
         if req.keep_session:
             self.runtime.save_rng(stream.state, stream.rng)
@@ -147,7 +140,7 @@ class Generation:
         try:
             token = await self.store.acquire(sid)
         except SessionBusy:
-            raise busy() from None
+            raise session_busy() from None
         except StoreUnavailable:
             raise store_down() from None
         try:

@@ -11,7 +11,8 @@ from serving.app_state import model_tag
 from serving.generation import Generation
 from serving.sessions import MemoryStore
 from serving.stepper import Stepper
-from serving.validation import ClientError, GenerateRequest
+from serving.errors import ClientError
+from serving.schemas import GenerateFields as GenerateRequest
 
 import tiny_models
 

@@ -1,7 +1,9 @@
 """HTTP tests against a real ``bentoml serve`` subprocess serving the committed exported_models/.
 
-One server for the whole module (default settings): classification and its batching, streaming framing,
-greedy continuation across requests, sessions, client errors, disconnects, metrics.
+One server for the whole module, with ONE worker, because several tests here count what one worker did (its
+step-loop ticks, its active streams); tests/serving/test_service_workers.py covers several workers (the default).
+Classification and its batching, streaming framing, greedy continuation across requests, sessions, client
+errors, disconnects, metrics.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest
 from serving_helpers import client, generated_text, server, sse_events  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
+SERVER_ENV = {"RNNTEXT_WORKERS": "1"}
 LABELS = {"business", "entertainment", "politics", "sport", "tech"}
 ARTICLE = ("Shares in the telecoms group rose sharply on Monday after it reported profits above forecasts.\n\n"
            "The company said strong demand for broadband and mobile contracts had lifted revenue, and the chief "
@@ -223,7 +226,9 @@ def test_info_reports_providers_and_models(client):
     assert "CPUExecutionProvider" in doc["providers"]["generator"]
     assert set(doc["models"]["classifier"]["labels"]) == LABELS
     assert doc["models"]["classifier"]["metrics"] and doc["models"]["generator"]["metrics"]
-    assert doc["sessions"]["store"] == "memory"
+    assert doc["sessions"]["store"] == "sqlite"
+    assert (doc["worker"], doc["workers"], doc["precision"]["classifier"]) == (1, 1, "int8")
+    assert doc["device"]
     assert doc["settings"]["max_batch_size"] == 32 and doc["settings"]["max_latency_ms"] == 5000
 
 

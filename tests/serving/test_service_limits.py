@@ -25,6 +25,11 @@ def still_serving(client):
     assert r.status_code == 200 and sse_events(r)[-1] == {"done": True, "chars": 3}
 
 
+def error_of(r: httpx.Response) -> tuple[int, dict]:
+    """Status and ``{"error", "kind"}``; pydantic's full report (``detail``) is checked in test_schemas.py."""
+    return r.status_code, {k: v for k, v in r.json().items() if k != "detail"}
+
+
 def bad(kind: str, message: str, status: int = 400) -> tuple[int, dict]:
     return status, {"error": message, "kind": kind}
 
@@ -33,23 +38,18 @@ def invalid(message: str) -> tuple[int, dict]:
     return bad("invalid_request", message)
 
 
-CLASSIFY_CASES = [
-    (b'{"texts": ["a"', bad("malformed_json", "body is not valid JSON: Expecting ',' delimiter: line 1 column 15 "
-                                              "(char 14)")),
-    (b"", bad("malformed_json", "body is not valid JSON: Expecting value: line 1 column 1 (char 0)")),
+CLASSIFY_CASES = [     # every message comes from pydantic (tests/serving/test_schemas.py has them all)
+    (b'{"texts": ["a"', bad("malformed_json", "body is not valid JSON: EOF while parsing a list at line 1 column 14")),
+    (b"", invalid("texts: Field required")),
     (b'"just a string"', invalid("body must be a JSON object")),
-    (b"{}", invalid("texts is required: a list of strings")),
-    (b'{"texts": "one text"}', invalid("texts must be a list of strings")),
-    (b'{"texts": []}', invalid("texts must not be empty")),
-    (b'{"texts": ["a", "b", "c", "d", "e"]}', invalid("too many texts: 5 > 4")),
-    (b'{"texts": ["ok", 42]}', invalid("texts[1] must be a string")),
-    (b'{"texts": [null]}', invalid("texts[0] must be a string")),
-    (b'{"texts": [""]}', invalid("texts[0] is empty or whitespace")),
-    (b'{"texts": ["ok", "  \\n\\t "]}', invalid("texts[1] is empty or whitespace")),
-    (('{"texts": ["' + "x" * 1001 + '"]}').encode(), invalid("texts[0] is too long: 1001 > 1000 characters")),
+    (b'{"texts": []}', invalid("texts: List should have at least 1 item after validation, not 0")),
+    (b'{"texts": ["a", "b", "c", "d", "e"]}', invalid("texts: List should have at most 4 items after validation, not 5")),
+    (b'{"texts": ["ok", 42]}', invalid("texts[1]: Input should be a valid string")),
+    (b'{"texts": ["ok", "  \\n\\t "]}', invalid("texts[1]: is empty or whitespace only")),
+    (('{"texts": ["' + "x" * 1001 + '"]}').encode(), invalid("texts[0]: String should have at most 1000 characters")),
     (('{"texts": ["' + "x" * 20001 + '"]}').encode(), bad("payload_too_large", "request body over 20000 bytes",
                                                           413)),
-    (b'{"texts": ["ok"], "lang": "en"}', invalid("unknown field 'lang'; expected texts")),
+    (b'{"texts": ["ok"], "lang": "en"}', invalid("unknown field 'lang'")),
 ]
 
 
@@ -57,7 +57,7 @@ CLASSIFY_CASES = [
 @pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
 def test_classify_client_errors(client, body, expected, content_type):
     r = client.post("/classify", content=body, headers={"Content-Type": content_type})
-    assert (r.status_code, r.json()) == expected
+    assert error_of(r) == expected
     still_serving(client)
 
 
@@ -72,26 +72,15 @@ def test_classify_reads_any_content_type_as_json(client, content_type):
 
 
 GENERATE_CASES = [
-    (b"{nope", bad("malformed_json", "body is not valid JSON: Expecting property name enclosed in double quotes:"
-                                     " line 1 column 2 (char 1)")),
+    (b"{nope", bad("malformed_json", "body is not valid JSON: key must be a string at line 1 column 2")),
     (b"[]", invalid("body must be a JSON object")),
-    (b'{"prompt": 12}', invalid("prompt must be a string")),
-    (('{"prompt": "' + "y" * 201 + '"}').encode(), invalid("prompt is too long: 201 > 200 characters")),
-    (b'{"prompt": "a", "max_chars": 0}', invalid("max_chars must be between 1 and 300")),
-    (b'{"prompt": "a", "max_chars": 301}', invalid("max_chars must be between 1 and 300")),
-    (b'{"prompt": "a", "max_chars": "10"}', invalid("max_chars must be an integer")),
-    (b'{"prompt": "a", "max_chars": 10.5}', invalid("max_chars must be an integer")),
-    (b'{"prompt": "a", "temperature": -1}', invalid("temperature must be >= 0 (0 = greedy)")),
-    (b'{"prompt": "a", "temperature": NaN}', invalid("temperature must be finite")),
-    (b'{"prompt": "a", "temperature": 1e999}', invalid("temperature must be finite")),
-    (b'{"prompt": "a", "temperature": "warm"}', invalid("temperature must be a number")),
-    (b'{"prompt": "a", "top_p": 0}', invalid("top_p must be in (0, 1]")),
-    (b'{"prompt": "a", "top_p": 1.01}', invalid("top_p must be in (0, 1]")),
-    (b'{"prompt": "a", "top_k": 0}', invalid("top_k must be between 1 and 1000000")),
-    (b'{"prompt": "a", "top_k": true}', invalid("top_k must be an integer")),
-    (b'{"prompt": "a", "seed": -5}', invalid("seed must be between 0 and 9223372036854775807")),
-    (b'{"prompt": "a", "keep_session": 1}', invalid("keep_session must be true or false")),
-    (b'{"prompt": "a", "session_id": ["x"]}', invalid("session_id must be a string")),
+    (('{"prompt": "' + "y" * 201 + '"}').encode(), invalid("prompt: String should have at most 200 characters")),
+    (b'{"prompt": "a", "max_chars": 301}', invalid("max_chars: Input should be less than or equal to 300")),
+    (b'{"prompt": "a", "max_chars": "10"}', invalid("max_chars: Input should be a valid integer")),
+    (b'{"prompt": "a", "temperature": NaN}', invalid("temperature: Input should be a finite number")),
+    (b'{"prompt": "a", "top_k": true}', invalid("top_k: Input should be a valid integer")),
+    (b'{"prompt": "a", "keep_session": 1}', invalid("keep_session: Input should be a valid boolean")),
+    (b'{"prompt": "a", "maxchars": 3}', invalid("unknown field 'maxchars'")),
     (b'{"prompt": "a", "session_id": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}', (404, GONE)),
     (b'{"prompt": "a", "session_id": "../etc"}', (404, GONE)),
 ]
@@ -100,28 +89,27 @@ GENERATE_CASES = [
 @pytest.mark.parametrize("body, expected", GENERATE_CASES)
 def test_generate_client_errors(client, body, expected):
     r = client.post("/generate", content=body, headers={"Content-Type": "application/json"})
-    assert (r.status_code, r.json()) == expected
+    assert error_of(r) == expected
     still_serving(client)
 
 
 @pytest.mark.parametrize("body, expected", [
-    (b"{", bad("malformed_json", "body is not valid JSON: Expecting property name enclosed in double quotes: "
-                                 "line 1 column 2 (char 1)")),
-    (b"{}", invalid("session_id is required")),
-    (b'{"session_id": 5}', invalid("session_id must be a string")),
+    (b"{", bad("malformed_json", "body is not valid JSON: EOF while parsing an object at line 1 column 1")),
+    (b"{}", invalid("session_id: Field required")),
+    (b'{"session_id": 5}', invalid("session_id: Input should be a valid string")),
     (b'{"session_id": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}', (404, GONE)),
 ])
 def test_end_session_client_errors(client, body, expected):
     r = client.post("/end_session", content=body)
-    assert (r.status_code, r.json()) == expected
+    assert error_of(r) == expected
     still_serving(client)
 
 
 @pytest.mark.parametrize("method, path", [("GET", "/classify"), ("GET", "/generate"), ("PUT", "/end_session"),
-                                          ("POST", "/info")])
+                                          ("DELETE", "/info")])
 def test_wrong_method_is_405_json(client, method, path):
     r = client.request(method, path)
-    want = {"/info": "GET"}.get(path, "POST")
+    want = {"/info": "POST or GET"}.get(path, "POST")
     assert (r.status_code, r.json()) == (405, {"error": f"{path} accepts {want} only",
                                                "kind": "method_not_allowed"})
 

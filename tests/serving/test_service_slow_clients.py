@@ -13,7 +13,9 @@ from serving_helpers import client, read_all, response, server  # noqa: F401 (fi
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S, MAX_CONNECTIONS = 2, 12
-SERVER_ENV = {"RNNTEXT_READ_TIMEOUT_S": str(TIMEOUT_S), "RNNTEXT_MAX_CONNECTIONS": str(MAX_CONNECTIONS)}
+# one worker: the connection cap is per worker
+SERVER_ENV = {"RNNTEXT_READ_TIMEOUT_S": str(TIMEOUT_S), "RNNTEXT_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+              "RNNTEXT_WORKERS": "1"}
 
 
 def connect(server) -> socket.socket:

@@ -1,0 +1,100 @@
+"""Client errors: every one is answered with a 4xx (or 503) JSON body ``{"error": <message>, "kind": <kind>}``.
+
+``kind`` is stable (clients branch on it; it also labels the errors metric), ``error`` is for people. Errors
+raised by this service's code are ``ClientError``s; the ones BentoML answers itself (pydantic's validation
+report, a refused media type) are rewritten into the same shape by ``normalize`` (called by serving/gate.py).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from starlette.responses import JSONResponse
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, kind: str, message: str):
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.message, "kind": self.kind}
+
+    def headers(self) -> dict[str, str] | None:
+        if self.status == 401:
+            return {"WWW-Authenticate": "Bearer"}
+        if self.status == 503:
+            return {"Retry-After": "1"}
+        if self.status == 408:      # the rest of a late body may still be on its way: do not read it as a request
+            return {"Connection": "close"}
+        return None
+
+
+def unknown_session() -> ClientError:
+    return ClientError(404, "unknown_session", "unknown or expired session_id")
+
+
+def session_busy() -> ClientError:
+    return ClientError(409, "session_busy", "session is in use by another request; retry when it has finished")
+
+
+def store_down() -> ClientError:
+    return ClientError(503, "store_unavailable", "session store unavailable")
+
+
+def overloaded(message: str) -> ClientError:
+    return ClientError(503, "overloaded", message)
+
+
+def error_response(err: ClientError, on_error: Callable[[str], None] | None = None) -> JSONResponse:
+    if on_error is not None:
+        on_error(err.kind)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
+
+
+# ---------------------------------------------------------------- BentoML's own error bodies
+KIND_BY_STATUS = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+                  415: "unsupported_media_type", 422: "invalid_request", 429: "overloaded", 503: "overloaded"}
+
+
+def _where(loc: tuple | list) -> str:
+    """pydantic's location ('texts', 0) as the client wrote it: texts[0]."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def normalize(status: int, body: bytes) -> dict[str, Any] | None:
+    """The ``{"error", "kind"}`` body for one of BentoML's 4xx replies, or None when it already has that shape.
+
+    pydantic's report (``{"error": "1 validation error for Input", "detail": [...]}``) becomes the first
+    problem in plain words, e.g. ``texts[0]: String should have at least 1 character``, with the full list
+    kept under ``detail``.
+    """
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = body.decode(errors="replace").strip()
+    if isinstance(doc, list) and len(doc) == 1:     # BentoML wraps some errors in a one-item list
+        doc = doc[0]
+    if isinstance(doc, dict) and "kind" in doc:
+        return None
+    detail = doc.get("detail") if isinstance(doc, dict) else None
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        first = detail[0]
+        if first.get("type") == "json_invalid":
+            msg = str(first.get("msg", "")).removeprefix("Invalid JSON: ")
+            return {"error": f"body is not valid JSON: {msg}", "kind": "malformed_json"}
+        where = _where(first.get("loc") or ())
+        if first.get("type") == "extra_forbidden":
+            message = f"unknown field {where!r}"
+        elif first.get("type") == "model_type":
+            message = "body must be a JSON object"
+        elif first.get("type") == "string_pattern_mismatch":     # the only pattern: r"\S" (schemas.py)
+            message = f"{where}: is empty or whitespace only"
+        else:
+            message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        return {"error": message, "kind": "invalid_request", "detail": detail}
+    message = doc.get("error") if isinstance(doc, dict) else doc
+    return {"error": str(message or "bad request"), "kind": KIND_BY_STATUS.get(status, "invalid_request")}
