@@ -10,6 +10,12 @@ protocol class that uvicorn picks with two checks:
   and is closed at once, before anything is read;
 * a connection with no request in flight (just opened, or between keep-alive requests) must deliver a whole
   request head within ``read_timeout_s``, or it is closed. Bodies have their own deadline (serving/gate.py).
+
+``fair_accept()`` spreads connections over the workers. Every worker waits on the same listening socket, and
+asyncio accepts up to ``backlog`` (BentoML: 2048) pending connections per wake-up, so the first worker to wake
+takes a whole burst: 32 clients connecting at once split 31:1 here. Accepting one connection per event-loop
+turn lets the other workers (woken by the same readiness) take their share, and a busy worker, slower to come
+back to its loop, takes fewer. The kernel's listen queue is unchanged (it is set by ``listen()``, not here).
 """
 from __future__ import annotations
 
@@ -84,3 +90,18 @@ def install(max_connections: int, read_timeout_s: float) -> None:
                                              _installed["read_timeout_s"])
 
     uvicorn.Config.load = guarded_load
+
+
+def fair_accept(per_turn: int = 1) -> None:
+    """Accept at most ``per_turn`` connections per event-loop turn in this process (idempotent)."""
+    from asyncio import selector_events
+
+    loop_cls = selector_events.BaseSelectorEventLoop
+    if "accept" in _installed:
+        return
+    accept = _installed["accept"] = loop_cls._accept_connection
+
+    def accept_few(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args, **kwargs):
+        return accept(self, protocol_factory, sock, sslcontext, server, min(backlog, per_turn), *args, **kwargs)
+
+    loop_cls._accept_connection = accept_few

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from . import connections, upstream
+from . import batching, connections, upstream
 from .config import Settings
 from .errors import ClientError, error_response
 from .gate import Gate
@@ -36,7 +36,10 @@ SCHEMAS = Schemas(SETTINGS)
 if not SETTINGS.tracing:
     os.environ["OTEL_SDK_DISABLED"] = "true"
 upstream.install()
+batching.install()
 connections.install(SETTINGS.max_connections, SETTINGS.read_timeout_s)
+if SETTINGS.workers > 1:
+    connections.fair_accept()
 
 
 def _svc():
