@@ -8,11 +8,11 @@ import pytest
 
 from runtime.generator import GeneratorRuntime
 from serving.app_state import model_tag
+from serving.errors import ClientError
 from serving.generation import Generation
+from serving.schemas import GenerateFields as GenerateRequest
 from serving.sessions import MemoryStore
 from serving.stepper import Stepper
-from serving.errors import ClientError
-from serving.schemas import GenerateFields as GenerateRequest
 
 import tiny_models
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from serving.config import usable_cores
+
 from serving_helpers import Server, generated_text, sse_events
 
 pytestmark = pytest.mark.slow

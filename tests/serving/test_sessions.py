@@ -1,7 +1,12 @@
-"""Session stores: the in-process LRU + TTL store, and the Redis store against a real redis-server."""
+"""Session stores, beyond the contract all of them meet (test_store_contract.py): the state codec, each store's
+own behaviour (SQLite's file, locking and failures; Redis against a real redis-server) and make_store."""
 from __future__ import annotations
 
 import asyncio
+import re
+import sqlite3
+import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,14 +16,17 @@ from serving.sessions import (
     MemoryStore,
     RedisStore,
     SessionBusy,
+    SqliteStore,
     StoreUnavailable,
     decode_state,
     encode_state,
+    make_store,
     new_session_id,
 )
-from serving.validation import SESSION_ID
 
 from serving_helpers import RedisServer
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")   # secrets.token_urlsafe alphabet
 
 
 @dataclass
@@ -158,4 +166,161 @@ def test_redis_store_down_is_store_unavailable():
         with pytest.raises(StoreUnavailable):
             await s.load("x")
         await s.close()
+    run(go())
+
+
+def raw_rows(path, table: str) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_sqlite_store_is_a_wal_file_that_survives_a_restart(tmp_path):
+    path = tmp_path / "sub" / "sessions.db"      # the folder is created
+
+    async def go():
+        s = SqliteStore(path, ttl_s=60, max_sessions=10)
+        await s.save("a", b"state")
+        assert s._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert s._db.execute("PRAGMA synchronous").fetchone() == (1,)      # NORMAL
+        await s.close()
+        again = SqliteStore(path, ttl_s=60, max_sessions=10)        # a restarted service
+        assert await again.load("a") == b"state" and await again.count() == 1
+        await again.close()
+    run(go())
+
+
+def test_sqlite_store_deletes_expired_rows_and_dead_leases(tmp_path):
+    clock = Clock()
+    path = tmp_path / "s.db"
+    s = SqliteStore(path, ttl_s=10, max_sessions=1000, lease_s=5, clock=clock)
+
+    async def go():
+        for i in range(50):
+            await s.save(f"s{i}", bytes(9000))
+        await s.acquire("s0")                   # a worker killed while holding it: never released
+        clock.t = 11
+        assert await s.count() == 0             # expired, though still in the file
+        assert raw_rows(path, "sessions") == 50 and raw_rows(path, "leases") == 1
+        await s.save("new", b"x")               # every save clears what has expired
+        assert raw_rows(path, "sessions") == 1 and raw_rows(path, "leases") == 0
+        assert s.evicted == 0
+        await s.close()
+    run(go())
+
+
+def test_sqlite_lease_written_before_the_clock_was_set_back_does_not_block(tmp_path):
+    clock = Clock()
+    clock.t = 5000.0
+    s = SqliteStore(tmp_path / "s.db", ttl_s=60, max_sessions=10, lease_s=5, clock=clock)
+
+    async def go():
+        await s.acquire("a")                    # then the holder dies
+        clock.t = 4000.0                        # and the wall clock is set back: the lease "ends" in 1005 s
+        await s.release("a", await s.acquire("a"))
+        held = await s.acquire("b")
+        clock.t = 3996.0                        # a step back shorter than a lease leaves a live lease alone
+        with pytest.raises(SessionBusy):
+            await s.acquire("b")
+        assert await s.refresh("b", held) is True
+        await s.close()
+    run(go())
+
+
+def hold_write_lock(path, seconds: float) -> threading.Event:
+    """Another process's long write transaction, in a thread: returns once the lock is held."""
+    held = threading.Event()
+
+    def hold():
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO leases VALUES ('other', 'tok', 0)")
+        held.set()
+        time.sleep(seconds)
+        db.execute("COMMIT")
+        db.close()
+    threading.Thread(target=hold, daemon=True).start()
+    assert held.wait(5)
+    return held
+
+
+def test_sqlite_store_waits_for_the_write_lock_without_blocking_the_event_loop(tmp_path):
+    path = tmp_path / "s.db"
+    s = SqliteStore(path, ttl_s=60, max_sessions=10, busy_timeout_s=5)
+
+    async def go():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+        task = asyncio.create_task(ticker())
+        await s.save("a", b"1")
+        hold_write_lock(path, 0.4)
+        t0 = time.monotonic()
+        assert await s.load("a") == b"1"        # WAL: reading goes on during another's write
+        await s.save("b", b"2")                 # waits for the lock
+        waited = time.monotonic() - t0
+        task.cancel()
+        assert 0.3 < waited < 2.0
+        assert ticks >= 15                      # the loop ran on meanwhile (40 ticks if nothing else ran)
+        assert await s.count() == 2
+        await s.close()
+    run(go())
+
+
+def test_sqlite_store_locked_past_the_timeout_is_store_unavailable_then_recovers(tmp_path):
+    path = tmp_path / "s.db"
+    s = SqliteStore(path, ttl_s=60, max_sessions=10, busy_timeout_s=0.2)
+
+    async def go():
+        await s.save("a", b"1")
+        hold_write_lock(path, 1.0)
+        for write in (s.save("b", b"2"), s.acquire("a"), s.delete("a")):
+            t0 = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="database is locked"):
+                await write
+            assert 0.15 < time.monotonic() - t0 < 0.8
+        assert await s.ping() is True           # reading still works
+        await asyncio.sleep(1.0)                # the other transaction ends
+        await s.save("b", b"2")                 # no transaction was left open by the failures
+        assert [await s.load("a"), await s.load("b")] == [b"1", b"2"]
+        await s.release("a", await s.acquire("a"))
+        await s.close()
+    run(go())
+
+
+def test_sqlite_store_on_an_unusable_path_is_store_unavailable(tmp_path):
+    (tmp_path / "not-a-db").write_bytes(b"these bytes are no sqlite database, not at all. " * 100)
+    with pytest.raises(StoreUnavailable, match="not a database"):
+        SqliteStore(tmp_path / "not-a-db", ttl_s=60, max_sessions=10)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StoreUnavailable):
+        SqliteStore(tmp_path / "a-file" / "sessions.db", ttl_s=60, max_sessions=10)    # parent is a file
+
+    async def go():     # the file becomes unreadable while in use
+        path = tmp_path / "s.db"
+        s = SqliteStore(path, ttl_s=60, max_sessions=10)
+        await s.save("a", b"1")
+        await s.close()
+        path.write_bytes(b"\0garbage" * 1000)
+        for suffix in ("-wal", "-shm"):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        assert await s.ping() is False
+        with pytest.raises(StoreUnavailable):
+            await s.load("a")
+    run(go())
+
+
+def test_make_store_picks_redis_then_sqlite_then_memory(tmp_path):
+    async def go():
+        redis = make_store("redis://127.0.0.1:1/0", tmp_path / "s.db", 60, 10, lease_s=3)   # connects lazily
+        sqlite = make_store("", tmp_path / "s.db", 60, 10, lease_s=4)
+        memory = make_store("", None, 60, 10)
+        assert [type(x) for x in (redis, sqlite, memory)] == [RedisStore, SqliteStore, MemoryStore]
+        assert [x.kind for x in (redis, sqlite, memory)] == ["redis", "sqlite", "memory"]
+        assert [x.LOCK_TTL_S for x in (redis, sqlite, memory)] == [3, 4, 30.0]
+        for x in (redis, sqlite, memory):
+            await x.close()
     run(go())
