@@ -4,6 +4,10 @@ The BentoML service and the ``generate`` command share these numerics. A stream'
 ``GenState``: recurrent state (h, c), the logits of the next character and the RNG state. Invariant: after
 N characters have been emitted, every one of them has been fed to the model, so a stream can be stopped
 and resumed anywhere (``start("", state)``) and produces exactly what an uninterrupted run would.
+
+Precision and provider: ``GeneratorRuntime(folder, provider="auto", precision="auto")`` resolves both
+(``.provider`` "cpu" | "cuda", ``.precision`` "fp32" | "int8") with ``runtime.manifest.select_precision``.
+On CUDA a lone stream (``TextStream``) keeps h/c on the device between steps with IO binding (``BoundStep``).
 """
 from __future__ import annotations
 
@@ -14,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.manifest import load_manifest, model_dir
-from runtime.providers import make_session
+from runtime.manifest import load_manifest, model_dir, select_precision
+from runtime.providers import cuda_device_id, make_session, resolve_provider
 
 
 def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None,
@@ -52,6 +56,47 @@ class GenState:
     rng_state: dict[str, Any] | None = field(default=None)  # numpy bit_generator.state
 
 
+class BoundStep:
+    """The step graph run with ONNX Runtime IO binding: h/c stay in OrtValues on ``device`` between calls.
+
+    Per call only ids (B,) go in and logits (B, V) come back to the host; the (L, B, H) state does not cross
+    the bus. That pays on CUDA (two state copies each way per character saved); on "cpu" the same code runs and
+    gives the plain path's numbers exactly, which is how it is tested without a GPU.
+    """
+
+    def __init__(self, session, h: np.ndarray, c: np.ndarray, device: str = "cpu", device_id: int = 0):
+        import onnxruntime as ort
+
+        def buffer():  # ORT-owned (L, B, H) float32 on the device
+            return ort.OrtValue.ortvalue_from_shape_and_type(h.shape, np.float32, device, device_id)
+
+        self.session, self.binding = session, session.io_binding()
+        # two (h, c) pairs: a call reads one and writes the other (the LSTM does not update in place)
+        self._pairs = [(buffer(), buffer()), (buffer(), buffer())]
+        self._pairs[0][0].update_inplace(np.ascontiguousarray(h, np.float32))
+        self._pairs[0][1].update_inplace(np.ascontiguousarray(c, np.float32))
+        self._cur = 0
+
+    def step(self, ids: np.ndarray) -> np.ndarray:
+        """ids (B,) -> logits (B, V) on the host; the state advances on the device."""
+        (h, c), (h_out, c_out) = self._pairs[self._cur], self._pairs[1 - self._cur]
+        b = self.binding
+        b.bind_cpu_input("ids", np.asarray(ids, dtype=np.int64))  # copied to the device by ORT
+        b.bind_ortvalue_input("h", h)
+        b.bind_ortvalue_input("c", c)
+        b.bind_output("logits", "cpu")  # bound first, so get_outputs()[0]; re-binding keeps the order
+        b.bind_ortvalue_output("h_out", h_out)
+        b.bind_ortvalue_output("c_out", c_out)
+        self.session.run_with_iobinding(b)
+        self._cur = 1 - self._cur
+        return b.get_outputs()[0].numpy()
+
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """The current h, c (L, B, H) copied to the host."""
+        h, c = self._pairs[self._cur]
+        return h.numpy(), c.numpy()
+
+
 class GeneratorRuntime:
     """The exported step/prefill ONNX graphs of ``exported_models/generator`` (manifest verified)."""
 
@@ -59,16 +104,23 @@ class GeneratorRuntime:
     PRIME = "\n"  # what an empty prompt without a state reads: generation starts at a line start
     PREFILL_CHUNK = 4096  # longer prompts are read in pieces, the state carried between them
 
-    def __init__(self, folder: str | Path, provider: str = "auto", intra_threads: int | None = None):
+    def __init__(self, folder: str | Path, provider: str = "auto", intra_threads: int | None = None,
+                 precision: str = "auto"):
         folder = model_dir(folder, "generator")
         self.manifest = load_manifest(folder, kind="generator")
+        self.provider = resolve_provider(provider)  # "cpu" | "cuda"
+        self.precision, self.files = select_precision(self.manifest, self.provider, precision)
         self.vocab: list[str] = list(self.manifest["vocab"])
         self.unk_id = int(self.manifest["unk_id"])
         self.num_layers = int(self.manifest["num_layers"])
         self.hidden_size = int(self.manifest["hidden_size"])
         self._index = {ch: i for i, ch in enumerate(self.vocab)}
-        self.step_session = make_session(folder / "step.onnx", provider, intra_threads)
-        self.prefill_session = make_session(folder / "prefill.onnx", provider, intra_threads)
+        self.step_session = make_session(folder / self.files["step"], self.provider, intra_threads)
+        self.prefill_session = make_session(folder / self.files["prefill"], self.provider, intra_threads)
+        on_gpu = "CUDAExecutionProvider" in self.step_session.get_providers()
+        self.device = ("cuda", cuda_device_id()) if on_gpu else ("cpu", 0)  # where BoundStep keeps h/c
+        # IO binding for lone streams: on by default only where the state would otherwise cross the bus
+        self.io_binding = on_gpu
 
     # ------------------------------------------------------------ text <-> ids
     def encode(self, text: str) -> np.ndarray:
@@ -95,6 +147,10 @@ class GeneratorRuntime:
     def step(self, ids: np.ndarray, h: np.ndarray, c: np.ndarray):
         """ids (B,) -> logits (B, V), h, c (L, B, H)."""
         return tuple(self.step_session.run(None, {"ids": np.asarray(ids, dtype=np.int64), "h": h, "c": c}))
+
+    def bind(self, h: np.ndarray, c: np.ndarray) -> BoundStep:
+        """A BoundStep starting from h, c (L, B, H): steps with the state kept on ``self.device``."""
+        return BoundStep(self.step_session, h, c, *self.device)
 
     # ------------------------------------------------------------ streams
     def start(self, prompt: str, state: GenState | None = None, seed: int | None = None) -> GenState:
@@ -127,7 +183,9 @@ class GeneratorRuntime:
     sample_next = staticmethod(sample_next)
 
     def advance(self, states: Sequence[GenState], ids: Sequence[int]) -> None:
-        """Feed one character to each stream with ONE batched step call; updates the states in place."""
+        """Feed one character to each stream with ONE batched step call; updates the states in place.
+        fp32 gives each stream the numbers it would get alone; int8 only close ones (dynamic quantization scales
+        the whole batch's activations at once: docs/export_format.md)."""
         h = np.stack([s.h for s in states], axis=1)  # (L, B, H)
         c = np.stack([s.c for s in states], axis=1)
         logits, h, c = self.step(np.asarray(ids, dtype=np.int64), h, c)
@@ -136,15 +194,29 @@ class GeneratorRuntime:
 
 
 class TextStream:
-    """Iterator over generated characters; ``.state`` is the stream's state after the last one yielded."""
+    """Iterator over generated characters; ``.state`` is the stream's state after the last one yielded.
+
+    With ``runtime.io_binding`` (CUDA by default) the stream steps through a BoundStep: h/c stay on the device
+    and are copied back only when ``.state`` is read.
+    """
 
     def __init__(self, runtime: GeneratorRuntime, prompt: str, max_chars: int, temperature: float = 0.8,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  state: GenState | None = None):
         self.runtime, self.remaining = runtime, max_chars
         self.sampling = (temperature, top_k, top_p)
-        self.state = runtime.start(prompt, state, seed)
-        self._rng = runtime.rng_for(self.state)
+        self._state = runtime.start(prompt, state, seed)
+        self._rng = runtime.rng_for(self._state)
+        self._bound = runtime.bind(self._state.h[:, None], self._state.c[:, None]) if runtime.io_binding else None
+        self._stale = False  # True while the bound h/c are ahead of self._state.h/.c
+
+    @property
+    def state(self) -> GenState:
+        if self._stale:
+            h, c = self._bound.state()  # (L, 1, H)
+            self._state.h, self._state.c = h[:, 0], c[:, 0]
+            self._stale = False
+        return self._state
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -152,9 +224,15 @@ class TextStream:
     def __next__(self) -> str:
         if self.remaining <= 0:
             raise StopIteration
-        i = sample_next(self.state.logits, *self.sampling, rng=self._rng)
-        self.runtime.advance([self.state], [i])  # feed it now: the state always covers every emitted char
-        self.runtime.save_rng(self.state, self._rng)
+        s = self._state
+        i = sample_next(s.logits, *self.sampling, rng=self._rng)
+        # feed it now: the state always covers every emitted char
+        if self._bound is None:
+            self.runtime.advance([s], [i])
+        else:
+            s.logits = self._bound.step(np.array([i], dtype=np.int64))[0].copy()
+            self._stale = True
+        self.runtime.save_rng(s, self._rng)
         self.remaining -= 1
         return self.runtime.decode([i])
 

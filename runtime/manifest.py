@@ -2,8 +2,12 @@
 
 This folder is the only thing that crosses from training to serving. Layout (see docs/export_format.md):
 
-    exported_models/classifier/manifest.json  + model.onnx, model.ts
+    exported_models/classifier/manifest.json  + model.onnx, model.ts               (+ model.int8.onnx)
     exported_models/generator/manifest.json   + step.onnx, prefill.onnx, step.ts, prefill.ts
+                                                (+ step.int8.onnx, prefill.int8.onnx)
+
+The manifest's optional ``precisions`` entry lists the graphs of each precision; ``select_precision`` is the one
+rule both runtimes use to pick one.
 
 Standard library only: the export commands write manifests with it, serving and the evaluation
 commands verify them with it.
@@ -12,9 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -78,3 +85,47 @@ def model_dir(models: str | os.PathLike, kind: str) -> Path:
     """Accept either the exported_models root or the model's own folder."""
     models = Path(models)
     return models if (models / MANIFEST).is_file() else models / kind
+
+
+# ------------------------------------------------------------------ precisions (docs/export_format.md)
+PRECISIONS = ("fp32", "int8")
+# the graphs of each kind, by role; an export without a "precisions" entry has only these
+FP32_FILES = {"classifier": {"model": "model.onnx"},
+              "generator": {"step": "step.onnx", "prefill": "prefill.onnx"}}
+
+
+def precision_variants(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``manifest["precisions"]`` with the fp32 entry always present (older exports have only fp32)."""
+    variants = dict(manifest.get("precisions") or {})
+    variants.setdefault("fp32", {"files": dict(FP32_FILES[manifest["kind"]])})
+    return variants
+
+
+def select_precision(manifest: dict[str, Any], provider: str, wanted: str = "auto") -> tuple[str, dict[str, str]]:
+    """The precision to run and its ``{role: filename}``, for a resolved ``provider`` ("cpu" or "cuda").
+
+    wanted ``auto``: int8 on CPU when the manifest has an int8 variant that passed its quality bar
+    (``accepted``), else fp32; on CUDA always fp32 (the dynamic-quantization ops are CPU kernels).
+    ``fp32``: fp32. ``int8``: the int8 variant even if it missed its bar (then a warning says so);
+    ArtifactError when the folder has none.
+    """
+    if wanted not in ("auto", *PRECISIONS):
+        raise ArtifactError(f"unknown precision {wanted!r} (auto | {' | '.join(PRECISIONS)})")
+    variants = precision_variants(manifest)
+    int8 = variants.get("int8")
+    if wanted == "auto":
+        wanted = "int8" if provider == "cpu" and int8 and int8.get("accepted") is True else "fp32"
+    elif wanted == "int8":
+        if not int8:
+            raise ArtifactError(f"precision 'int8' asked for, but the {manifest.get('kind')} export has no int8 "
+                                "variant (python -m training quantize adds one)")
+        if int8.get("accepted") is not True:
+            log.warning("int8 %s variant runs although it missed its quality bar: %s", manifest.get("kind"),
+                        int8.get("verdict", "no verdict recorded"))
+        if provider != "cpu":
+            log.warning("int8 on %s: the dynamic-quantization ops run on CPU kernels", provider)
+    files = dict(variants[wanted]["files"])
+    unlisted = sorted(f for f in files.values() if f not in (manifest.get("files") or {}))
+    if unlisted:  # every graph that runs must be covered by the sha256 check
+        raise ArtifactError(f"precision {wanted!r} names file(s) the manifest does not list: {unlisted}")
+    return wanted, files

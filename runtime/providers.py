@@ -16,6 +16,23 @@ def available_providers() -> list[str]:
     return ort.get_available_providers()
 
 
+def resolve_provider(provider: str = "auto") -> str:
+    """``auto`` -> "cuda" when onnxruntime has the CUDA provider, else "cpu"; "cuda" without it is an error."""
+    avail = available_providers()
+    if provider == "auto":
+        return "cuda" if "CUDAExecutionProvider" in avail else "cpu"
+    if provider == "cuda" and "CUDAExecutionProvider" not in avail:
+        raise ArtifactError("provider 'cuda' asked for, but onnxruntime has no CUDAExecutionProvider "
+                            "(install onnxruntime-gpu)")
+    if provider not in ("cuda", "cpu"):
+        raise ArtifactError(f"unknown provider {provider!r} (auto | cuda | cpu)")
+    return provider
+
+
+def cuda_device_id() -> int:
+    return int(os.environ.get("ORT_CUDA_DEVICE", "0"))
+
+
 def make_session(path: str | os.PathLike, provider: str = "auto", intra_threads: int | None = None,
                  inter_threads: int = 1):
     """An ONNX Runtime InferenceSession.
@@ -26,20 +43,12 @@ def make_session(path: str | os.PathLike, provider: str = "auto", intra_threads:
     """
     import onnxruntime as ort
 
-    avail = ort.get_available_providers()
-    if provider == "auto":
-        provider = "cuda" if "CUDAExecutionProvider" in avail else "cpu"
-    if provider == "cuda":
-        if "CUDAExecutionProvider" not in avail:
-            raise ArtifactError("provider 'cuda' asked for, but onnxruntime has no CUDAExecutionProvider "
-                                "(install onnxruntime-gpu)")
-        providers = [("CUDAExecutionProvider", {"device_id": int(os.environ.get("ORT_CUDA_DEVICE", "0")),
+    if resolve_provider(provider) == "cuda":
+        providers = [("CUDAExecutionProvider", {"device_id": cuda_device_id(),
                                                 "arena_extend_strategy": "kSameAsRequested"}),
                      "CPUExecutionProvider"]
-    elif provider == "cpu":
-        providers = ["CPUExecutionProvider"]
     else:
-        raise ArtifactError(f"unknown provider {provider!r} (auto | cuda | cpu)")
+        providers = ["CPUExecutionProvider"]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_threads or int(os.environ.get("ORT_INTRA_OP_THREADS", "1"))
     opts.inter_op_num_threads = inter_threads

@@ -76,10 +76,11 @@ def device_name(providers: list[str]) -> str:
     return platform.processor() or "CPU"
 
 
-def model_tag(manifest: dict) -> str:
-    """Identifies the generator's weights: a session saved by another version must not be resumed."""
-    files = {k: v for k, v in manifest["files"].items() if k.endswith(".onnx")}
-    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+def model_tag(manifest: dict, files: dict[str, str]) -> str:
+    """Identifies the weights in use (the files of the precision loaded): a session saved by another model
+    version or precision is not resumed, since its state would not continue the same text."""
+    used = {name: manifest["files"][name] for name in sorted(files.values())}
+    return hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class AppState:
@@ -111,7 +112,7 @@ class AppState:
         self.store = make_store(s.redis_url, db or None, s.session_ttl_s, s.max_sessions, lease_s=s.session_lease_s)
         self.stepper = Stepper(self.generator, s.max_streams, on_tick=self.metrics.on_tick)
         self.generation = Generation(self.generator, self.store, self.stepper,
-                                     model_tag(self.generator.manifest), self.metrics)
+                                     model_tag(self.generator.manifest, self.generator.files), self.metrics)
         # ONNX Runtime's first runs of each shape allocate and pick kernels: do them before the first client
         self._warm_texts = self._make_warm_texts()
         self.classifier.predict_proba(self._warm_texts)

@@ -1,6 +1,8 @@
 """Tiny stand-in models in the exported format (docs/export_format.md), built with onnx.helper (no torch).
 
 For tests that need a model folder to damage or to load quickly; the HTTP tests serve the committed models.
+``int8=True`` / ``False`` also writes int8 variants (quantize_dynamic of each graph, as the exports do) with a
+``precisions`` entry that is accepted / rejected without being measured; the default ``None`` writes fp32 only.
 """
 from __future__ import annotations
 
@@ -23,7 +25,18 @@ def _save(graph, path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def classifier(folder: Path, seed: int = 0) -> Path:
+def add_int8(folder: Path, kind: str, accepted: bool = True) -> Path:
+    """Quantize the folder's graphs as the exports do and record the variant as ``accepted`` (nothing measured)."""
+    from training.common.quantize import quantize_graphs, write_int8_entry
+
+    man, files = quantize_graphs(folder, kind, say=lambda _msg: None)
+    write_int8_entry(folder, man, {"files": files, "accepted": accepted,
+                                   "verdict": "meets the bar" if accepted else "tiny test model: rejected",
+                                   "quality": {"evaluated_on": "nothing: tiny test model"}})
+    return folder
+
+
+def classifier(folder: Path, seed: int = 0, int8: bool | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["<pad>", "<unk>", "market", "film", "election", "match", "phone", "the"]
     emb = np.random.default_rng(seed).standard_normal((len(vocab), len(LABELS))).astype(np.float32)
@@ -46,7 +59,7 @@ def classifier(folder: Path, seed: int = 0) -> Path:
     write_manifest(folder, {"kind": "classifier", "labels": LABELS, "vocab": vocab, "max_len": 50,
                             "tokenizer": {"lowercase": True, "pattern": r"[a-z0-9']+"},
                             "metrics": {"test_accuracy": 0.2}, "created": "test"})
-    return folder
+    return folder if int8 is None else add_int8(folder, "classifier", int8)
 
 
 def _cell(prefix: str, ids: str, h: str, c: str, h_out: str, c_out: str, logits: str) -> list:
@@ -65,7 +78,7 @@ def _cell(prefix: str, ids: str, h: str, c: str, h_out: str, c_out: str, logits:
     ]
 
 
-def generator(folder: Path, hidden: int = 8, seed: int = 0) -> Path:
+def generator(folder: Path, hidden: int = 8, seed: int = 0, int8: bool | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     V, H = len(CHARS), hidden
@@ -107,10 +120,10 @@ def generator(folder: Path, hidden: int = 8, seed: int = 0) -> Path:
         (folder / name).write_bytes(b"not torchscript: tiny test model")
     write_manifest(folder, {"kind": "generator", "vocab": CHARS, "unk_id": 0, "num_layers": 1,
                             "hidden_size": H, "metrics": {"val_bpc": 9.9}, "created": "test"})
-    return folder
+    return folder if int8 is None else add_int8(folder, "generator", int8)
 
 
-def build(root: Path) -> Path:
-    classifier(root / "classifier")
-    generator(root / "generator")
+def build(root: Path, int8: bool | None = None) -> Path:
+    classifier(root / "classifier", int8=int8)
+    generator(root / "generator", int8=int8)
     return root

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-generator": ("training.generator.export", "export a generator checkpoint (step + prefill graphs)"),
     "evaluate-generator": ("training.generator.evaluate", "bits per character of the exported generator"),
     "generate": ("training.generator.generate", "stream text from the exported generator"),
+    "quantize": ("training.common.quantize", "add measured int8 variants to exported model folders"),
 }
 
 

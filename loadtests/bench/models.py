@@ -1,13 +1,16 @@
-"""Model-level benchmarks: classifier ONNX Runtime vs TorchScript vs eager PyTorch, and int8 dynamic quantization.
+"""Model-level benchmarks: classifier ONNX Runtime vs TorchScript vs eager PyTorch, and int8 vs fp32.
+
+The int8 variants and their quality come from the exported folders (``precisions`` in the manifests, written by the
+exports or ``python -m training quantize``); this module only times them.
 
 torch is imported only inside the functions that time TorchScript / eager PyTorch; the service never imports it.
 Timings interleave the backends round by round (so background noise hits all of them alike) and report medians.
 """
 from __future__ import annotations
 
-import math
 import random
 import re
+import shutil
 import statistics
 import tempfile
 import time
@@ -15,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtests.texts import _read, articles, data_dir, prose
-from runtime.manifest import load_manifest
+from loadtests.texts import articles, data_dir, prose
+from runtime.manifest import load_manifest, precision_variants
 from runtime.providers import make_session
 
 
@@ -107,124 +110,66 @@ def classifier_backends(folder: Path, threads: int = 1, rounds: int = 20, n_sing
     return out
 
 
-def _quantize(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def _int8_folder(folder: Path, kind: str, tmp: Path) -> Path:
+    """``folder`` when its manifest has an int8 variant (written by the export or ``python -m training quantize``),
+    else a copy under ``tmp`` given one by the same code (training.common.quantize.quantize_folder)."""
+    if "int8" in precision_variants(load_manifest(folder, kind)):
+        return folder
+    from training.common.quantize import quantize_folder
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-
-
-def _test_articles(manifest: dict) -> tuple[list[str], list[int], str]:
-    """The classifier's held-out test split (ids listed in the manifest), else every article of the corpus."""
-    labels = {name: i for i, name in enumerate(manifest["labels"])}
-    root = data_dir() / "bbc"
-    ids = (manifest.get("split") or {}).get("test") or []
-    if ids and all((root / i).is_file() for i in ids):
-        return ([_read(root / i).strip() for i in ids], [labels[i.split("/")[0]] for i in ids],
-                f"the {len(ids)}-article held-out test split")
-    pairs = [(t, labels[topic]) for topic, t in articles(limit=10_000) if topic in labels]
-    return [t for t, _ in pairs], [y for _, y in pairs], f"all {len(pairs)} BBC articles (train+test)"
+    shutil.copytree(folder, tmp / kind)
+    quantize_folder(tmp / kind, data_dir())
+    return tmp / kind
 
 
 def quantize_classifier(folder: Path, threads: int = 1, rounds: int = 15) -> dict:
-    man = load_manifest(folder, "classifier")
-    texts, ys, which = _test_articles(man)
+    """The int8 variant's quality as the manifest records it (held-out accuracy, agreement with fp32), its size,
+    and its speed against fp32 at batch 1 and 32 on real articles."""
+    from runtime.classifier import ClassifierRuntime
+
     with tempfile.TemporaryDirectory() as tmp:
-        q_path = Path(tmp) / "model.int8.onnx"
-        _quantize(folder / "model.onnx", q_path)
-        sessions = {"fp32": make_session(folder / "model.onnx", "cpu", threads),
-                    "int8": make_session(q_path, "cpu", threads)}
-        sizes = {"fp32": (folder / "model.onnx").stat().st_size, "int8": q_path.stat().st_size}
-        preds = {}
-        for k, s in sessions.items():
-            p = []
-            for i in range(0, len(texts), 32):
-                ids, n = encode(man, texts[i:i + 32])
-                p.extend(s.run(None, {"ids": ids, "lengths": n})[0].argmax(1).tolist())
-            preds[k] = np.array(p)
-        single = [encode(man, [t]) for t in texts[:16]]
-        big = encode(man, texts[16:48])
-        med1 = interleaved({k: (lambda s=s: [s.run(None, {"ids": i, "lengths": n}) for i, n in single])
-                            for k, s in sessions.items()}, rounds)
-        med32 = interleaved({k: (lambda s=s: s.run(None, {"ids": big[0], "lengths": big[1]}))
-                             for k, s in sessions.items()}, rounds)
-    y = np.array(ys)
-    acc = {k: float((p == y).mean()) for k, p in preds.items()}
-    return {"evaluated_on": which, "n": len(y), "accuracy": acc, "accuracy_change": acc["int8"] - acc["fp32"],
-            "agreement": float((preds["int8"] == preds["fp32"]).mean()), "file_bytes": sizes,
-            "speedup_batch1": med1["fp32"] / med1["int8"], "speedup_batch32": med32["fp32"] / med32["int8"]}
+        folder = _int8_folder(folder, "classifier", Path(tmp))
+        rts = {p: ClassifierRuntime(folder, "cpu", threads, precision=p) for p in ("fp32", "int8")}
+        man = rts["fp32"].manifest
+        entry = precision_variants(man)["int8"]
+        sizes = {p: (folder / rt.files["model"]).stat().st_size for p, rt in rts.items()}
+    texts = [t for _, t in articles(limit=500, seed=1)]
+    single = [encode(man, [t]) for t in texts[:16]]
+    big = encode(man, texts[16:48])
+    sessions = {p: rt.session for p, rt in rts.items()}
+    med1 = interleaved({k: (lambda s=s: [s.run(None, {"ids": i, "lengths": n}) for i, n in single])
+                        for k, s in sessions.items()}, rounds)
+    med32 = interleaved({k: (lambda s=s: s.run(None, {"ids": big[0], "lengths": big[1]}))
+                         for k, s in sessions.items()}, rounds)
+    q = entry["quality"]
+    return {"evaluated_on": q["evaluated_on"], "n": q["n"], "accuracy": q["accuracy"],
+            "accuracy_change": q["accuracy_change"], "agreement": q["agreement"], "accepted": entry["accepted"],
+            "file_bytes": sizes, "speedup_batch1": med1["fp32"] / med1["int8"],
+            "speedup_batch32": med32["fp32"] / med32["int8"]}
 
 
-def _bpc(sess, man: dict, text: str, streams: int = 64) -> float:
-    index = {ch: i for i, ch in enumerate(man["vocab"])}
-    ids = np.array([index.get(ch, man["unk_id"]) for ch in text], dtype=np.int64)
-    n = len(ids) // streams
-    ids = ids[: n * streams].reshape(streams, n)
-    L, H = man["num_layers"], man["hidden_size"]
-    h = np.zeros((L, streams, H), np.float32)
-    c = np.zeros_like(h)
-    nll = 0.0
-    rows = np.arange(streams)
-    for t in range(n - 1):
-        logits, h, c = sess.run(None, {"ids": ids[:, t], "h": h, "c": c})
-        m = logits.max(1, keepdims=True)
-        logp = logits - m - np.log(np.exp(logits - m).sum(1, keepdims=True))
-        nll -= float(logp[rows, ids[:, t + 1]].sum())
-    return nll / (streams * (n - 1)) / math.log(2)
+def quantize_generator(folder: Path, threads: int = 1, rounds: int = 10) -> dict:
+    """The int8 variant's bits per character as the manifest records it (the canon's last 64,000 characters,
+    fp32 vs int8) and step / prefill speed ratios."""
+    from runtime.generator import GeneratorRuntime
 
-
-def quantize_generator(folder: Path, threads: int = 1, rounds: int = 10, eval_chars: int = 64_000) -> dict:
-    """bits per character of fp32 vs int8 on the last ``eval_chars`` characters of the canon (the tail of the
-    corpus, i.e. the validation side of a head/tail split), and step / prefill speed ratios."""
-    man = load_manifest(folder, "generator")
-    text = prose()[-eval_chars:]
-    L, H = man["num_layers"], man["hidden_size"]
-    index = {ch: i for i, ch in enumerate(man["vocab"])}
-    prompt = np.array([[index.get(ch, man["unk_id"]) for ch in prose()[:2000]]], dtype=np.int64)
-    zeros = {"h": np.zeros((L, 1, H), np.float32), "c": np.zeros((L, 1, H), np.float32)}
-    out: dict = {"evaluated_on": f"last {len(text):,} characters of the canon"}
     with tempfile.TemporaryDirectory() as tmp:
-        steps, prefills = {}, {}
-        for name in ("step", "prefill"):
-            _quantize(folder / f"{name}.onnx", Path(tmp) / f"{name}.int8.onnx")
-        for k, suffix in (("fp32", ".onnx"), ("int8", ".int8.onnx")):
-            base = folder if k == "fp32" else Path(tmp)
-            steps[k] = make_session(base / f"step{suffix}", "cpu", threads)
-            prefills[k] = make_session(base / f"prefill{suffix}", "cpu", threads)
-        out["bpc"] = {k: _bpc(s, man, text) for k, s in steps.items()}
-        one = np.array([5], dtype=np.int64)
-        step_med = interleaved({k: (lambda s=s: [s.run(None, {"ids": one, **zeros}) for _ in range(100)])
-                                for k, s in steps.items()}, rounds)
-        pre_med = interleaved({k: (lambda s=s: s.run(None, {"ids": prompt, **zeros}))
-                               for k, s in prefills.items()}, rounds)
-    out["bpc_change"] = out["bpc"]["int8"] - out["bpc"]["fp32"]
-    out["step_speedup"] = step_med["fp32"] / step_med["int8"]
-    out["prefill_speedup"] = pre_med["fp32"] / pre_med["int8"]
-    out["step_ms"] = {k: v / 100 * 1000 for k, v in step_med.items()}
-    return out
-
-
-def int8_copy(models: Path, dest: Path) -> Path:
-    """A copy of the exported-models root with every ONNX graph int8-quantized (dynamic) and the manifests
-    re-hashed, so the service can be benchmarked on it (``python -m loadtests.bench --int8``)."""
-    import json
-    import shutil
-
-    from runtime.manifest import MANIFEST, write_manifest
-
-    for kind in ("classifier", "generator"):
-        src, dst = models / kind, dest / kind
-        load_manifest(src, kind)
-        shutil.copytree(src, dst, dirs_exist_ok=True)
-        for onnx_file in sorted(dst.glob("*.onnx")):
-            tmp = onnx_file.with_suffix(".int8.tmp")
-            _quantize(onnx_file, tmp)
-            tmp.replace(onnx_file)
-        doc = json.loads((dst / MANIFEST).read_text())
-        for key in ("files", "format_version"):
-            doc.pop(key, None)
-        doc["quantized"] = "int8 dynamic (onnxruntime.quantization.quantize_dynamic) by loadtests.bench --int8"
-        write_manifest(dst, doc)
-    return dest
+        folder = _int8_folder(folder, "generator", Path(tmp))
+        rts = {p: GeneratorRuntime(folder, "cpu", threads, precision=p) for p in ("fp32", "int8")}
+    entry = precision_variants(rts["fp32"].manifest)["int8"]
+    rt = rts["fp32"]
+    prompt = rt.encode(prose()[:2000])[None]  # (1, 2000)
+    zeros = dict(zip(("h", "c"), rt.zero_state(1)))
+    one = np.array([5], dtype=np.int64)
+    step_med = interleaved({k: (lambda s=r.step_session: [s.run(None, {"ids": one, **zeros}) for _ in range(100)])
+                            for k, r in rts.items()}, rounds)
+    pre_med = interleaved({k: (lambda s=r.prefill_session: s.run(None, {"ids": prompt, **zeros}))
+                           for k, r in rts.items()}, rounds)
+    q = entry["quality"]
+    return {"evaluated_on": q["evaluated_on"], "bpc": q["bits_per_char"], "bpc_change": q["bits_per_char_change"],
+            "accepted": entry["accepted"], "step_speedup": step_med["fp32"] / step_med["int8"],
+            "prefill_speedup": pre_med["fp32"] / pre_med["int8"],
+            "step_ms": {k: v / 100 * 1000 for k, v in step_med.items()}}
 
 
 def generator_in_process(folder: Path, threads: int = 1, chars: int = 2000) -> dict:

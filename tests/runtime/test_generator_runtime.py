@@ -1,4 +1,5 @@
-"""The committed generator through runtime/generator.py and the generate / evaluate-generator commands."""
+"""The committed generator through runtime/generator.py (int8 on CPU by default, fp32 asked for), its IO-binding
+path, and the generate / evaluate-generator commands."""
 from __future__ import annotations
 
 import json
@@ -8,14 +9,15 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from runtime.generator import GeneratorRuntime, GenState, generate, sample_next
+from runtime.generator import BoundStep, GeneratorRuntime, GenState, generate, sample_next
 from training.common.files import read_text
 from training.generator.data import split_text
 
 from tests.conftest import training_cli as _cli
 
 MAX_VAL_BPC = 1.55  # the committed model measures 1.534 on the canon's validation tail (docs/generator.md)
-MAX_MODEL_MB = 60  # four copies of the weights: step/prefill x ONNX/TorchScript
+MAX_MODEL_MB = 70  # four fp32 copies of the weights (step/prefill x ONNX/TorchScript, 53 MB) + two int8 (7 MB)
+MAX_INT8_BPC_CHANGE = 0.005  # the acceptance bar of training/common/quantize.py
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,12 @@ def folder(exported):
 
 @pytest.fixture(scope="module")
 def rt(folder):
-    return GeneratorRuntime(folder, "cpu")
+    return GeneratorRuntime(folder, "cpu")  # precision auto: the accepted int8 variant
+
+
+@pytest.fixture(scope="module")
+def rt32(folder):
+    return GeneratorRuntime(folder, "cpu", precision="fp32")
 
 
 def test_committed_model_is_small_and_complete(rt, folder):
@@ -36,6 +43,21 @@ def test_committed_model_is_small_and_complete(rt, folder):
         rec = rt.manifest["parity"][key]
         assert rec["greedy_equal"] is True and rec["max_abs_logit_diff"] < 1e-4
     assert rt.manifest["parity"]["chars"] == 500
+
+
+def test_committed_int8_variant_is_accepted_and_chosen_on_cpu(rt, rt32, folder):
+    int8 = rt.manifest["precisions"]["int8"]
+    assert (rt.provider, rt.precision, rt.files) == ("cpu", "int8", {"step": "step.int8.onnx",
+                                                                      "prefill": "prefill.int8.onnx"})
+    assert (rt32.precision, rt32.files) == ("fp32", {"step": "step.onnx", "prefill": "prefill.onnx"})
+    q = int8["quality"]
+    assert int8["accepted"] is True and q["n_chars"] == 64_000 and q["streams"] == 64
+    assert 1.55 < q["bits_per_char"]["fp32"] < 1.65                   # from the zero state, no context: 1.608
+    assert 0 <= q["bits_per_char_change"] <= MAX_INT8_BPC_CHANGE      # measured +0.0012
+    for name in int8["files"].values():                                # a quarter of the fp32 13.4 MB
+        assert 3.0e6 < (folder / name).stat().st_size < 3.8e6
+    # same model: the greedy text of the two precisions starts the same
+    assert "".join(generate(rt, "Holmes", 20, temperature=0)) == "".join(generate(rt32, "Holmes", 20, temperature=0))
 
 
 def test_shapes(rt):
@@ -78,7 +100,11 @@ def test_empty_prompt_primes_a_newline_and_unknown_chars_map_to_unk(rt):
     assert len(text) == 20
 
 
-def test_batched_advance_equals_one_stream_at_a_time(rt):
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-5), ("int8", 0.1)])
+def test_batched_advance_equals_one_stream_at_a_time(folder, precision, tol):
+    """fp32: the same numbers. int8: close, not equal: dynamic quantization scales the activations of the whole
+    batch at once, so a stream's numbers depend on its batch-mates (docs/export_format.md)."""
+    rt = GeneratorRuntime(folder, "cpu", precision=precision)
     prompts = ["Holmes", "My dear Watson", "\n     It"]
     together = [rt.start(p) for p in prompts]
     alone = [rt.start(p) for p in prompts]
@@ -87,7 +113,45 @@ def test_batched_advance_equals_one_stream_at_a_time(rt):
     for s, i in zip(alone, ids):
         rt.advance([s], [i])
     for a, b in zip(together, alone):
-        assert np.abs(a.logits - b.logits).max() < 1e-5 and np.abs(a.h - b.h).max() < 1e-5
+        assert np.abs(a.logits - b.logits).max() < tol and np.abs(a.h - b.h).max() < tol
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_io_binding_path_equals_the_plain_path(folder, precision):
+    """BoundStep (h/c kept in OrtValues between calls; on CUDA by default) run on device 'cpu' here: the same
+    numbers as step() with numpy arrays, bit for bit, for a batch over many steps and through TextStream."""
+    rt = GeneratorRuntime(folder, "cpu", precision=precision)
+    assert rt.io_binding is False and rt.device == ("cpu", 0)  # no GPU here: the plain path is the default
+    ids = np.stack([rt.encode("Holmes and Watson, " * 6)[k:k + 60] for k in range(3)], 1)  # (60, B=3)
+    h, c = rt.prefill(ids[:5].T, *rt.zero_state(3))[1:]
+    bound = rt.bind(h, c)
+    assert isinstance(bound, BoundStep)
+    for t in range(5, 60):
+        logits, h, c = rt.step(ids[t], h, c)
+        assert np.array_equal(bound.step(ids[t]), logits), t
+    bh, bc = bound.state()
+    assert np.array_equal(bh, h) and np.array_equal(bc, c)
+
+    plain = generate(rt, "It was", 120, temperature=0.8, top_k=20, seed=5)
+    text = "".join(plain)
+    rt.io_binding = True
+    try:
+        stream = generate(rt, "It was", 120, temperature=0.8, top_k=20, seed=5)
+        assert stream._bound is not None and "".join(stream) == text
+        for key in ("h", "c", "logits"):
+            assert np.array_equal(getattr(stream.state, key), getattr(plain.state, key)), key
+        assert stream.state.rng_state == plain.state.rng_state
+        # stop after 50 with binding, resume without it (and the reverse): the same 120 characters
+        first = generate(rt, "It was", 50, temperature=0.8, top_k=20, seed=5)
+        head = "".join(first)
+        rt.io_binding = False
+        assert head + "".join(generate(rt, "", 70, temperature=0.8, top_k=20, state=first.state)) == text
+        first = generate(rt, "It was", 50, temperature=0.8, top_k=20, seed=5)
+        head = "".join(first)
+        rt.io_binding = True
+        assert head + "".join(generate(rt, "", 70, temperature=0.8, top_k=20, state=first.state)) == text
+    finally:
+        rt.io_binding = False
 
 
 def test_sample_next():

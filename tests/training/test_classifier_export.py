@@ -1,4 +1,5 @@
-"""The committed exported classifier: contract, integrity, accuracy on held-out articles, ONNX == TorchScript."""
+"""The committed exported classifier: contract, integrity, accuracy on held-out articles, ONNX == TorchScript, and
+its int8 variant (accepted, chosen on CPU, same answers as fp32)."""
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ def folder(exported) -> Path:
 
 @pytest.fixture(scope="module")
 def runtime(folder) -> ClassifierRuntime:
-    return ClassifierRuntime(folder, provider="cpu")
+    return ClassifierRuntime(folder, provider="cpu", precision="fp32")  # what TorchScript is compared with
 
 
 @pytest.fixture(scope="module")
@@ -40,18 +41,52 @@ def test_articles(bbc_dir, runtime) -> list[bbc.Article]:
 def test_manifest_follows_the_contract(folder):
     m = load_manifest(folder, kind="classifier")  # verifies sha256 of every file
     for key in ("kind", "labels", "vocab", "tokenizer", "max_len", "config", "metrics", "corpus_fingerprint",
-                "versions", "parity", "created", "files"):
+                "versions", "parity", "created", "precisions", "files"):
         assert key in m, key
     assert m["labels"] == list(bbc.LABELS)
     assert m["vocab"][:2] == ["<pad>", "<unk>"] and len(m["vocab"]) == m["config"]["vocab_size"]
     assert m["tokenizer"] == {"lowercase": True, "pattern": PATTERN}
-    assert sorted(m["files"]) == ["model.onnx", "model.ts"]
+    assert sorted(m["files"]) == ["model.int8.onnx", "model.onnx", "model.ts"]
     assert max(m["parity"]["max_abs_diff"].values()) < 1e-4
     assert m["max_len"] >= 700  # about the 95th percentile of article lengths in tokens
     assert m["metrics"]["test_accuracy"] >= 0.98
     assert m["metrics"]["test_accuracy"] > m["metrics"]["baseline_tfidf_svm_accuracy"]
     size = sum((folder / f).stat().st_size for f in m["files"])
     assert size < 50e6
+
+
+def test_int8_variant_is_accepted_small_and_chosen_on_cpu(folder):
+    m = load_manifest(folder, kind="classifier")
+    assert m["precisions"]["fp32"] == {"files": {"model": "model.onnx"}}
+    int8 = m["precisions"]["int8"]
+    assert int8["files"] == {"model": "model.int8.onnx"} and int8["accepted"] is True
+    q = int8["quality"]
+    assert q["n"] == len(m["split"]["test"]) == 199 and q["evaluated_on"] == "the 199-article held-out test split"
+    assert q["accuracy"]["fp32"] == pytest.approx(m["metrics"]["test_accuracy"], abs=1e-9)
+    assert q["accuracy"]["int8"] >= q["accuracy"]["fp32"] and q["agreement"] >= 0.995
+    assert q["bar"] == {"min_accuracy_change": 0.0, "min_agreement": 0.995}
+    assert 2.0e6 < (folder / "model.int8.onnx").stat().st_size < 3.0e6   # 9.9 MB of fp32 weights -> 2.5 MB
+    rt = ClassifierRuntime(folder, provider="cpu")
+    assert (rt.provider, rt.precision, rt.files) == ("cpu", "int8", {"model": "model.int8.onnx"})
+
+
+def test_int8_gives_the_recorded_answers_on_the_test_split(folder, runtime, test_articles):
+    """Re-measured through the runtime: the same predictions as fp32, the accuracy and logit gap on record. int8's
+    numbers move a little with a text's chunk-mates (dynamic quantization), its labels do not; alone they are fixed."""
+    int8 = ClassifierRuntime(folder, provider="cpu", precision="int8")
+    texts = [a.text for a in test_articles]
+    y = np.array([a.label for a in test_articles])
+    lo32, lo8 = runtime.predict_logits(texts), int8.predict_logits(texts)
+    q = int8.manifest["precisions"]["int8"]["quality"]
+    assert (lo8.argmax(1) == lo32.argmax(1)).mean() == q["agreement"]
+    assert (lo8.argmax(1) == y).mean() == pytest.approx(q["accuracy"]["int8"], abs=1e-9)
+    assert float(np.abs(lo8 - lo32).max()) == pytest.approx(q["max_abs_logit_diff"], rel=1e-4)
+    assert 0.01 < q["max_abs_logit_diff"] < 1.0
+    other = int8.predict_proba(texts[::-1], batch_size=16)[::-1]
+    assert (other.argmax(1) == lo8.argmax(1)).all()
+    assert 0 < float(np.abs(other - int8.predict_proba(texts)).max()) < 0.1
+    alone = int8.predict_logits(texts[:40], batch_size=1)
+    assert np.array_equal(int8.predict_logits(texts[:40][::-1], batch_size=1)[::-1], alone)
 
 
 def test_onnx_equals_torchscript_on_real_articles(folder, runtime, test_articles):

@@ -57,7 +57,7 @@ def test_export_evaluate_predict_on_the_smoke_model(smoke_run, bbc_dir, tmp_path
     assert main(["export-classifier", str(smoke_run), "--out", str(tmp_path), "--data-dir", str(bbc_dir)]) == 0
     manifest = read_json(tmp_path / "classifier" / "manifest.json")
     assert max(manifest["parity"]["max_abs_diff"].values()) < 1e-4
-    assert sorted(manifest["files"]) == ["model.onnx", "model.ts"]
+    assert sorted(manifest["files"]) == ["model.int8.onnx", "model.onnx", "model.ts"]
     proc = cli("evaluate-classifier", "--models", str(tmp_path), "--data-dir", str(bbc_dir), "--split", "test")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])

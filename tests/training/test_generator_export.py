@@ -1,4 +1,5 @@
-"""export-generator on a small random-weight LSTM: files, manifest, parity checks, refusal on mismatch."""
+"""export-generator on a small random-weight LSTM: files, manifest, parity checks, refusal on mismatch, and the
+int8 variants it writes and measures on the canon's tail ($DATA_DIR)."""
 from __future__ import annotations
 
 import json
@@ -39,13 +40,14 @@ def exported_small(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("exported")
     r = _cli("export-generator", str(checkpoint), "--out", str(out))
     assert r.returncode == 0, r.stderr
-    assert "greedy 500 chars equal for batch 1 and 8" in r.stdout
+    assert "greedy 500 chars equal for batch 1 and 8" in r.stdout and "int8 bits/char" in r.stdout
     return out / "generator"
 
 
 def test_files_and_manifest(exported_small):
     man = load_manifest(exported_small, kind="generator")
-    assert set(man["files"]) == {"step.onnx", "prefill.onnx", "step.ts", "prefill.ts"}
+    assert set(man["files"]) == {"step.onnx", "prefill.onnx", "step.ts", "prefill.ts", "step.int8.onnx",
+                                 "prefill.int8.onnx"}
     for key in ("vocab", "unk_id", "num_layers", "hidden_size", "config", "metrics", "corpus_fingerprint",
                 "versions", "parity", "created"):
         assert key in man, key
@@ -57,12 +59,30 @@ def test_files_and_manifest(exported_small):
             assert rec["greedy_equal"] is True and rec["max_abs_logit_diff"] < 1e-4
 
 
+def test_int8_variant_is_written_and_measured(exported_small):
+    man = load_manifest(exported_small, kind="generator")
+    assert man["precisions"]["fp32"] == {"files": {"step": "step.onnx", "prefill": "prefill.onnx"}}
+    int8 = man["precisions"]["int8"]
+    assert int8["files"] == {"step": "step.int8.onnx", "prefill": "prefill.int8.onnx"}
+    q = int8["quality"]
+    assert (q["n_chars"], q["streams"], q["evaluated_on"]) == (64_000, 64, "the last 64,000 characters of canon.txt")
+    assert q["bits_per_char_change"] == pytest.approx(q["bits_per_char"]["int8"] - q["bits_per_char"]["fp32"])
+    assert q["bar"] == {"max_bits_per_char_change": 0.005}
+    assert int8["accepted"] is (q["bits_per_char_change"] <= 0.005)   # random weights: either way
+    assert 0 < q["prefill_max_abs_logit_diff"] < 5
+    for role, name in int8["files"].items():  # LSTM weights -> int8 (the embedding and output layer too)
+        assert (exported_small / name).stat().st_size < 0.5 * (exported_small / f"{role}.onnx").stat().st_size
+    rt = GeneratorRuntime(exported_small, "cpu", precision="int8")
+    logits, h, c = rt.step(np.array([1, 2]), *rt.zero_state(2))
+    assert logits.shape == (2, len(rt.vocab)) and h.shape == (2, 2, 48)
+
+
 def test_onnx_and_torchscript_match_pytorch_greedy_500(exported_small, checkpoint):
     """Independently of the export's own check: ONNX (through GeneratorRuntime) and TorchScript vs eager."""
     ckpt = torch.load(checkpoint, weights_only=True)
     model = CharRNN(CharConfig(**ckpt["config"])).eval()
     model.load_state_dict(ckpt["state_dict"])
-    rt = GeneratorRuntime(exported_small, "cpu")
+    rt = GeneratorRuntime(exported_small, "cpu", precision="fp32")  # the graphs PyTorch is compared with
     ts_step, ts_prefill = (torch.jit.load(str(exported_small / f"{n}.ts")) for n in ("step", "prefill"))
 
     def onnx(ids, h, c, graph):
@@ -108,3 +128,10 @@ def test_parity_failure_refuses_export(checkpoint, exported_small, tmp_path, mon
 def test_missing_checkpoint_is_a_one_line_error(tmp_path):
     r = _cli("export-generator", str(tmp_path / "nope.pt"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: checkpoint not found: {tmp_path / 'nope.pt'}"]
+
+
+def test_missing_int8_evaluation_text_is_a_one_line_error(checkpoint, tmp_path):
+    r = _cli("export-generator", str(checkpoint), "--out", str(tmp_path), "--text", str(tmp_path / "none.txt"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: text to measure the int8 generator on not found: {tmp_path / 'none.txt'}"]
+    assert not (tmp_path / "generator").exists()

@@ -1,9 +1,12 @@
-"""export-classifier: checkpoint -> exported_models/classifier/{model.onnx, model.ts, manifest.json}.
+"""export-classifier: checkpoint -> exported_models/classifier/{model.onnx, model.ts, model.int8.onnx, manifest.json}.
 
 Traces the model (its graph has no packed sequences: see training/classifier/model.py) with dynamic batch and
 length, then checks both files against eager PyTorch on real articles of several lengths and batch sizes;
 the eager model is also compared with the packed-sequence reference. Above ``--tolerance`` max abs logit
-difference nothing is written. The folder follows docs/export_format.md; serving reads it without torch.
+difference nothing is written. Then model.onnx is dynamically quantized to model.int8.onnx and measured on the
+held-out test split (training.common.quantize); the manifest's ``precisions`` entry records the numbers and whether
+int8 met its bar (a miss is a warning, not a failed export: the runtime then keeps fp32). The folder follows
+docs/export_format.md; serving reads it without torch.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from training.classifier.train import collate
 from training.common.cli import UserError, data_path
 from training.common.devices import library_versions
 from training.common.files import read_json
+from training.common.quantize import add_int8_classifier
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +141,21 @@ def main(args) -> int:
             "split": {"test": split["test"], "duplicates": split.get("duplicates")},
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         })
+        test = [by_id[i] for i in split["test"]]
+        labels = [ckpt["labels"].index(bbc.LABELS[a.label]) for a in test]  # class ids in the manifest's order
+        int8 = add_int8_classifier(tmp, [a.text for a in test], labels, f"the {len(test)}-article held-out test split",
+                                   args.threads, say=log.info)
+        if not int8["accepted"]:
+            log.warning("int8 variant missed its bar (%s): recorded with accepted=false, fp32 stays the default",
+                        int8["verdict"])
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    q = int8["quality"]
     print(f"exported {out}: parity onnx {parity['max_abs_diff']['onnx']:.2e}, "
-          f"torchscript {parity['max_abs_diff']['torchscript']:.2e}")
+          f"torchscript {parity['max_abs_diff']['torchscript']:.2e}; int8 accuracy {q['accuracy']['int8']:.4f} "
+          f"(fp32 {q['accuracy']['fp32']:.4f}), agreement {q['agreement']:.4f}: "
+          + ("accepted" if int8["accepted"] else "not accepted"))
     return 0

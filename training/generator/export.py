@@ -3,7 +3,10 @@
 Layout and signatures follow docs/export_format.md. Before anything is written to the model folder, the
 export is checked for batch 1 and batch 8: ONNX Runtime and TorchScript logits must match PyTorch's within
 ``--tol`` after a prompt and along 500 greedy characters, and the greedy characters must be identical.
-A failed check fails the export and leaves the previous folder untouched.
+A failed check fails the export and leaves the previous folder untouched. Both graphs are then dynamically
+quantized (step.int8.onnx, prefill.int8.onnx) and their bits per character measured against fp32 on the last
+64,000 characters of the canon (``--text``; training.common.quantize); the manifest's ``precisions`` entry records
+the numbers and whether int8 met its bar (a miss is a warning, not a failed export: the runtime then keeps fp32).
 """
 from __future__ import annotations
 
@@ -18,9 +21,10 @@ import numpy as np
 
 from runtime.manifest import ArtifactError, write_manifest
 from runtime.providers import make_session
-from training.common.cli import UserError
+from training.common.cli import UserError, data_path
 from training.common.devices import library_versions
 from training.common.files import read_json
+from training.common.quantize import EVAL_CHARS, add_int8_generator, canon_tail
 
 log = logging.getLogger(__name__)
 # batch row b reads 32 characters of this passage starting at 9 * b
@@ -34,6 +38,8 @@ def add_arguments(p) -> None:
     p.add_argument("--check-chars", type=int, default=500, help="greedy characters compared across runtimes")
     p.add_argument("--tol", type=float, default=1e-4, help="largest allowed logit difference")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--text", help=f"canon whose last {EVAL_CHARS:,} characters measure the int8 graphs "
+                                  "(default $DATA_DIR/sherlock/canon.txt)")
 
 
 def _wrappers(model):
@@ -133,6 +139,7 @@ def main(args) -> int:
         path = path / "best.pt"
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    eval_text, evaluated_on = canon_tail(data_path(args.text, "sherlock/canon.txt"))  # before any work
     torch.set_num_threads(1)
     model, ckpt = load_checkpoint(path)
     vocab = CharVocab.from_json(ckpt["vocab"])
@@ -154,12 +161,19 @@ def main(args) -> int:
             "config": model.cfg.to_dict(), "train_config": ckpt.get("train_config"), "metrics": metrics,
             "corpus_fingerprint": ckpt.get("corpus_fingerprint"), "versions": library_versions(), "parity": parity,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        int8 = add_int8_generator(tmp, eval_text, evaluated_on, say=log.info)
+        if not int8["accepted"]:
+            log.warning("int8 variant missed its bar (%s): recorded with accepted=false, fp32 stays the default",
+                        int8["verdict"])
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(tmp, dest)
     dest.chmod(0o755)  # the temporary folder was private (0700)
     sizes = {p.name: p.stat().st_size for p in sorted(dest.iterdir())}
     worst = max(v["max_abs_logit_diff"] for k, v in parity.items() if isinstance(v, dict))
+    bpc = int8["quality"]["bits_per_char"]
     print(f"exported {dest}: {', '.join(f'{n} {s / 1e6:.1f} MB' for n, s in sizes.items())}; "
-          f"greedy {args.check_chars} chars equal for batch 1 and 8, max logit difference {worst:.2e}")
+          f"greedy {args.check_chars} chars equal for batch 1 and 8, max logit difference {worst:.2e}; "
+          f"int8 bits/char {bpc['int8']:.4f} (fp32 {bpc['fp32']:.4f}): "
+          + ("accepted" if int8["accepted"] else "not accepted"))
     return 0
