@@ -10,7 +10,8 @@ Reported names: ``/classify``, ``/classify [8]``, ``/generate`` (time to the las
 ``/generate (abandoned)``, ``/end_session`` and ``/generate first chunk`` (type SSE: time to the first event).
 Think times (1-3 s classify, 1-4 s generate) model users, not a closed-loop flood: 50 users offer roughly
 15 /classify requests (~30 articles) and 5 generation streams per second; the closed-loop maximum-throughput
-figures are in loadtests/bench/run.py. Texts come from $DATA_DIR (BBC articles, Sherlock Holmes prose) when
+figures are in loadtests/bench/run.py, and load near capacity is ``python -m loadtests.run --profile capacity``
+(an open-loop asyncio driver, not locust: a locust user waits for its reply, so it cannot hold an arrival rate). Texts come from $DATA_DIR (BBC articles, Sherlock Holmes prose) when
 present, else generated ones.
 """
 from __future__ import annotations

@@ -92,6 +92,8 @@ class Settings(BaseModel):
     read_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False, alias="RNNTEXT_READ_TIMEOUT_S")
     max_connections: int = Field(1000, ge=1, alias="RNNTEXT_MAX_CONNECTIONS")
     tracing: bool = Field(False, alias="RNNTEXT_TRACING")
+    access_log: bool = Field(True, alias="RNNTEXT_ACCESS_LOG",
+                             description="BentoML's one log line per request (about 5% of a worker's CPU under load)")
 
     @model_validator(mode="after")
     def _resolve(self) -> "Settings":

@@ -67,6 +67,7 @@ aliases = Starlette(routes=[Route("/info", info_get, methods=["GET"])])
     # only the time to the response's first byte (long event streams are not cut); BentoML's default, above
     # the body deadline; it also bounds how long anything BentoML keeps per request lives
     traffic={"timeout": 60},
+    logging={"access": {"enabled": SETTINGS.access_log}},
 )
 @bentoml.asgi_app(aliases, path="/")   # matched only for its own paths, after BentoML's routes
 class RnnText:

@@ -3,12 +3,18 @@
 Sections (``--sections``, comma-separated; default all):
   models      classifier inference: ONNX Runtime vs TorchScript vs eager PyTorch, batch 1 and 32, real articles
   quant       int8 dynamic quantization of the ONNX models: speed ratios, accuracy and bits-per-char change
-  http        HTTP /classify: throughput, p50/p95 vs concurrency with adaptive batching on and off
+  http        HTTP /classify: throughput, p50/p95 vs concurrency with adaptive batching on and off (same worker
+              count and precision), how the connections were spread over the workers, and the in-process
+              ceiling measured in the same run (ceiling.py: the same runtime, articles and precision, one
+              process per usable core, no HTTP)
   generation  time to first chunk, one stream's chars/s, aggregate chars/s of 1/4/16 concurrent streams
   session     continuing a session after 10,000 characters of history vs a fresh request
 
-Writes results/bench-<UTC stamp>/bench.json and PNG plots (``--docs`` also copies the plots to docs/img/).
-The models/quant sections import torch (TorchScript, eager PyTorch); the service itself never does.
+The server sections run the service with its default settings (``--precision`` / ``--env`` change them) and
+sample the resident memory of its whole process tree. Every target (TARGETS below) is a ratio or threshold
+measured in this run; the verdicts are printed at the end and written to bench.json under "targets".
+Writes results/bench-<UTC stamp>/bench.json, bench.md and PNG plots (``--docs`` also copies the plots to
+docs/img/). The models/quant sections import torch (TorchScript, eager PyTorch); the service itself never does.
 """
 from __future__ import annotations
 
@@ -26,6 +32,21 @@ from loadtests import ROOT
 from loadtests.texts import articles
 
 SECTIONS = ("models", "quant", "http", "generation", "session")
+PRECISIONS = ("auto", "fp32", "int8")
+RSS_PERIOD_S = 0.5
+# key -> (what, op, threshold, unit): the issue's targets, each judged on figures measured in the same run
+TARGETS: dict[str, tuple[str, str, float, str]] = {
+    "classify_vs_ceiling": ("/classify articles/s at {top} clients / in-process ceiling", ">=", 0.60, ""),
+    "classify_p95_ms": ("/classify p95 at {top} clients", "<=", 100, " ms"),
+    "classify_errors": ("/classify failed requests (batching on, every client count)", "<=", 0, ""),
+    "batching_on_vs_off": ("/classify throughput at {top} clients, batching on / off", ">=", 1.5, "x"),
+    "single_client_p50_ms": ("/classify p50, one client", "<=", 4, " ms"),
+    "one_stream_chars_per_s": ("one sampled /generate stream, chars/s", ">=", 5000, ""),
+    "streams_vs_one": ("aggregate chars/s, {streams} streams / one stream", ">=", 4, "x"),
+    "first_chunk_p50_ms": ("/generate time to first chunk, p50", "<=", 20, " ms"),
+    "continuation_ratio": ("continuing after 10,000 chars of history / fresh request", "<=", 1.1, "x"),
+    "server_rss_max_gb": ("max RSS of the server's process tree during {rss_sections}", "<=", 1.5, " GB"),
+}
 # "batching off": the service has no switch for it (BentoML rejects max_batch_size=1), so the baseline is the
 # same ClassifierRuntime behind a non-batchable BentoML endpoint (loadtests/bench/nobatch.py)
 BATCHING_OFF_SERVICE = "loadtests.bench.nobatch:NoBatch"
@@ -42,8 +63,25 @@ def machine() -> dict:
         pass
     import onnxruntime
 
-    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "platform": platform.platform(), "gpu": None}
+    from loadtests.bench.ceiling import usable_cores
+
+    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "usable_cores": usable_cores(),
+            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+            "platform": platform.platform(), "gpu": _gpu_name()}
+
+
+def _gpu_name() -> str | None:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        import subprocess
+
+        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=10).stdout.strip().splitlines()
+    except (OSError, ValueError):
+        return None
+    return out[0] if out else None
 
 
 def _f(x: float, nd: int = 1) -> str:
@@ -62,8 +100,15 @@ def report_models(r: dict) -> None:
 
 
 def report_quant(r: dict) -> None:
-    c, g = r.get("classifier"), r.get("generator")
     print("\n== int8 dynamic quantization (ONNX Runtime) ==")
+    try:
+        _report_quant(r)
+    except (KeyError, TypeError) as exc:     # models.py owns these keys; the figures are in bench.json anyway
+        print(f"(not printed: {exc!r}; see bench.json)")
+
+
+def _report_quant(r: dict) -> None:
+    c, g = r.get("classifier"), r.get("generator")
     if c:
         print(f"classifier: accuracy {c['accuracy']['fp32']:.4f} -> {c['accuracy']['int8']:.4f} "
               f"({c['accuracy_change']:+.4f}) on {c['evaluated_on']}, agreement {c['agreement']:.4f}; speed-up "
@@ -75,15 +120,27 @@ def report_quant(r: dict) -> None:
               f"({g['step_speedup']:.2f}x), prefill {g['prefill_speedup']:.2f}x")
 
 
+def report_ceiling(c: dict) -> None:
+    print(f"\n== in-process ceiling: {c['articles_per_s']:.0f} articles/s ({c['method']}; precision "
+          f"{c['precision']}, providers {c['providers']}) ==")
+    if "server_cpu_s_meanwhile" in c:
+        print(f"(the idle server used {c['server_cpu_s_meanwhile']:.2f} CPU s meanwhile; waited "
+              f"{c['waited_for_idle_server_s']:.1f} s for it to go idle first)")
+
+
 def report_http(r: dict) -> None:
     print("\n== HTTP /classify, one article per request (client-side latency) ==")
-    print(f"{'clients':>7} {'mode':>12} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'fails':>6}")
+    print(f"{'clients':>7} {'mode':>12} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'fails':>6}  connections per worker")
     for mode in ("batching_on", "batching_off"):
         for row in r.get(mode, []):
+            w = row.get("workers") or {}
             print(f"{row['concurrency']:7d} {mode:>12} {row['throughput_rps']:8.1f} {row['p50_ms']:8.1f} "
-                  f"{row['p95_ms']:8.1f} {row['failures']:6d}")
+                  f"{row['p95_ms']:8.1f} {row['failures']:6d}  {w.get('spread', 'unknown')} "
+                  f"{w.get('connections_by_worker', '')}")
     if "speedup_at_max" in r:
         print(f"adaptive batching vs off at {r['max_concurrency']} clients: {r['speedup_at_max']:.2f}x throughput")
+    if r.get("vs_ceiling_at_max") is not None:
+        print(f"batching on at {r['max_concurrency']} clients vs the in-process ceiling: {r['vs_ceiling_at_max']:.2f}")
 
 
 def report_generation(r: dict) -> None:
@@ -94,8 +151,8 @@ def report_generation(r: dict) -> None:
               f" per stream {row['per_stream_chars_per_s']:7.0f} chars/s")
     if "in_process" in r:
         ip = r["in_process"]
-        print(f"one stream without the server (in-process sample + step, {ip['threads']} thread(s)): "
-              f"{ip['chars_per_s']:.0f} chars/s")
+        print(f"one stream without the server (in-process sample + step, {ip['threads']} thread(s), "
+              f"{ip.get('precision', 'fp32')}): {ip['chars_per_s']:.0f} chars/s")
     top = max(r["by_streams"], key=int)
     print(f"aggregate {top} streams vs one: {r[f'aggregate_{top}_vs_1']:.2f}x")
 
@@ -104,6 +161,64 @@ def report_session(r: dict) -> None:
     print(f"\n== session continuation: {r['new_chars']} new chars ==")
     print(f"fresh request {r['fresh_ms']:.0f} ms, after {r['history_chars']:,} chars of history "
           f"{r['continued_ms']:.0f} ms: ratio {r['ratio']:.2f}")
+
+
+def report_service(svc: dict) -> None:
+    p = svc.get("precision") or {}
+    print(f"\nserver: {svc.get('workers', 'unknown')} worker(s), device {svc.get('device', 'unknown')}, provider "
+          f"{svc.get('provider', 'unknown')}, precision classifier {p.get('classifier', 'unknown')} / generator "
+          f"{p.get('generator', 'unknown')}, {svc.get('threads', 'unknown')} intra-op thread(s) per session", flush=True)
+
+
+def _num(x) -> float | None:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if x == x else None        # NaN = not measured
+
+
+def verdicts(res: dict) -> dict:
+    """Each target of TARGETS with the figure measured in this run and met / missed (None: not measured)."""
+    h = res.get("http") or {}
+    on = {r["concurrency"]: r for r in h.get("batching_on") or []}
+    off = {r["concurrency"]: r for r in h.get("batching_off") or []}
+    top = max(on) if on else 32
+    g, sess, rss = res.get("generation") or {}, res.get("session") or {}, res.get("server_rss") or {}
+    ceiling = _num((res.get("ceiling") or {}).get("articles_per_s"))
+    row = on.get(top)
+    streams = max((int(k) for k in g.get("by_streams") or {}), default=16)
+    measured = {
+        "classify_vs_ceiling": row["throughput_rps"] / ceiling if row and ceiling else None,
+        "classify_p95_ms": row["p95_ms"] if row else None,
+        "classify_errors": sum(r["failures"] for r in on.values()) if on else None,
+        "batching_on_vs_off": row["throughput_rps"] / off[top]["throughput_rps"] if row and top in off else None,
+        "single_client_p50_ms": on[1]["p50_ms"] if 1 in on else None,
+        "one_stream_chars_per_s": g.get("one_stream_chars_per_s"),
+        "streams_vs_one": g.get(f"aggregate_{streams}_vs_1"),
+        "first_chunk_p50_ms": g.get("ttfc_p50_ms"),
+        "continuation_ratio": sess.get("ratio"),
+        "server_rss_max_gb": rss["max_bytes"] / 1e9 if rss.get("max_bytes") else None,
+    }
+    out = {}
+    for key, (what, op, threshold, unit) in TARGETS.items():
+        value = _num(measured[key])
+        met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
+        sampled = "/".join(rss.get("sampled_during") or ["http", "generation", "session"])
+        out[key] = {"what": what.format(top=top, streams=streams, rss_sections=sampled),
+                    "target": f"{op} {threshold:g}{unit}",
+                    "op": op, "threshold": threshold, "unit": unit.strip(), "measured": value, "met": met}
+    return out
+
+
+def report_targets(targets: dict) -> None:
+    print("\n== targets (measured in this run) ==")
+    for key, t in targets.items():
+        unit = "" if not t["unit"] else t["unit"] if t["unit"] == "x" else " " + t["unit"]
+        v = t["measured"]
+        value = "not measured" if v is None else (f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}") + unit
+        verdict = {True: "met", False: "MISSED", None: "-"}[t["met"]]
+        print(f"{verdict:>6}  {t['what']}: {value} (target {t['target']})  [{key}]")
 
 
 def plots(res: dict, out: Path) -> list[Path]:
@@ -135,6 +250,8 @@ def plots(res: dict, out: Path) -> list[Path]:
             c = [row["concurrency"] for row in rows]
             a1.plot(c, [row["throughput_rps"] for row in rows], marker="o", label=mode.replace("_", " "))
             a2.plot(c, [row["p95_ms"] for row in rows], marker="o", label=mode.replace("_", " "))
+        if (res.get("ceiling") or {}).get("articles_per_s"):
+            a1.axhline(res["ceiling"]["articles_per_s"], ls="--", color="gray", label="in-process ceiling")
         a1.set(xlabel="concurrent clients", ylabel="articles / s", title="/classify throughput")
         a2.set(xlabel="concurrent clients", ylabel="p95 latency (ms)", title="/classify p95 latency")
         made.append(_finish(plt, fig, (a1, a2), out / "bench_http_concurrency.png"))
@@ -179,8 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--url", help="use a running server for http(batching on)/generation/session")
     ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                     help="server setting for the http/generation/session sections, e.g. RNNTEXT_THREADS=1")
-    ap.add_argument("--int8", action="store_true",
-                    help="serve int8-quantized copies of the models in the http/generation/session sections")
+    ap.add_argument("--precision", choices=PRECISIONS, default=None,
+                    help="RNNTEXT_PRECISION for the servers (default: the service's default, auto = int8 on CPU "
+                         "where its quality holds); the in-process ceiling uses whatever the server reports")
+    ap.add_argument("--ceiling-duration", type=float, default=None,
+                    help="seconds of the in-process ceiling (default: --duration)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default results/bench-<stamp>)")
     ap.add_argument("--docs", action="store_true", help="also copy the PNG plots to docs/img/")
     args = ap.parse_args(argv)
@@ -208,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         report_quant(res["quant"])
     if {"http", "generation", "session"} & set(sections):
         run_server_sections(args, sections, res, out)
-
+        res["targets"] = verdicts(res)
+        report_targets(res["targets"])
     res["seconds"] = time.perf_counter() - t_start
     (out / "bench.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     made = plots(res, out)
@@ -224,17 +345,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def service_info(url: str) -> dict:
+    """The server's /info (GET, else POST), {} when it has none."""
+    import httpx
+
+    for method in ("GET", "POST"):
+        try:
+            r = httpx.request(method, url + "/info", timeout=10, **({"json": {}} if method == "POST" else {}))
+            if r.status_code == 200 and isinstance(r.json(), dict):
+                return r.json()
+        except (httpx.HTTPError, ValueError):
+            pass
+    return {}
+
+
+def describe_service(info: dict) -> dict:
+    """What the server runs with, from its /info; "unknown" for any field it does not report."""
+    settings = info.get("settings") or {}
+    prec = info.get("precision") if isinstance(info.get("precision"), dict) else {}
+    providers = info.get("providers") if isinstance(info.get("providers"), dict) else {}
+    first = (providers.get("classifier") or ["unknown"])[0]
+    return {"workers": info.get("workers") or settings.get("workers") or "unknown",
+            "device": info.get("device") or "unknown",
+            "provider": first, "providers": providers or "unknown",
+            "precision": {k: prec.get(k, "unknown") for k in ("classifier", "generator")},
+            "threads": settings.get("threads", "unknown"),
+            "settings": {k: settings.get(k) for k in ("provider", "precision", "workers", "threads",
+                                                      "max_batch_size", "session_store") if k in settings}}
+
+
 def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None:
+    from loadtests.bench import ceiling as ceil
     from loadtests.bench import http_load as bh
-    from loadtests.server import Server
+    from loadtests.server import RssSampler, Server
 
     texts = [t for _, t in articles(limit=500, seed=2)]
-    models = args.models
-    if args.int8:
-        from loadtests.bench.models import int8_copy
-
-        models = int8_copy(args.models, out / "int8_models")
-    env = {"RNNTEXT_MODELS": str(models), **dict(kv.split("=", 1) for kv in args.env)}
+    env = {"RNNTEXT_MODELS": str(args.models), **({"RNNTEXT_PRECISION": args.precision} if args.precision else {}),
+           **dict(kv.split("=", 1) for kv in args.env)}
     res["server_env"] = env
     top = max(args.concurrency)
 
@@ -242,38 +389,81 @@ def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None
         return [bh.classify_load(url, texts, c, args.duration) for c in args.concurrency]
 
     server = None if args.url else Server(env=env, log_path=out / "server.log")
+    sampler = None
     try:
         url = args.url.rstrip("/") if args.url else server.url
         if server:
-            server.wait_ready()
+            print(f"starting the service (log: {out / 'server.log'}) ...", flush=True)
+            print(f"ready after {server.wait_ready():.1f} s", flush=True)
+        svc = res["service"] = describe_service(service_info(url))
+        report_service(svc)
+        precision = svc["precision"]["classifier"]
+        if precision == "unknown":
+            precision = env.get("RNNTEXT_PRECISION")
+        provider = "cuda" if str(svc["provider"]).startswith("CUDA") else "cpu"
+        threads = svc["threads"] if isinstance(svc["threads"], int) else 1
+        if "http" in sections:
+            # the server is up but idle: the ceiling gets the cores to itself, as the server then gets them
+            workers = svc["workers"] if isinstance(svc["workers"], int) else None
+            waited = ceil.wait_idle(server.proc.pid) if server else 0.0
+            cpu0 = ceil.tree_cpu_seconds(server.proc.pid) if server else 0.0
+            res["ceiling"] = ceil.classify_ceiling(
+                args.models, texts, precision, provider, processes=None if provider == "cpu" else workers,
+                duration=args.ceiling_duration or args.duration)
+            if server:      # what the idle server took meanwhile (start-up of the processes included)
+                res["ceiling"]["server_cpu_s_meanwhile"] = ceil.tree_cpu_seconds(server.proc.pid) - cpu0
+                res["ceiling"]["waited_for_idle_server_s"] = waited
+            report_ceiling(res["ceiling"])
+        if server:
+            sampler = RssSampler(server, period=RSS_PERIOD_S)
+            sampler.start()
         if "http" in sections:
             res["http"] = {"batching_on": classify_levels(url)}
         if "generation" in sections:
             res["generation"] = bh.generation(url, args.stream_chars, tuple(args.streams))
-            from loadtests.bench.models import generator_in_process
-            from serving.config import Settings
-
-            threads = Settings.from_env({**os.environ, **env}).threads   # what the service uses
-            res["generation"]["in_process"] = generator_in_process(Path(env["RNNTEXT_MODELS"]) / "generator",
-                                                                   threads)
+            gen_precision = svc["precision"]["generator"]
+            res["generation"]["in_process"] = ceil.stream_in_process(
+                args.models, None if gen_precision == "unknown" else gen_precision, provider, threads)
             report_generation(res["generation"])
         if "session" in sections:
             res["session"] = bh.session_continuation(url)
             report_session(res["session"])
     finally:
+        if sampler:
+            sampler.stop()
         if server:
             server.stop()
+    if sampler and sampler.samples:
+        values = [r for _, r in sampler.samples]
+        res["server_rss"] = {"max_bytes": max(values), "max_mb": max(values) / 2**20,
+                             "mean_mb": sum(values) / len(values) / 2**20, "samples": len(values),
+                             "period_s": RSS_PERIOD_S, "sampled_during": [s for s in sections if s in
+                                                                          ("http", "generation", "session")]}
     if "http" in sections:
-        with Server(env=env, service=BATCHING_OFF_SERVICE, log_path=out / "server-batching-off.log") as off:
+        # batching off with the batching-on server's worker count and classifier precision, set explicitly
+        off_env = dict(env)
+        if isinstance(svc["workers"], int):
+            off_env["RNNTEXT_WORKERS"] = str(svc["workers"])
+        if svc["precision"]["classifier"] in PRECISIONS:
+            off_env["RNNTEXT_PRECISION"] = svc["precision"]["classifier"]
+        with Server(env=off_env, service=BATCHING_OFF_SERVICE, log_path=out / "server-batching-off.log") as off:
             off.wait_ready()
+            off_info = service_info(off.url)
             res["http"]["batching_off"] = classify_levels(off.url)
+        res["http"]["batching_off_server"] = {"env": off_env, "workers": off_info.get("workers", "unknown"),
+                                              "precision": (off_info.get("precision") or {}).get("classifier",
+                                                                                                  "unknown")}
         on = {r["concurrency"]: r for r in res["http"]["batching_on"]}
         offr = {r["concurrency"]: r for r in res["http"]["batching_off"]}
         res["http"].update(max_concurrency=top, batching_off_baseline=BATCHING_OFF_SERVICE,
-                           speedup_at_max=on[top]["throughput_rps"] / offr[top]["throughput_rps"])
+                           speedup_at_max=on[top]["throughput_rps"] / offr[top]["throughput_rps"],
+                           vs_ceiling_at_max=on[top]["throughput_rps"] / res["ceiling"]["articles_per_s"])
         if 1 in on:
             res["http"]["single_client_p50_ms"] = on[1]["p50_ms"]
         report_http(res["http"])
+    if res.get("server_rss"):
+        print(f"\nserver RSS (whole process tree, every {RSS_PERIOD_S:g} s during "
+              f"{'/'.join(res['server_rss']['sampled_during'])}): max {res['server_rss']['max_mb']:.0f} MB", flush=True)
 
 
 if __name__ == "__main__":

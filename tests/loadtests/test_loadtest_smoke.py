@@ -1,4 +1,5 @@
-"""A short, bounded run of ``python -m loadtests.run``: the service under mixed locust traffic (10 s, 5 users)."""
+"""Short, bounded runs of ``python -m loadtests.run``: the service under mixed locust traffic (10 s, 5 users), and the
+capacity profile (a short capacity measurement, then 10 s at 80% of it open loop + 16 streams); the verdicts."""
 from __future__ import annotations
 
 import csv
@@ -32,6 +33,48 @@ def test_short_locust_run_has_no_failures(exported, tmp_path):
     assert summary["missed"] == [], summary["missed"]
     assert summary["memory"]["baseline_mb"] > 0
     assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_short_capacity_profile_has_no_failures(exported, tmp_path):
+    from loadtests.run import CAPACITY_SLO_MS
+
+    out = tmp_path / "cap"
+    # the objectives are for 60 s on an otherwise idle machine; here only failures (and the mechanics) count
+    proc = subprocess.run([sys.executable, "-m", "loadtests.run", "--profile", "capacity", "-t", "10",
+                           "--capacity-seconds", "3", "--out", str(out), "--env", f"RNNTEXT_MODELS={exported}",
+                           "--max-growth-mb", "1000", "--max-rss-gb", "100",
+                           *[f"--slo={n}=1e9" for n in CAPACITY_SLO_MS]],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert (out / "summary.json").is_file(), proc.stdout + proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["profile"] == "capacity"
+    assert summary["capacity"]["throughput_rps"] > 0 and summary["rate_rps"] > 0
+    assert abs(summary["rate_rps"] - 0.8 * summary["capacity"]["throughput_rps"]) < 1e-6
+    c, g = summary["classify"], summary["generate"]
+    assert c["failures"] == 0 and g["failures"] == 0, (c, g)
+    assert c["measured"] > 0 and g["streams_done"] > 0, (c, g)
+    assert summary["memory"]["peak_mb"] > 0
+    assert summary["missed"] == [], summary["missed"]
+    assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_capacity_check_flags_failures_objectives_and_memory():
+    from loadtests.run import CAPACITY_SLO_MS, check_capacity
+
+    ok = {"streams": 16,
+          "classify": {"failures": 0, "failure_kinds": {}, "measured": 100, "p95_ms": 40.0},
+          "generate": {"failures": 0, "failure_kinds": {}, "streams_done": 20, "first_chunk_p50_ms": 10.0,
+                       "first_chunk_p95_ms": 30.0, "p95_ms": 200.0}}
+    mem = {"growth_mb": 1.0, "peak_mb": 600.0}
+    assert check_capacity(ok, mem, CAPACITY_SLO_MS, 50, 1.5) == []
+    slow = {**ok, "classify": {**ok["classify"], "p95_ms": 150.0, "failures": 2, "failure_kinds": {"HTTP 503": 2}}}
+    assert check_capacity(slow, mem, CAPACITY_SLO_MS, 50, 1.5) == [
+        "/classify: 2 failures {'HTTP 503': 2}", "/classify p95: 150 ms > 100 ms"]
+    big = {"growth_mb": 60.0, "peak_mb": 1500.0}        # 1,573 MB > 1.5 GB
+    assert check_capacity(ok, big, CAPACITY_SLO_MS, 50, 1.5) == [
+        "server RSS peaked at 1.57 GB (limit 1.5 GB)", "memory grew 60.0 MB after warm-up (limit 50 MB)"]
+    idle = {**ok, "generate": {**ok["generate"], "streams_done": 0}}
+    assert check_capacity(idle, mem, CAPACITY_SLO_MS, 50, 1.5) == ["/generate: no stream completed after the warm-up"]
 
 
 def test_slo_check_flags_failures_slow_endpoints_and_memory_growth():
