@@ -13,10 +13,19 @@ TORCH_WHEELS := /opt/wheels
 UV_VERSION := 0.13.9
 UV := $(VENV)/bin/uv
 LOCK_FLAGS ?=
+# ONNX Runtime build that setup installs: auto = gpu when `nvidia-smi -L` lists a GPU, else cpu; override with
+# make setup ORT=cpu|gpu. gpu = onnxruntime-gpu of the locked onnxruntime version (same dependencies; it needs
+# the CUDA 13 + cuDNN 9 libraries on the machine, docs/deploy.md).
+ORT ?= auto
+ifeq ($(ORT),auto)
+ORT_KIND := $(shell nvidia-smi -L 2>/dev/null | grep -q '^GPU ' && echo gpu || echo cpu)
+else
+ORT_KIND := $(ORT)
+endif
 
-.PHONY: setup lock test test-fast serve train-classifier search-classifier train-generator export loadtest soak bench clean
+.PHONY: setup register lock test test-fast serve train-classifier search-classifier train-generator export loadtest soak bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.ort-$(ORT_KIND)
 
 $(VENV)/.installed: requirements/dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +34,27 @@ $(VENV)/.installed: requirements/dev.lock pyproject.toml
 	$(PY) -m pip install -r requirements/dev.lock
 	$(PY) -m pip install --no-deps -e .
 	touch $@
+
+# the ONNX Runtime build of ORT_KIND at the locked version: both packages hold the same `onnxruntime` module, so
+# the other one is removed first; redone after every install of the lock (which brings back onnxruntime)
+$(VENV)/.ort-%: $(VENV)/.installed
+	@v=$$(sed -n 's/^onnxruntime==//p' requirements/dev.lock); case "$*" in \
+	  gpu) echo "ORT=gpu: onnxruntime-gpu==$$v instead of onnxruntime"; \
+	       $(PY) -m pip uninstall -q -y onnxruntime onnxruntime-gpu && \
+	       $(PY) -m pip install -q --no-deps "onnxruntime-gpu==$$v" || exit 1 ;; \
+	  cpu) if $(PY) -m pip show -q onnxruntime-gpu 2>/dev/null; then echo "ORT=cpu: onnxruntime==$$v"; \
+	         $(PY) -m pip uninstall -q -y onnxruntime onnxruntime-gpu && \
+	         $(PY) -m pip install -q --no-deps "onnxruntime==$$v" || exit 1; fi ;; \
+	  *) echo "error: ORT=$*: expected auto, cpu or gpu" >&2; exit 2 ;; \
+	esac
+	rm -f $(VENV)/.ort-*
+	touch $@
+
+# the exported models into BentoML's model store ($BENTOML_HOME/models), tagged by their manifests; idempotent
+# and quick once registered (docs/deploy.md). Another folder: make register MODELS=path/to/exported_models
+MODELS ?= exported_models
+register: setup
+	$(PY) -m serving.model_store register --models $(MODELS)
 
 # Regenerates both lock files with uv==$(UV_VERSION), keeping the current pins where the ranges in pyproject.toml
 # allow. Upgrades: make lock LOCK_FLAGS="--upgrade-package bentoml" (or "-P bentoml==1.4.41", or --upgrade).
@@ -42,6 +72,9 @@ lock:
 	  | $(UV) pip compile - --python-version 3.12 --python-platform x86_64-unknown-linux-gnu -q >/dev/null \
 	  || { echo "error: no onnxruntime-gpu release matches the locked onnxruntime;" \
 	            "pin one that has: make lock LOCK_FLAGS='-P onnxruntime==X.Y.Z'"; exit 1; }
+	# requirements/serve-gpu.lock (the CUDA Bento, bentofile-cuda.yaml): the same set, onnxruntime-gpu for onnxruntime
+	{ echo "# serve.lock with onnxruntime-gpu instead of onnxruntime, same version and pins (make lock)"; \
+	  sed 's/^onnxruntime==/onnxruntime-gpu==/' requirements/serve.lock; } > requirements/serve-gpu.lock
 
 test: setup
 	$(PY) -m pytest
@@ -49,7 +82,8 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
-serve: setup
+# registers the exported models first (a no-op once they are), then serves them from the model store
+serve: register
 	$(VENV)/bin/bentoml serve
 
 train-classifier: setup
@@ -61,8 +95,9 @@ search-classifier: setup
 train-generator: setup
 	$(PY) -m training train-generator --text $(DATA_DIR)/sherlock/canon.txt
 
+# make loadtest PROFILE=capacity: ~80% of the measured /classify capacity, open loop, + 16 streams (loadtests/run.py)
 loadtest: setup
-	$(PY) -m loadtests.run
+	$(PY) -m loadtests.run $(if $(PROFILE),--profile $(PROFILE))
 
 # memory soak: 100,000 mixed requests against a real server, RSS CSV + PNG under results/soak-<stamp>/;
 # fails on > 20 MB growth or > 0.2 KB/request after warm-up. More: make soak SOAK_FLAGS="--requests 300000"

@@ -33,14 +33,14 @@ WARM_SEQUENTIAL = 12        # BentoML's dispatcher trains on ~11 single calls be
 WARM_BURSTS = (2, 4, 8, 16, 16, 16)
 
 
-def preflight(settings: Settings) -> None:
+def preflight(settings: Settings, model_dirs: dict[str, Path] | None = None) -> None:
     """What would make every worker fail: artifacts that do not match their manifests, no CUDA for 'cuda'."""
-    from runtime.manifest import ArtifactError, load_manifest, model_dir
+    from runtime.manifest import ArtifactError, load_manifest
     from runtime.providers import available_providers
 
     try:
-        for kind in ("classifier", "generator"):
-            load_manifest(model_dir(settings.models, kind), kind=kind)     # checks every file's sha256
+        for kind, folder in (model_dirs or default_dirs(settings)).items():
+            load_manifest(folder, kind=kind)     # checks every file's sha256
         if settings.provider == "cuda" and "CUDAExecutionProvider" not in available_providers():
             raise ArtifactError("RNNTEXT_PROVIDER=cuda, but onnxruntime has no CUDAExecutionProvider "
                                 "(install onnxruntime-gpu, or use auto or cpu)")
@@ -52,6 +52,12 @@ def preflight(settings: Settings) -> None:
         folder = tempfile.mkdtemp(prefix="rnntext-sessions-")
         atexit.register(shutil.rmtree, folder, True)
         os.environ["RNNTEXT_SESSION_DB"] = str(Path(folder) / "sessions.db")
+
+
+def default_dirs(settings: Settings) -> dict[str, Path]:
+    from runtime.manifest import model_dir
+
+    return {kind: model_dir(settings.models, kind) for kind in ("classifier", "generator")}
 
 
 def device_name(providers: list[str]) -> str:
@@ -84,19 +90,19 @@ def model_tag(manifest: dict, files: dict[str, str]) -> str:
 
 
 class AppState:
-    def __init__(self, settings: Settings, worker: int | None = None):
+    def __init__(self, settings: Settings, worker: int | None = None, model_dirs: dict[str, Path] | None = None):
         from runtime.classifier import ClassifierRuntime
         from runtime.generator import GeneratorRuntime
-        from runtime.manifest import model_dir
 
         # BentoML's logging config leaves the root logger at WARNING: say what is in use at start
         for name in ("rnntext", "runtime"):
             logging.getLogger(name).setLevel(logging.INFO)
         self.settings = s = settings
         self.worker = worker
-        self.classifier = ClassifierRuntime(model_dir(s.models, "classifier"), s.provider, s.threads,
+        self.model_dirs = model_dirs or default_dirs(s)
+        self.classifier = ClassifierRuntime(self.model_dirs["classifier"], s.provider, s.threads,
                                             precision=s.precision)
-        self.generator = GeneratorRuntime(model_dir(s.models, "generator"), s.provider, s.threads,
+        self.generator = GeneratorRuntime(self.model_dirs["generator"], s.provider, s.threads,
                                           precision=s.precision)
         self.providers = {"classifier": self.classifier.session.get_providers(),
                           "generator": self.generator.step_session.get_providers()}
@@ -174,9 +180,12 @@ class AppState:
         return self._ready and await self.store.ping()
 
     async def info(self) -> dict:
-        def model(m: dict) -> dict:
+        def model(kind: str, m: dict) -> dict:
             keys = ("created", "metrics", "versions", "config", "corpus_fingerprint", "parity", "files")
-            return {k: m.get(k) for k in keys}
+            rt = self.classifier if kind == "classifier" else self.generator
+            return {**{k: m.get(k) for k in keys}, "folder": str(self.model_dirs[kind]), "loaded": rt.files,
+                    "precisions": {p: {k: v for k, v in d.items() if k in ("accepted", "quality")}
+                                   for p, d in (m.get("precisions") or {}).items()}}
 
         try:
             sessions = await self.store.count()
@@ -191,8 +200,9 @@ class AppState:
             "device": self.device,
             "providers": self.providers,
             "precision": self.precision,
-            "models": {"classifier": {**model(self.classifier.manifest), "labels": self.classifier.labels},
-                       "generator": model(self.generator.manifest)},
+            "models": {"classifier": {**model("classifier", self.classifier.manifest),
+                                      "labels": self.classifier.labels},
+                       "generator": model("generator", self.generator.manifest)},
             "sessions": {"store": self.store.kind, "active": sessions, "evicted": self.store.evicted,
                          "ttl_s": self.settings.session_ttl_s, "max": self.settings.max_sessions},
             "streams": {"active": self.stepper.active, "max": self.stepper.max_streams, "ticks": self.stepper.ticks},

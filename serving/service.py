@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from . import batching, connections, upstream
+from . import batching, connections, model_store, upstream
 from .config import Settings
 from .errors import ClientError, error_response
 from .gate import Gate
@@ -29,6 +29,9 @@ from .schemas import EndSessionRequest, EndSessionResponse, GenerateFields, Info
 
 SETTINGS = Settings.from_env()      # the decorators below need the limits, the batching and worker settings
 SCHEMAS = Schemas(SETTINGS)
+# the models in BentoML's model store (registered from exported_models/ on first use; a Bento packs them);
+# none when RNNTEXT_MODELS points at another folder, which is then served as it is (serving/model_store.py)
+MODELS = model_store.declared_models(SETTINGS.models)
 
 # Imported in each worker before BentoML builds its ASGI app and uvicorn server, so these take effect there.
 # Tracing without an exporter only costs CPU and memory per request; RNNTEXT_TRACING=1 leaves OpenTelemetry
@@ -71,10 +74,14 @@ aliases = Starlette(routes=[Route("/info", info_get, methods=["GET"])])
 )
 @bentoml.asgi_app(aliases, path="/")   # matched only for its own paths, after BentoML's routes
 class RnnText:
+    classifier_model = MODELS.get("classifier")
+    generator_model = MODELS.get("generator")
+
     def __init__(self) -> None:
         from .app_state import AppState  # the runtimes: loaded (and their sha256 checked) here, in the worker
 
-        self.state = AppState(SETTINGS, worker=bentoml.server_context.worker_index)
+        self.state = AppState(SETTINGS, worker=bentoml.server_context.worker_index,
+                              model_dirs=model_store.resolve(SETTINGS.models, MODELS, RnnText.bento))
         self.metrics = self.state.metrics
         self.generation = self.state.generation
 
@@ -85,7 +92,7 @@ class RnnText:
         in ``__init__`` would only be restarted over and over); the workers' shared session file is made."""
         from .app_state import preflight
 
-        preflight(SETTINGS)
+        preflight(SETTINGS, model_store.resolve(SETTINGS.models, MODELS, RnnText.bento))
 
     @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms,
                  input_spec=SCHEMAS.ClassifyRequest)

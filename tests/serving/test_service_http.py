@@ -74,7 +74,10 @@ def test_concurrent_requests_batched_in_order_and_equal_to_single(client):
             ref = singles[TEXTS.index(text)]
             assert res["label"] == ref["label"]
             worst = max(worst, *(abs(res["probabilities"][k] - ref["probabilities"][k]) for k in LABELS))
-    assert worst < 1e-5, worst      # batched with other requests' texts: same numbers as alone
+    # batched with other requests' texts: the same label, and the same numbers as alone up to int8 dynamic
+    # quantization, whose activation scales are per model call (docs/export_format.md; fp32 agrees to 1e-5)
+    bound = 1e-5 if client.get("/info").json()["precision"]["classifier"] == "fp32" else 0.06
+    assert worst < bound, worst
     metrics = client.get("/metrics").text
     batched = re.search(r'^rnntext_classify_batch_texts_count(?:\{[^}]*\})? (\S+)$', metrics, re.M)
     texts_total = re.search(r'^rnntext_classified_texts_total(?:\{[^}]*\})? (\S+)$', metrics, re.M)
