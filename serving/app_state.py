@@ -2,8 +2,8 @@
 
 Built in the worker by the service's ``__init__``. Loading the runtimes verifies every artifact's sha256
 against its manifest (runtime.manifest.load_manifest); a mismatch raises ArtifactError and the worker does
-not start. ``warm_up`` then runs dummy requests through the real HTTP path so that BentoML's adaptive batcher
-has finished its own training phase (during which it answers 503 easily) before /readyz says ready.
+not start. ``warm_up`` then runs a few dummy requests through the service's own /classify path (BentoML's
+in-process client) before /readyz says ready. ``preflight`` runs once in the main process, before the workers.
 """
 from __future__ import annotations
 
@@ -29,8 +29,10 @@ from .stepper import Stepper
 
 log = logging.getLogger("rnntext.service")
 
-WARM_SEQUENTIAL = 12        # BentoML's dispatcher trains on ~11 single calls before it batches for real
-WARM_BURSTS = (2, 4, 8, 16, 16, 16)
+# the whole /classify path (validation, dispatcher, thread pool, serialization) once alone and in bursts, so
+# that the first clients do not pay for first-call set-up; serving/batching.py needs no training phase
+WARM_SEQUENTIAL = 3
+WARM_BURSTS = (4, 16)
 
 
 def preflight(settings: Settings, model_dirs: dict[str, Path] | None = None) -> None:
@@ -46,11 +48,13 @@ def preflight(settings: Settings, model_dirs: dict[str, Path] | None = None) -> 
                                 "(install onnxruntime-gpu, or use auto or cpu)")
     except ArtifactError as exc:
         raise SystemExit(f"rnntext refuses to start: {exc}") from None
+    # a folder per server start, shared by its workers (they inherit the environment) and removed when the
+    # server exits: the workers' connection counts (serving/connections.py) and, unless Redis or a file of one's
+    # own is configured, the SQLite session store (sessions then last as long as the server, as in memory)
+    folder = tempfile.mkdtemp(prefix="rnntext-run-")
+    atexit.register(shutil.rmtree, folder, True)
+    os.environ["RNNTEXT_RUN_DIR"] = folder
     if not settings.redis_url and not settings.session_db:
-        # one SQLite file per server start, shared by its workers (they inherit the environment); removed when
-        # the server exits, like the in-process sessions it replaces
-        folder = tempfile.mkdtemp(prefix="rnntext-sessions-")
-        atexit.register(shutil.rmtree, folder, True)
         os.environ["RNNTEXT_SESSION_DB"] = str(Path(folder) / "sessions.db")
 
 
@@ -168,7 +172,7 @@ class AppState:
             await asyncio.gather(*(client.classify(texts=texts[: min(1 + i % 3, self.settings.max_texts)])
                                    for i in range(n)))
         self.batcher_warm = True
-        log.info("adaptive batcher warmed up with %d requests", WARM_SEQUENTIAL + sum(WARM_BURSTS))
+        log.info("/classify path warmed up with %d requests", WARM_SEQUENTIAL + sum(WARM_BURSTS))
 
     async def _refresh_gauges(self) -> None:
         """Sessions also end by expiry, which no request sees: re-count them now and then."""

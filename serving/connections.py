@@ -13,13 +13,19 @@ protocol class that uvicorn picks with two checks:
 
 ``fair_accept()`` spreads connections over the workers. Every worker waits on the same listening socket, and
 asyncio accepts up to ``backlog`` (BentoML: 2048) pending connections per wake-up, so the first worker to wake
-takes a whole burst: 32 clients connecting at once split 31:1 here. Accepting one connection per event-loop
-turn lets the other workers (woken by the same readiness) take their share, and a busy worker, slower to come
-back to its loop, takes fewer. The kernel's listen queue is unchanged (it is set by ``listen()``, not here).
+takes a whole burst: 32 clients connecting at once split 31:1 here, and a keep-alive connection stays with its
+worker for good. So each worker accepts one connection per event-loop turn, and lets a new connection wait
+(up to 50 ms, for another worker to take it) while it holds more open connections than the least loaded other
+worker; the counts live in a small file that every worker of the server maps (``Share``). The kernel's listen
+queue is unchanged (it is set by ``listen()``, not here).
 """
 from __future__ import annotations
 
 import json
+import mmap
+import os
+import struct
+import time
 from typing import Any
 
 _installed: dict[str, Any] = {}
@@ -33,6 +39,12 @@ def _refusal(max_connections: int) -> bytes:
     return head.encode() + body
 
 
+def _count(open_connections: int) -> None:
+    share = _installed.get("share")
+    if share is not None:
+        share.set(open_connections)
+
+
 def guarded(protocol: type, max_connections: int, read_timeout_s: float) -> type:
     """A subclass of one of uvicorn's HTTP protocols (h11 or httptools) with the two checks above."""
     refusal = _refusal(max_connections)
@@ -42,6 +54,7 @@ def guarded(protocol: type, max_connections: int, read_timeout_s: float) -> type
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            _count(len(self.connections))
             if len(self.connections) > max_connections:
                 transport.write(refusal)
                 transport.close()       # connection_lost then removes it from ``connections``
@@ -55,6 +68,7 @@ def guarded(protocol: type, max_connections: int, read_timeout_s: float) -> type
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
+            _count(len(self.connections))
 
         def _arm(self) -> None:
             self._disarm()
@@ -92,16 +106,60 @@ def install(max_connections: int, read_timeout_s: float) -> None:
     uvicorn.Config.load = guarded_load
 
 
-def fair_accept(per_turn: int = 1) -> None:
-    """Accept at most ``per_turn`` connections per event-loop turn in this process (idempotent)."""
+class Share:
+    """Open connections of every worker of one server: one int32 slot per worker in a small file they all map."""
+
+    def __init__(self, path: str, workers: int, index: int):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < 4 * workers:      # never shrink: another worker may have mapped it
+                os.ftruncate(fd, 4 * workers)
+            self._mm = mmap.mmap(fd, 4 * workers)
+        finally:
+            os.close(fd)
+        self.workers, self.index = workers, index
+        self.set(0)                                     # a restarted worker starts with none
+
+    def set(self, count: int) -> None:
+        struct.pack_into("i", self._mm, 4 * self.index, count)
+
+    def ahead(self) -> bool:
+        """This worker holds more connections than the least loaded other one."""
+        counts = struct.unpack_from(f"{self.workers}i", self._mm)
+        return counts[self.index] > min(c for i, c in enumerate(counts) if i != self.index)
+
+
+DEFER_S = 0.002         # a worker ahead of the others looks again after this...
+MAX_DEFER_S = 0.05      # ...and accepts anyway once a connection has waited this long (the others may be stuck)
+
+
+def fair_accept(share: Share | None = None, per_turn: int = 1) -> None:
+    """Accept at most ``per_turn`` connections per event-loop turn in this process, and none while this worker
+    holds more connections than another worker of the server (``share``), for up to MAX_DEFER_S (idempotent)."""
     from asyncio import selector_events
 
+    _installed["share"] = share
     loop_cls = selector_events.BaseSelectorEventLoop
     if "accept" in _installed:
         return
     accept = _installed["accept"] = loop_cls._accept_connection
+    deferred: dict[int, float] = {}         # listening fd -> when this worker first let a connection wait
 
-    def accept_few(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args, **kwargs):
-        return accept(self, protocol_factory, sock, sslcontext, server, min(backlog, per_turn), *args, **kwargs)
+    def accept_few(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args):
+        fd, share = sock.fileno(), _installed.get("share")
+        if share is not None and share.ahead():
+            now = time.monotonic()
+            if now - deferred.setdefault(fd, now) < MAX_DEFER_S:
+                self._remove_reader(fd)
+
+                def resume() -> None:
+                    if sock.fileno() != -1 and (server is None or server.is_serving()):
+                        self._add_reader(fd, self._accept_connection, protocol_factory, sock, sslcontext, server,
+                                         backlog, *args)
+
+                self.call_later(DEFER_S, resume)
+                return None
+        deferred.pop(fd, None)
+        return accept(self, protocol_factory, sock, sslcontext, server, min(backlog, per_turn), *args)
 
     loop_cls._accept_connection = accept_few

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from . import batching, connections, model_store, upstream
+from . import batching, connections, model_store, overhead, upstream
 from .config import Settings
 from .errors import ClientError, error_response
 from .gate import Gate
@@ -38,11 +38,15 @@ MODELS = model_store.declared_models(SETTINGS.models)
 # to BentoML's tracing config and the OTEL_* variables.
 if not SETTINGS.tracing:
     os.environ["OTEL_SDK_DISABLED"] = "true"
+    overhead.drop_tracing_middleware()
+overhead.cache_api_callers()
 upstream.install()
 batching.install()
 connections.install(SETTINGS.max_connections, SETTINGS.read_timeout_s)
-if SETTINGS.workers > 1:
-    connections.fair_accept()
+if SETTINGS.workers > 1 and os.environ.get("RNNTEXT_RUN_DIR") and bentoml.server_context.worker_index:
+    # in a worker (the main process also imports this module), with the folder made by _preflight
+    connections.fair_accept(connections.Share(os.path.join(os.environ["RNNTEXT_RUN_DIR"], "connections.bin"),
+                                              SETTINGS.workers, bentoml.server_context.worker_index - 1))
 
 
 def _svc():
@@ -94,11 +98,11 @@ class RnnText:
 
         preflight(SETTINGS, model_store.resolve(SETTINGS.models, MODELS, RnnText.bento))
 
-    @bentoml.api(batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms,
+    @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms,
                  input_spec=SCHEMAS.ClassifyRequest)
     def classify(self, texts: list[str]) -> Annotated[list[Prediction], ContentType("application/json")]:
         """Topic of each text (business, entertainment, politics, sport, tech) with every topic's probability,
-        in input order. Requests are merged by BentoML's adaptive batcher."""
+        in input order. Requests are merged by BentoML's adaptive batcher (serving/batching.py's policy)."""
         return self.state.classify(texts)
 
     @bentoml.api(input_spec=SCHEMAS.GenerateRequest)

@@ -3,6 +3,5 @@
     run         the command: sections, printing, bench.json, plots
     models      in-process ceilings: ONNX Runtime vs TorchScript vs eager PyTorch, int8 quantization
     http_load   asyncio + aiohttp clients against a running server
-    nobatch     the batching-off baseline service
     report      bench.json -> the markdown tables of docs/benchmarks.md
 """

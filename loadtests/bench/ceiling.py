@@ -12,7 +12,6 @@ No torch. ``python -m loadtests.bench.ceiling`` prints the classifier ceiling on
 """
 from __future__ import annotations
 
-import inspect
 import multiprocessing as mp
 import os
 import statistics
@@ -20,37 +19,7 @@ import time
 from pathlib import Path
 
 from runtime.manifest import model_dir
-
-
-def usable_cores() -> int:
-    """Cores this process may run on, counted as the service counts them for its default worker count
-    (serving.config.usable_cores: the CPU affinity mask, capped by a cgroup CPU quota), else the affinity mask."""
-    try:
-        from serving.config import usable_cores as service_count
-
-        return int(service_count())
-    except ImportError:
-        pass
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def precision_kwargs(cls, precision: str | None) -> dict:
-    """``{"precision": ...}`` when the runtime class takes a precision argument (and one is asked for)."""
-    if precision and precision != "unknown" and "precision" in inspect.signature(cls.__init__).parameters:
-        return {"precision": precision}
-    return {}
-
-
-def runtime_precision(rt, asked: str | None) -> str:
-    """The precision a runtime actually loaded: its ``.precision``, else fp32 (the only variant before there
-    was a setting), noting when something else was asked for."""
-    got = getattr(rt, "precision", None)
-    if got:
-        return str(got)
-    return "fp32" if asked in (None, "auto", "fp32", "unknown") else f"fp32 (runtime ignores precision={asked!r})"
+from serving.config import usable_cores
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -92,7 +61,7 @@ def _classify_worker(folder: str, provider: str, threads: int, precision: str | 
     from runtime.classifier import ClassifierRuntime
 
     try:
-        rt = ClassifierRuntime(folder, provider, threads, **precision_kwargs(ClassifierRuntime, precision))
+        rt = ClassifierRuntime(folder, provider, threads, precision=precision or "auto")
         for k in range(3):      # first runs of each shape allocate and pick kernels
             rt.predict_proba([texts[(offset + k * batch + j) % len(texts)] for j in range(batch)])
     except BaseException as exc:
@@ -108,7 +77,7 @@ def _classify_worker(folder: str, provider: str, threads: int, precision: str | 
         i += batch
     elapsed = time.perf_counter() - t0
     results.put({"articles": n, "seconds": elapsed, "articles_per_s": n / elapsed,
-                 "precision": runtime_precision(rt, precision), "providers": rt.session.get_providers()})
+                 "precision": rt.precision, "providers": rt.session.get_providers()})
 
 
 def classify_ceiling(models: str | os.PathLike, texts: list[str], precision: str | None = None,
@@ -149,8 +118,7 @@ def stream_in_process(models: str | os.PathLike, precision: str | None = None, p
     character), same precision as the server: the ceiling that the HTTP one-stream figure is compared with."""
     from runtime.generator import GeneratorRuntime, generate
 
-    rt = GeneratorRuntime(model_dir(models, "generator"), provider, threads,
-                          **precision_kwargs(GeneratorRuntime, precision))
+    rt = GeneratorRuntime(model_dir(models, "generator"), provider, threads, precision=precision or "auto")
     "".join(generate(rt, "Holmes", 50, seed=0))     # warm-up
     rates = []
     for seed in range(repeats):
@@ -158,7 +126,7 @@ def stream_in_process(models: str | os.PathLike, precision: str | None = None, p
         n = len("".join(generate(rt, "Holmes", chars, temperature=0.8, top_k=20, seed=seed)))
         rates.append(n / (time.perf_counter() - t0))
     return {"threads": threads, "chars": chars, "chars_per_s": statistics.median(rates),
-            "precision": runtime_precision(rt, precision), "provider": provider}
+            "precision": rt.precision, "provider": provider}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,9 +47,9 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
     "continuation_ratio": ("continuing after 10,000 chars of history / fresh request", "<=", 1.1, "x"),
     "server_rss_max_gb": ("max RSS of the server's process tree during {rss_sections}", "<=", 1.5, " GB"),
 }
-# "batching off": the service has no switch for it (BentoML rejects max_batch_size=1), so the baseline is the
-# same ClassifierRuntime behind a non-batchable BentoML endpoint (loadtests/bench/nobatch.py)
-BATCHING_OFF_SERVICE = "loadtests.bench.nobatch:NoBatch"
+# "batching off": the same service with a non-batchable /classify (one model call per request, concurrently in
+# BentoML's thread pool); everything else (workers, precision, middleware, connection spreading) is the same
+BATCHING_OFF_ENV = {"RNNTEXT_BATCHING": "0"}
 
 
 def machine() -> dict:
@@ -63,7 +63,7 @@ def machine() -> dict:
         pass
     import onnxruntime
 
-    from loadtests.bench.ceiling import usable_cores
+    from serving.config import usable_cores
 
     return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "usable_cores": usable_cores(),
             "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
@@ -346,32 +346,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def service_info(url: str) -> dict:
-    """The server's /info (GET, else POST), {} when it has none."""
+    """The server's /info."""
     import httpx
 
-    for method in ("GET", "POST"):
-        try:
-            r = httpx.request(method, url + "/info", timeout=10, **({"json": {}} if method == "POST" else {}))
-            if r.status_code == 200 and isinstance(r.json(), dict):
-                return r.json()
-        except (httpx.HTTPError, ValueError):
-            pass
-    return {}
+    r = httpx.get(url + "/info", timeout=10)
+    r.raise_for_status()
+    return r.json()
 
 
 def describe_service(info: dict) -> dict:
-    """What the server runs with, from its /info; "unknown" for any field it does not report."""
-    settings = info.get("settings") or {}
-    prec = info.get("precision") if isinstance(info.get("precision"), dict) else {}
-    providers = info.get("providers") if isinstance(info.get("providers"), dict) else {}
-    first = (providers.get("classifier") or ["unknown"])[0]
-    return {"workers": info.get("workers") or settings.get("workers") or "unknown",
-            "device": info.get("device") or "unknown",
-            "provider": first, "providers": providers or "unknown",
-            "precision": {k: prec.get(k, "unknown") for k in ("classifier", "generator")},
-            "threads": settings.get("threads", "unknown"),
-            "settings": {k: settings.get(k) for k in ("provider", "precision", "workers", "threads",
-                                                      "max_batch_size", "session_store") if k in settings}}
+    """What the server runs with, from its /info."""
+    settings = info["settings"]
+    return {"workers": info["workers"], "device": info["device"], "provider": info["providers"]["classifier"][0],
+            "providers": info["providers"], "precision": info["precision"], "threads": settings["threads"],
+            "settings": {k: settings[k] for k in ("provider", "precision", "workers", "threads", "batching",
+                                                  "max_batch_size", "session_store")}}
 
 
 def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None:
@@ -398,13 +387,11 @@ def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None
         svc = res["service"] = describe_service(service_info(url))
         report_service(svc)
         precision = svc["precision"]["classifier"]
-        if precision == "unknown":
-            precision = env.get("RNNTEXT_PRECISION")
-        provider = "cuda" if str(svc["provider"]).startswith("CUDA") else "cpu"
-        threads = svc["threads"] if isinstance(svc["threads"], int) else 1
+        provider = "cuda" if svc["provider"].startswith("CUDA") else "cpu"
+        threads = svc["threads"]
         if "http" in sections:
             # the server is up but idle: the ceiling gets the cores to itself, as the server then gets them
-            workers = svc["workers"] if isinstance(svc["workers"], int) else None
+            workers = svc["workers"]
             waited = ceil.wait_idle(server.proc.pid) if server else 0.0
             cpu0 = ceil.tree_cpu_seconds(server.proc.pid) if server else 0.0
             res["ceiling"] = ceil.classify_ceiling(
@@ -423,7 +410,7 @@ def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None
             res["generation"] = bh.generation(url, args.stream_chars, tuple(args.streams))
             gen_precision = svc["precision"]["generator"]
             res["generation"]["in_process"] = ceil.stream_in_process(
-                args.models, None if gen_precision == "unknown" else gen_precision, provider, threads)
+                args.models, gen_precision, provider, threads)
             report_generation(res["generation"])
         if "session" in sections:
             res["session"] = bh.session_continuation(url)
@@ -441,21 +428,17 @@ def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None
                                                                           ("http", "generation", "session")]}
     if "http" in sections:
         # batching off with the batching-on server's worker count and classifier precision, set explicitly
-        off_env = dict(env)
-        if isinstance(svc["workers"], int):
-            off_env["RNNTEXT_WORKERS"] = str(svc["workers"])
-        if svc["precision"]["classifier"] in PRECISIONS:
-            off_env["RNNTEXT_PRECISION"] = svc["precision"]["classifier"]
-        with Server(env=off_env, service=BATCHING_OFF_SERVICE, log_path=out / "server-batching-off.log") as off:
+        off_env = {**env, **BATCHING_OFF_ENV, "RNNTEXT_WORKERS": str(svc["workers"]),
+                   "RNNTEXT_PRECISION": svc["precision"]["classifier"]}
+        with Server(env=off_env, log_path=out / "server-batching-off.log") as off:
             off.wait_ready()
             off_info = service_info(off.url)
             res["http"]["batching_off"] = classify_levels(off.url)
-        res["http"]["batching_off_server"] = {"env": off_env, "workers": off_info.get("workers", "unknown"),
-                                              "precision": (off_info.get("precision") or {}).get("classifier",
-                                                                                                  "unknown")}
+        res["http"]["batching_off_server"] = {"env": off_env, "workers": off_info["workers"],
+                                              "precision": off_info["precision"]["classifier"]}
         on = {r["concurrency"]: r for r in res["http"]["batching_on"]}
         offr = {r["concurrency"]: r for r in res["http"]["batching_off"]}
-        res["http"].update(max_concurrency=top, batching_off_baseline=BATCHING_OFF_SERVICE,
+        res["http"].update(max_concurrency=top, batching_off_baseline="RNNTEXT_BATCHING=0",
                            speedup_at_max=on[top]["throughput_rps"] / offr[top]["throughput_rps"],
                            vs_ceiling_at_max=on[top]["throughput_rps"] / res["ceiling"]["articles_per_s"])
         if 1 in on:

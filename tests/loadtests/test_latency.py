@@ -3,8 +3,8 @@
 Only ratios measured side by side in one run are asserted, never absolute times, and each bound is looser than
 the issue's target (in the comments) so that background load cannot flip it; `make bench` measures the targets
 themselves. One pair of servers for the module, started together with the same settings: adaptive batching on
-(the service as shipped) and off (loadtests/bench/nobatch.py: the same runtime, worker count and precision
-behind a non-batchable endpoint); the in-process ceiling (loadtests/bench/ceiling.py) runs in this process's
+(the service as shipped) and off (the same service with RNNTEXT_BATCHING=0: one model call per request, same
+worker count and precision); the in-process ceiling (loadtests/bench/ceiling.py) runs in this process's
 children with the precision the server reports.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from loadtests.bench import ceiling
 from loadtests.bench import http_load as bh
-from loadtests.bench.run import BATCHING_OFF_SERVICE, describe_service, service_info
+from loadtests.bench.run import BATCHING_OFF_ENV, describe_service, service_info
 from loadtests.server import Server
 from loadtests.texts import articles
 
@@ -38,7 +38,7 @@ def servers(exported, tmp_path_factory):
     logs = tmp_path_factory.mktemp("servers")
     env = {"RNNTEXT_MODELS": str(exported)}
     on = Server(env=env, log_path=logs / "on.log")
-    off = Server(env=env, service=BATCHING_OFF_SERVICE, log_path=logs / "off.log")
+    off = Server(env={**env, **BATCHING_OFF_ENV}, log_path=logs / "off.log")
     try:
         with cf.ThreadPoolExecutor(2) as pool:     # start both at once: start-up is most of the wait
             for f in [pool.submit(on.wait_ready), pool.submit(off.wait_ready)]:
@@ -63,7 +63,7 @@ def classify_32(servers, texts, exported):
         ceiling.wait_idle(pid, timeout=30)
     precision = svc["precision"]["classifier"]
     provider = "cuda" if str(svc["provider"]).startswith("CUDA") else "cpu"
-    ceil = ceiling.classify_ceiling(exported, texts, None if precision == "unknown" else precision, provider,
+    ceil = ceiling.classify_ceiling(exported, texts, precision, provider,
                                     duration=4)
     on = bh.classify_load(servers["on"], texts, concurrency=CLIENTS, duration=6, warmup=2)
     off = bh.classify_load(servers["off"], texts, concurrency=CLIENTS, duration=6, warmup=2)
@@ -71,13 +71,10 @@ def classify_32(servers, texts, exported):
 
 
 def test_batching_off_baseline_matches_the_service(classify_32):
-    """Same worker count and classifier precision on both sides, or the batching ratio means nothing."""
+    """Same worker count and classifier precision on both sides, batching the only difference."""
     svc, off = classify_32["service"], classify_32["off_info"]
-    if svc["workers"] == "unknown":
-        pytest.skip("the service's /info reports no worker count")
-    assert off.get("workers") == svc["workers"], (svc, off)
-    if svc["precision"]["classifier"] != "unknown":
-        assert (off.get("precision") or {}).get("classifier") == svc["precision"]["classifier"], (svc, off)
+    assert (off["workers"], off["precision"]["classifier"]) == (svc["workers"], svc["precision"]["classifier"])
+    assert (off["settings"]["batching"], svc["settings"]["batching"]) == (False, True)
 
 
 def test_http_classify_near_in_process_ceiling(classify_32):
