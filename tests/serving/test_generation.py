@@ -26,7 +26,8 @@ def run(runtime, test, max_streams: int = 4) -> None:
     """Run ``test(gen, store)`` on a fresh Generation (memory store), then stop its stepping thread."""
     async def main():
         store = MemoryStore(ttl_s=60, max_sessions=10)
-        gen = Generation(runtime, store, Stepper(runtime, max_streams), model_tag(runtime.manifest))
+        gen = Generation(runtime, store, Stepper(runtime, max_streams),
+                         model_tag(runtime.manifest, runtime.files))
         try:
             await test(gen, store)
         finally:
