@@ -18,10 +18,11 @@ import platform
 import random
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import Settings
+from .config import Settings, usable_cores
 from .generation import Generation
 from .metrics import Metrics
 from .sessions import make_store
@@ -94,7 +95,8 @@ def model_tag(manifest: dict, files: dict[str, str]) -> str:
 
 
 class AppState:
-    def __init__(self, settings: Settings, worker: int | None = None, model_dirs: dict[str, Path] | None = None):
+    def __init__(self, settings: Settings, worker: int | None = None, model_dirs: dict[str, Path] | None = None,
+                 board: Any = None):
         from runtime.classifier import ClassifierRuntime
         from runtime.generator import GeneratorRuntime
 
@@ -107,7 +109,7 @@ class AppState:
         self.classifier = ClassifierRuntime(self.model_dirs["classifier"], s.provider, s.threads,
                                             precision=s.precision)
         self.generator = GeneratorRuntime(self.model_dirs["generator"], s.provider, s.threads,
-                                          precision=s.precision)
+                                          precision=s.precision, wide_threads=usable_cores())
         self.providers = {"classifier": self.classifier.session.get_providers(),
                           "generator": self.generator.step_session.get_providers()}
         self.precision = {"classifier": self.classifier.precision, "generator": self.generator.precision}
@@ -120,7 +122,11 @@ class AppState:
         if not s.redis_url and not db and s.workers > 1:
             raise RuntimeError("no RNNTEXT_SESSION_DB: the workers would not share their sessions")
         self.store = make_store(s.redis_url, db or None, s.session_ttl_s, s.max_sessions, lease_s=s.session_lease_s)
-        self.stepper = Stepper(self.generator, s.max_streams, on_tick=self.metrics.on_tick)
+        # what this worker is doing, for the other workers (serving/board.py) and for the choice of step session
+        self.board = board
+        self._busy_lock = threading.Lock()
+        self._classifying = self._stepping = 0
+        self.stepper = Stepper(self.generator, s.max_streams, on_tick=self._on_tick, wide=self._wide)
         self.generation = Generation(self.generator, self.store, self.stepper,
                                      model_tag(self.generator.manifest, self.generator.files), self.metrics)
         # ONNX Runtime's first runs of each shape allocate and pick kernels: do them before the first client
@@ -134,7 +140,29 @@ class AppState:
 
     def classify(self, texts: list[str]) -> list[dict]:
         self.metrics.on_batch(len(texts))
-        return self.classifier.classify(texts)
+        self._busy(classifying=1)
+        try:
+            return self.classifier.classify(texts)
+        finally:
+            self._busy(classifying=-1)
+
+    def _busy(self, classifying: int = 0, stepping: int | None = None) -> None:
+        with self._busy_lock:
+            self._classifying += classifying
+            if stepping is not None:
+                self._stepping = stepping
+            if self.board is not None:
+                self.board.set_busy(self._classifying + self._stepping)
+
+    def _on_tick(self, streams: int, chars: int) -> None:
+        if streams:
+            self.metrics.on_tick(streams, chars)
+        if streams != self._stepping:
+            self._busy(stepping=streams)
+
+    def _wide(self, streams: int) -> bool:
+        """Step a lone stream with every core when nothing else runs, here or in another worker."""
+        return streams == 1 and self._classifying == 0 and not (self.board is not None and self.board.others_busy())
 
     def _make_warm_texts(self) -> list[str]:
         """Texts from the classifier's own vocabulary, from a headline's length to past ``max_len`` tokens."""

@@ -16,17 +16,16 @@ asyncio accepts up to ``backlog`` (BentoML: 2048) pending connections per wake-u
 takes a whole burst: 32 clients connecting at once split 31:1 here, and a keep-alive connection stays with its
 worker for good. So each worker accepts one connection per event-loop turn, and lets a new connection wait
 (up to 50 ms, for another worker to take it) while it holds more open connections than the least loaded other
-worker; the counts live in a small file that every worker of the server maps (``Share``). The kernel's listen
+worker; the counts are on the server's WorkerBoard (serving/board.py). The kernel's listen
 queue is unchanged (it is set by ``listen()``, not here).
 """
 from __future__ import annotations
 
 import json
-import mmap
-import os
-import struct
 import time
 from typing import Any
+
+from .board import WorkerBoard
 
 _installed: dict[str, Any] = {}
 
@@ -40,9 +39,9 @@ def _refusal(max_connections: int) -> bytes:
 
 
 def _count(open_connections: int) -> None:
-    share = _installed.get("share")
-    if share is not None:
-        share.set(open_connections)
+    board = _installed.get("board")
+    if board is not None:
+        board.set_connections(open_connections)
 
 
 def guarded(protocol: type, max_connections: int, read_timeout_s: float) -> type:
@@ -106,39 +105,16 @@ def install(max_connections: int, read_timeout_s: float) -> None:
     uvicorn.Config.load = guarded_load
 
 
-class Share:
-    """Open connections of every worker of one server: one int32 slot per worker in a small file they all map."""
-
-    def __init__(self, path: str, workers: int, index: int):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < 4 * workers:      # never shrink: another worker may have mapped it
-                os.ftruncate(fd, 4 * workers)
-            self._mm = mmap.mmap(fd, 4 * workers)
-        finally:
-            os.close(fd)
-        self.workers, self.index = workers, index
-        self.set(0)                                     # a restarted worker starts with none
-
-    def set(self, count: int) -> None:
-        struct.pack_into("i", self._mm, 4 * self.index, count)
-
-    def ahead(self) -> bool:
-        """This worker holds more connections than the least loaded other one."""
-        counts = struct.unpack_from(f"{self.workers}i", self._mm)
-        return counts[self.index] > min(c for i, c in enumerate(counts) if i != self.index)
-
-
 DEFER_S = 0.002         # a worker ahead of the others looks again after this...
 MAX_DEFER_S = 0.05      # ...and accepts anyway once a connection has waited this long (the others may be stuck)
 
 
-def fair_accept(share: Share | None = None, per_turn: int = 1) -> None:
+def fair_accept(board: WorkerBoard | None = None, per_turn: int = 1) -> None:
     """Accept at most ``per_turn`` connections per event-loop turn in this process, and none while this worker
-    holds more connections than another worker of the server (``share``), for up to MAX_DEFER_S (idempotent)."""
+    holds more connections than another worker of the server (``board``), for up to MAX_DEFER_S (idempotent)."""
     from asyncio import selector_events
 
-    _installed["share"] = share
+    _installed["board"] = board
     loop_cls = selector_events.BaseSelectorEventLoop
     if "accept" in _installed:
         return
@@ -146,8 +122,8 @@ def fair_accept(share: Share | None = None, per_turn: int = 1) -> None:
     deferred: dict[int, float] = {}         # listening fd -> when this worker first let a connection wait
 
     def accept_few(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args):
-        fd, share = sock.fileno(), _installed.get("share")
-        if share is not None and share.ahead():
+        fd, board = sock.fileno(), _installed.get("board")
+        if board is not None and board.connections_ahead():
             now = time.monotonic()
             if now - deferred.setdefault(fd, now) < MAX_DEFER_S:
                 self._remove_reader(fd)

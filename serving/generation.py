@@ -79,8 +79,11 @@ class Generation:
                 items = [await stream.out.get()]
                 # at most one event per FLUSH_S: per-character events would cost more than the generation
                 wait = last_sent + FLUSH_S - time.monotonic()
-                if isinstance(items[0], str) and wait > 0:
-                    await asyncio.sleep(wait)
+                if isinstance(items[0], str) and wait > 0 and not stream.ended.is_set():
+                    try:        # ...but the end of the stream goes out at once
+                        await asyncio.wait_for(stream.ended.wait(), wait)
+                    except TimeoutError:
+                        pass
                 while not stream.out.empty():
                     items.append(stream.out.get_nowait())
                 last_sent = time.monotonic()

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from . import batching, connections, model_store, overhead, upstream
+from .board import WorkerBoard
 from .config import Settings
 from .errors import ClientError, error_response
 from .gate import Gate
@@ -43,10 +44,13 @@ overhead.cache_api_callers()
 upstream.install()
 batching.install()
 connections.install(SETTINGS.max_connections, SETTINGS.read_timeout_s)
-if SETTINGS.workers > 1 and os.environ.get("RNNTEXT_RUN_DIR") and bentoml.server_context.worker_index:
-    # in a worker (the main process also imports this module), with the folder made by _preflight
-    connections.fair_accept(connections.Share(os.path.join(os.environ["RNNTEXT_RUN_DIR"], "connections.bin"),
-                                              SETTINGS.workers, bentoml.server_context.worker_index - 1))
+BOARD = None
+if os.environ.get("RNNTEXT_RUN_DIR") and bentoml.server_context.worker_index:
+    # in a worker (the main process imports this module too), with the folder made by _preflight
+    BOARD = WorkerBoard(os.path.join(os.environ["RNNTEXT_RUN_DIR"], "workers.bin"), SETTINGS.workers,
+                        bentoml.server_context.worker_index - 1)
+    if SETTINGS.workers > 1:
+        connections.fair_accept(BOARD)
 
 
 def _svc():
@@ -85,7 +89,7 @@ class RnnText:
         from .app_state import AppState  # the runtimes: loaded (and their sha256 checked) here, in the worker
 
         self.state = AppState(SETTINGS, worker=bentoml.server_context.worker_index,
-                              model_dirs=model_store.resolve(SETTINGS.models, MODELS, RnnText.bento))
+                              model_dirs=model_store.resolve(SETTINGS.models, MODELS, RnnText.bento), board=BOARD)
         self.metrics = self.state.metrics
         self.generation = self.state.generation
 

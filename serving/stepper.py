@@ -42,6 +42,7 @@ class Stream:
     top_p: float
     rng: Any                    # numpy Generator, advanced only by this stream
     out: asyncio.Queue = field(default_factory=asyncio.Queue)   # str chunks, then None (end) or an Exception
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # set with the last item (None or Exception)
     produced: int = 0
     closed: bool = False
     pending: list = field(default_factory=list)    # characters not yet handed to the event loop
@@ -49,9 +50,11 @@ class Stream:
 
 class Stepper:
     def __init__(self, runtime: Any, max_streams: int,
-                 on_tick: Callable[[int, int], None] | None = None):
+                 on_tick: Callable[[int, int], None] | None = None, wide: Callable[[int], bool] | None = None):
         self.runtime, self.max_streams = runtime, max_streams
-        self.on_tick = on_tick                  # (streams in the tick, characters emitted), from the thread
+        # (streams in the tick, characters emitted), from the thread; (0, 0) once when it falls idle
+        self.on_tick = on_tick
+        self.wide = wide                        # (streams in the tick) -> step with the wide session?
         self._active: list[Stream] = []
         self._lock = threading.Lock()           # guards _active and every stream's bookkeeping
         self._wake = threading.Event()
@@ -87,14 +90,18 @@ class Stepper:
 
     # ------------------------------------------------------------ the stepping thread
     def _run(self) -> None:
-        last_handover = 0.0
+        last_handover, stepped = 0.0, False
         while not self._stopping:
             self._wake.clear()
             with self._lock:
                 batch = list(self._active)
             if not batch:
+                if stepped and self.on_tick:
+                    self.on_tick(0, 0)
+                stepped = False
                 self._wake.wait(1.0)
                 continue
+            stepped = True
             try:
                 ids = self._tick(batch)
             except Exception as exc:  # a failed step fails only the streams that were in it
@@ -130,7 +137,7 @@ class Stepper:
         """Sample each stream's next character, then feed them all through one batched step."""
         rt = self.runtime
         ids = [rt.sample_next(s.state.logits, s.temperature, s.top_k, s.top_p, s.rng) for s in batch]
-        rt.advance([s.state for s in batch], ids)
+        rt.advance([s.state for s in batch], ids, wide=bool(self.wide and self.wide(len(batch))))
         return ids
 
     def _take(self, batch: list[Stream]) -> list[Stream]:
@@ -154,11 +161,13 @@ class Stepper:
             s.out.put_nowait(text)
             if finished:
                 s.out.put_nowait(None)
+                s.ended.set()
 
     @staticmethod
     def _fail(streams: list[Stream], exc: Exception) -> None:
         for s in streams:
             s.out.put_nowait(exc)
+            s.ended.set()
 
     async def aclose(self) -> None:
         self._stopping = True
@@ -168,3 +177,4 @@ class Stepper:
         for s in list(self._active):
             self.close(s)
             s.out.put_nowait(None)
+            s.ended.set()

@@ -118,7 +118,9 @@ def stream_in_process(models: str | os.PathLike, precision: str | None = None, p
     character), same precision as the server: the ceiling that the HTTP one-stream figure is compared with."""
     from runtime.generator import GeneratorRuntime, generate
 
-    rt = GeneratorRuntime(model_dir(models, "generator"), provider, threads, precision=precision or "auto")
+    # as the service steps a lone stream on an idle machine: the wide session (every core)
+    rt = GeneratorRuntime(model_dir(models, "generator"), provider, threads, precision=precision or "auto",
+                          wide_threads=usable_cores())
     "".join(generate(rt, "Holmes", 50, seed=0))     # warm-up
     rates = []
     for seed in range(repeats):

@@ -42,7 +42,7 @@ class FakeRuntime:
     def sample_next(self, logits, temperature, top_k, top_p, rng):
         return sample_next(logits, temperature, top_k, top_p, rng)
 
-    def advance(self, states, ids):
+    def advance(self, states, ids, wide=False):
         if self.fail:
             raise RuntimeError("step failed")
         if self.gate is not None:
