@@ -57,8 +57,10 @@ class Generation:
                 state = None if blob is None else decode_state(blob, self.runtime.state_class, self.model_tag)
                 if state is None:
                     raise unknown_session()
-            state = await asyncio.to_thread(self.runtime.start, req.prompt, state, req.seed)
-            stream = self.stepper.open(state, req.max_chars, self.runtime.rng_for(state), **req.sampling())
+            state, rng, first = await asyncio.to_thread(self._start, req, state)
+            stream = self.stepper.open(state, req.max_chars, rng, **req.sampling(), first=first)
+            if self.metrics is not None:
+                self.metrics.chars.inc()
         except StoreUnavailable:
             await self._release(sid, token)
             raise store_down() from None
@@ -70,6 +72,17 @@ class Generation:
             raise
         self._gauge_streams()
         return Ticket(req, stream, token)
+
+    def _start(self, req: GenerateFields, state: Any) -> tuple[Any, Any, str]:
+        """The prompt and the first character, in a pool thread: the stepping thread runs at a lower CPU
+        priority (serving/stepper.py), and the time to the first chunk should not wait for it. The same
+        sample-then-step as every later character, so the text is the one the stepper alone would write."""
+        rt = self.runtime
+        state = rt.start(req.prompt, state, req.seed)
+        rng = rt.rng_for(state)
+        i = rt.sample_next(state.logits, req.temperature, req.top_k, req.top_p, rng)
+        rt.advance([state], [i])
+        return state, rng, rt.decode([i])
 
     async def events(self, t: Ticket) -> AsyncIterator[bytes]:
         req, stream = t.req, t.stream

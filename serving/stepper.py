@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 HANDOVER_S = 0.01
+# The stepping thread runs at a lower CPU priority (Linux nice, per thread) than the requests: a stream is
+# throughput work that takes every idle cycle, while a /classify request waits for its answer. Without it, 16
+# streams next to /classify at 80% of its capacity gave /classify a p95 of 353 ms on 2 cores.
+STEPPER_NICE = 10
 
 
 class StepperFull(Exception):
@@ -68,8 +73,15 @@ class Stepper:
         return len(self._active)
 
     def open(self, state: Any, max_chars: int, rng: Any, temperature: float, top_k: int | None,
-             top_p: float) -> Stream:
+             top_p: float, first: str | None = None) -> Stream:
+        """A stream of ``max_chars`` characters; ``first``: its first character, already fed to ``state``."""
         stream = Stream(state, max_chars, temperature, top_k, top_p, rng)
+        if first is not None:
+            stream.produced, stream.remaining = 1, max_chars - 1
+            stream.out.put_nowait(first)
+            if stream.remaining <= 0:
+                self._deliver([(stream, "", True)])
+                return stream
         with self._lock:
             if len(self._active) >= self.max_streams:
                 raise StepperFull(f"all {self.max_streams} generation slots are busy")
@@ -90,6 +102,10 @@ class Stepper:
 
     # ------------------------------------------------------------ the stepping thread
     def _run(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), STEPPER_NICE)    # this thread only
+        except (AttributeError, OSError):   # not Linux, or not allowed: same priority as the rest
+            pass
         last_handover, stepped = 0.0, False
         while not self._stopping:
             self._wake.clear()

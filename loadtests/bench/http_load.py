@@ -53,7 +53,22 @@ def worker_spread(per_client: list[Counter]) -> dict:
             "reconnected_clients": sum(len(seen) > 1 for seen in per_client)}
 
 
-async def _classify_load(url: str, texts: list[str], concurrency: int, duration: float, warmup: float) -> dict:
+async def _background_streams(url: str, n: int, stream_chars: int, until: float) -> None:
+    """``n`` generation streams kept open back to back until ``until`` (perf_counter), results ignored."""
+    async def one(k: int) -> None:
+        rng = random.Random(k)
+        async with _session(1) as s:
+            while time.perf_counter() < until:
+                try:
+                    await _stream(s, url, _body(rng, 200, stream_chars))
+                except (RuntimeError, aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                    await asyncio.sleep(0.05)
+
+    await asyncio.gather(*(one(k) for k in range(n)))
+
+
+async def _classify_load(url: str, texts: list[str], concurrency: int, duration: float, warmup: float,
+                         streams: int = 0, stream_chars: int = 300) -> dict:
     lat: list[float] = []
     done_at: list[float] = []
     failures = 0
@@ -88,7 +103,8 @@ async def _classify_load(url: str, texts: list[str], concurrency: int, duration:
                 if ok and m0 <= t1 <= m1:
                     done_at.append(t1)
 
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        await asyncio.gather(*(worker(k) for k in range(concurrency)),
+                             _background_streams(url, streams, stream_chars, m1))
     finally:
         await asyncio.gather(*(s.close() for s in sessions))
     # closed loop without think time: Little's law (throughput = clients / mean latency) is exact in steady
@@ -101,10 +117,11 @@ async def _classify_load(url: str, texts: list[str], concurrency: int, duration:
 
 
 def classify_load(url: str, texts: list[str], concurrency: int, duration: float = 8.0,
-                  warmup: float = 2.0) -> dict:
+                  warmup: float = 2.0, streams: int = 0, stream_chars: int = 300) -> dict:
     """Closed loop: ``concurrency`` clients, each with its own keep-alive connection, sending one article per
-    request back to back; ``workers`` says how the connections were spread over the server's workers."""
-    return asyncio.run(_classify_load(url, texts, concurrency, duration, warmup))
+    request back to back; ``workers`` says how the connections were spread over the server's workers.
+    ``streams``: that many /generate streams run meanwhile, back to back (capacity next to generation)."""
+    return asyncio.run(_classify_load(url, texts, concurrency, duration, warmup, streams, stream_chars))
 
 
 # ------------------------------------------------------------------ generation
