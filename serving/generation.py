@@ -125,6 +125,9 @@ class Generation:
                 return
             if kept:
                 done["session_id"] = kept
+            # free the session before saying done: a client that continues it at once, maybe on another worker
+            # over another connection, must not find it still busy
+            await self.release(t)
             yield sse(done)
         finally:
             await self.release(t)

@@ -214,12 +214,17 @@ def test_step_batching_16_streams_share_steps(client):
 @pytest.mark.latency
 def test_step_batching_16_streams_cost_far_less_than_16_single(client):
     n = 150
-    t0 = time.perf_counter()
-    generate(client, prompt="Holmes", max_chars=n, temperature=0)
-    single = time.perf_counter() - t0
+    singles = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        generate(client, prompt="Holmes", max_chars=n, temperature=0)
+        singles.append(time.perf_counter() - t0)
+    single = sorted(singles)[1]
     _, ticks, many = sixteen_streams(client, n)
-    print(f"1 stream: {single:.2f} s; 16 streams: {many:.2f} s; {ticks} batched steps")
-    assert many < 8 * single                    # at most half the cost of 16 streams one after another
+    print(f"1 stream: {single:.3f} s; 16 streams: {many:.3f} s; {ticks} batched steps")
+    # a lone stream steps with every core (serving/board.py), 16 streams share one-thread steps: one after
+    # another they would take 16x a lone one; batched, well under 12x
+    assert many < 12 * single
 
 
 def test_info_reports_providers_and_models(client):
@@ -250,3 +255,53 @@ def test_metrics_endpoint_has_custom_metrics(client):
 def test_health_endpoints(client):
     assert client.get("/livez").status_code == 200
     assert client.get("/readyz").status_code == 200
+
+
+def test_events_are_flushed_as_they_are_made(server):
+    """BentoML's streaming path sends each event when it is yielded: over a ~1 s stream the events arrive spread
+    over the whole time, the first one long before the end, not all at once when the stream is done."""
+    arrivals = []
+    t0 = time.perf_counter()
+    with httpx.Client(base_url=server.url, timeout=60) as c, c.stream(
+            "POST", "/generate", json={"prompt": "Holmes", "max_chars": 2000, "temperature": 0}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append(time.perf_counter() - t0)
+    total = arrivals[-1]
+    assert len(arrivals) >= 5, arrivals
+    assert arrivals[0] < 0.25 * total, arrivals                 # the first chunk does not wait for the rest
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert max(gaps) < 0.5 * total, arrivals                   # no event held back until the end
+
+
+def test_bentoml_clients_have_every_endpoint_and_stream_generate(server):
+    import asyncio
+
+    import bentoml
+
+    with bentoml.SyncHTTPClient(server.url) as c:
+        assert c.classify(texts=[ARTICLE])[0]["label"] == "business"
+        chunks = list(c.generate(prompt="Holmes", max_chars=120, temperature=0, keep_session=True))
+        events = [json.loads(line[len("data: "):]) for chunk in chunks for line in chunk.splitlines()
+                  if line.startswith("data: ")]
+        assert len(chunks) >= 2 and events[-1]["done"] is True and events[-1]["chars"] == 120
+        assert c.end_session(session_id=events[-1]["session_id"]) == {"ended": events[-1]["session_id"]}
+        assert c.info()["workers"] == 1
+
+    async def main():
+        async with bentoml.AsyncHTTPClient(server.url) as c:
+            text = "".join([chunk async for chunk in c.generate(prompt="Holmes", max_chars=120, temperature=0)])
+            return [json.loads(line[len("data: "):]) for line in text.splitlines() if line.startswith("data: ")]
+
+    events_async = asyncio.run(main())
+    assert generated_text(events_async) == generated_text(events)
+
+
+def test_openapi_lists_every_endpoint_with_its_schema(client):
+    doc = client.get("/docs.json").json()
+    assert {"/classify", "/generate", "/end_session", "/info"} <= set(doc["paths"])
+    body = doc["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["max_chars"]["maximum"] == 2000 and body["additionalProperties"] is False
+    assert "text/event-stream" in doc["paths"]["/generate"]["post"]["responses"]["200"]["content"]
+    assert client.get("/").status_code == 200 and "swagger" in client.get("/").text.lower()
