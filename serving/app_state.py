@@ -126,7 +126,8 @@ class AppState:
         self.board = board
         self._busy_lock = threading.Lock()
         self._classifying = self._stepping = 0
-        self.stepper = Stepper(self.generator, s.max_streams, on_tick=self._on_tick, wide=self._wide)
+        self.stepper = Stepper(self.generator, s.max_streams, on_tick=self._on_tick, wide=self._wide,
+                               busy=lambda: self._classifying > 0)
         self.generation = Generation(self.generator, self.store, self.stepper,
                                      model_tag(self.generator.manifest, self.generator.files), self.metrics)
         # ONNX Runtime's first runs of each shape allocate and pick kernels: do them before the first client

@@ -32,6 +32,7 @@ HANDOVER_S = 0.01
 # throughput work that takes every idle cycle, while a /classify request waits for its answer. Without it, 16
 # streams next to /classify at 80% of its capacity gave /classify a p95 of 353 ms on 2 cores.
 STEPPER_NICE = 10
+GIVE_WAY_S = 0.02       # the longest a tick waits for this worker's /classify batch (streams never starve)
 
 
 class StepperFull(Exception):
@@ -55,11 +56,13 @@ class Stream:
 
 class Stepper:
     def __init__(self, runtime: Any, max_streams: int,
-                 on_tick: Callable[[int, int], None] | None = None, wide: Callable[[int], bool] | None = None):
+                 on_tick: Callable[[int, int], None] | None = None, wide: Callable[[int], bool] | None = None,
+                 busy: Callable[[], bool] | None = None):
         self.runtime, self.max_streams = runtime, max_streams
         # (streams in the tick, characters emitted), from the thread; (0, 0) once when it falls idle
         self.on_tick = on_tick
         self.wide = wide                        # (streams in the tick) -> step with the wide session?
+        self.busy = busy                        # () -> a request's model call is running in this worker now
         self._active: list[Stream] = []
         self._lock = threading.Lock()           # guards _active and every stream's bookkeeping
         self._wake = threading.Event()
@@ -118,6 +121,7 @@ class Stepper:
                 self._wake.wait(1.0)
                 continue
             stepped = True
+            self._give_way()
             try:
                 ids = self._tick(batch)
             except Exception as exc:  # a failed step fails only the streams that were in it
@@ -148,6 +152,15 @@ class Stepper:
                 last_handover = now
             if out:
                 self._hand_over(self._deliver, out)
+
+    def _give_way(self) -> None:
+        """Wait (up to GIVE_WAY_S) while a request's model call runs in this worker: its thread and the event
+        loop need the GIL that a tick's Python code holds, and a lower OS priority does not help with that."""
+        if self.busy is None:
+            return
+        deadline = time.monotonic() + GIVE_WAY_S
+        while self.busy() and time.monotonic() < deadline:
+            time.sleep(0.0005)
 
     def _tick(self, batch: list[Stream]) -> list[int]:
         """Sample each stream's next character, then feed them all through one batched step."""

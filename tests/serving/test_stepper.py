@@ -142,3 +142,25 @@ def test_failed_step_fails_its_streams_and_the_loop_goes_on():
         await st.aclose()
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("busy, lo, hi", [(False, 0.0, 0.05), (True, 9 * 0.02, 1.0)])
+def test_ticks_give_way_to_a_running_request_but_never_starve(busy, lo, hi):
+    """While the worker runs a /classify batch the stepper waits before each tick, at most GIVE_WAY_S (20 ms)."""
+    from serving import stepper as stepper_module
+
+    assert stepper_module.GIVE_WAY_S == 0.02
+    rt = FakeRuntime()
+
+    async def main():
+        st = Stepper(rt, 4, busy=lambda: busy)
+        try:
+            t0 = time.perf_counter()
+            text = await collect(st.open(rt.start(0.3), 10, np.random.default_rng(1), 0.0, None, 1.0))
+            return text, time.perf_counter() - t0
+        finally:
+            await st.aclose()
+
+    text, took = asyncio.run(main())
+    assert text == reference(rt, 0.3, 10, 0.0, 1)          # the same text either way
+    assert lo <= took < hi, took
