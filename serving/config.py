@@ -67,7 +67,8 @@ class Settings(BaseModel):
                          description="exported-models root; relative paths are from the project root")
     provider: Literal["auto", "cuda", "cpu"] = Field("auto", alias="RNNTEXT_PROVIDER")
     precision: Literal["auto", "fp32", "int8"] = Field(
-        "auto", alias="RNNTEXT_PRECISION", description="auto = int8 on CPU where its measured quality holds, fp32 on CUDA")
+        "auto", alias="RNNTEXT_PRECISION",
+        description="auto = int8 on CPU where its measured quality holds, fp32 on CUDA")
     workers: int = Field(0, ge=0, alias="RNNTEXT_WORKERS", description="0 = one per usable core (CPU) / per GPU")
     threads: int = Field(0, ge=0, alias="RNNTEXT_THREADS",
                          description="ONNX Runtime intra-op threads per session; 0 = cores / (2 x workers), at least 1")

@@ -102,8 +102,8 @@ class RnnText:
 
         preflight(SETTINGS, model_store.resolve(SETTINGS.models, MODELS, RnnText.bento))
 
-    @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms,
-                 input_spec=SCHEMAS.ClassifyRequest)
+    @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
+                 max_latency_ms=SETTINGS.max_latency_ms, input_spec=SCHEMAS.ClassifyRequest)
     def classify(self, texts: list[str]) -> Annotated[list[Prediction], ContentType("application/json")]:
         """Topic of each text (business, entertainment, politics, sport, tech) with every topic's probability,
         in input order. Requests are merged by BentoML's adaptive batcher (serving/batching.py's policy)."""

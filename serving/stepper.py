@@ -10,8 +10,8 @@ event loop keeps serving requests). A round trip to the event loop per tick cost
 a busy 2-core host, and even a one-way hand-over per character (thousands a second, each waking the event loop
 and taking the GIL from the stepping thread) halved one stream's speed; so a stream's characters are handed
 over at its first character, when it finishes, and otherwise at most every HANDOVER_S (the event stream sends
-at most one event per 50 ms anyway). A stream's bookkeeping (``produced``, ``remaining``) is done in that thread, under the lock,
-so a finished stream's state has fed exactly the characters it emitted, never one more.
+at most one event per 50 ms anyway). A stream's bookkeeping (``produced``, ``remaining``) is done in that
+thread, under the lock, so a finished stream's state has fed exactly the characters it emitted, never one more.
 
 A stream that is closed (finished, or its client went away) leaves the active set at once: its slot is free for
 the next request even while a tick that still includes it is running; that tick's result for it is dropped.

@@ -127,7 +127,7 @@ def stream_in_process(models: str | os.PathLike, precision: str | None = None, p
         t0 = time.perf_counter()
         n = len("".join(generate(rt, "Holmes", chars, temperature=0.8, top_k=20, seed=seed)))
         rates.append(n / (time.perf_counter() - t0))
-    return {"threads": threads, "chars": chars, "chars_per_s": statistics.median(rates),
+    return {"threads": threads, "wide_threads": usable_cores(), "chars": chars, "chars_per_s": statistics.median(rates),
             "precision": rt.precision, "provider": provider}
 
 

@@ -133,7 +133,8 @@ def _rest(res: dict, out: list[str]) -> None:
                    f"{one:.0f} chars/s; {top} streams vs one {ratio:.2f}x.")
         if "in_process" in g:
             ip = g["in_process"]
-            out.append(f"Same model in-process, no server (sample + step per character, {ip['threads']} thread(s), "
+            out.append(f"Same model in-process, no server (sample + step per character, stepping on "
+                       f"{ip.get('wide_threads', ip['threads'])} core(s) as a lone stream does in the service, "
                        f"{ip.get('precision', 'fp32')}): {ip['chars_per_s']:.0f} chars/s.")
         out.append("")
     if "session" in res:

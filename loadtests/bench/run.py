@@ -151,7 +151,8 @@ def report_generation(r: dict) -> None:
               f" per stream {row['per_stream_chars_per_s']:7.0f} chars/s")
     if "in_process" in r:
         ip = r["in_process"]
-        print(f"one stream without the server (in-process sample + step, {ip['threads']} thread(s), "
+        print(f"one stream without the server (in-process sample + step on {ip.get('wide_threads', ip['threads'])} "
+              f"core(s), "
               f"{ip.get('precision', 'fp32')}): {ip['chars_per_s']:.0f} chars/s")
     top = max(r["by_streams"], key=int)
     print(f"aggregate {top} streams vs one: {r[f'aggregate_{top}_vs_1']:.2f}x")
