@@ -19,7 +19,6 @@ import hmac
 import json
 from typing import Any, Callable
 
-
 from .errors import ClientError, error_response, normalize
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz"})      # probes never need the key

@@ -15,10 +15,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-import tiny_models
 from runtime.manifest import ArtifactError, load_manifest, sha256_file
 from serving import model_store
 from serving.model_store import EXPORTED, KINDS, NAMES, ExportedModel
+
+import tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,11 +7,11 @@ import re
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 
+from runtime.generator import GenState as State  # the state the service stores
 from serving.sessions import (
     MemoryStore,
     RedisStore,
@@ -27,14 +27,6 @@ from serving.sessions import (
 from serving_helpers import RedisServer
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{32}$")   # secrets.token_urlsafe alphabet
-
-
-@dataclass
-class State:        # the same shape of data as runtime.generator.GenState
-    h: np.ndarray
-    c: np.ndarray
-    logits: np.ndarray
-    rng_state: dict = field(default_factory=dict)
 
 
 def run(coro):

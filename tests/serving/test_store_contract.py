@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
+from runtime.generator import GenState as State  # the state the service stores
 from serving.sessions import (
     MemoryStore,
     RedisStore,
@@ -35,14 +36,6 @@ from serving.sessions import (
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)
-
-
-@dataclass
-class State:        # the same shape of data as runtime.generator.GenState
-    h: np.ndarray
-    c: np.ndarray
-    logits: np.ndarray
-    rng_state: dict = field(default_factory=dict)
 
 
 def run(coro):
