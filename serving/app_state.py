@@ -118,10 +118,11 @@ class AppState:
                  "thread(s) per session", worker, s.workers, self.providers, self.device, self.precision,
                  s.precision, s.threads)
         self.metrics = Metrics(s.max_batch_size, s.max_streams)
-        db = s.session_db or os.environ.get("RNNTEXT_SESSION_DB", "")
-        if not s.redis_url and not db and s.workers > 1:
+        # the workers read RNNTEXT_SESSION_DB with their settings; preflight set it for them (none: one process)
+        if not s.redis_url and not s.session_db and s.workers > 1:
             raise RuntimeError("no RNNTEXT_SESSION_DB: the workers would not share their sessions")
-        self.store = make_store(s.redis_url, db or None, s.session_ttl_s, s.max_sessions, lease_s=s.session_lease_s)
+        self.store = make_store(s.redis_url, s.session_db or None, s.session_ttl_s, s.max_sessions,
+                                lease_s=s.session_lease_s)
         # what this worker is doing, for the other workers (serving/board.py) and for the choice of step session
         self.board = board
         self._busy_lock = threading.Lock()

@@ -170,18 +170,3 @@ def quantize_generator(folder: Path, threads: int = 1, rounds: int = 10) -> dict
             "accepted": entry["accepted"], "step_speedup": step_med["fp32"] / step_med["int8"],
             "prefill_speedup": pre_med["fp32"] / pre_med["int8"],
             "step_ms": {k: v / 100 * 1000 for k, v in step_med.items()}}
-
-
-def generator_in_process(folder: Path, threads: int = 1, chars: int = 2000) -> dict:
-    """chars/s of one stream with no server in between (runtime.generator.generate: sample + step per
-    character): the ceiling that the HTTP figure is compared with."""
-    from runtime.generator import GeneratorRuntime, generate
-
-    rt = GeneratorRuntime(folder, "cpu", threads)
-    "".join(generate(rt, "Holmes", 50, seed=0))     # warm-up
-    rates = []
-    for seed in range(3):
-        t0 = time.perf_counter()
-        n = len("".join(generate(rt, "Holmes", chars, temperature=0.8, top_k=20, seed=seed)))
-        rates.append(n / (time.perf_counter() - t0))
-    return {"threads": threads, "chars": chars, "chars_per_s": statistics.median(rates)}
