@@ -24,6 +24,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def tree_total(pid: int, value) -> float:
+    """``value(process)`` summed over a process and all its descendants (psutil); 0 once it is gone. A process
+    that ends meanwhile counts 0."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += value(p)
+    return total
+
+
 class Server:
     """A ``bentoml serve`` subprocess in its own process group; ``rss()`` sums its whole process tree."""
 
@@ -57,18 +74,7 @@ class Server:
         raise TimeoutError(f"server not ready after {timeout:.0f} s")
 
     def rss(self) -> int:
-        import psutil
-
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return 0
-        total = 0
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-        return total
+        return int(tree_total(self.proc.pid, lambda p: p.memory_info().rss))
 
     def stop(self) -> None:
         if self.proc.poll() is None:

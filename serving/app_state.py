@@ -139,6 +139,7 @@ class AppState:
             self.generator.advance([copy.deepcopy(state) for _ in range(b)], [0] * b)
         self._ready = self.batcher_warm = False
         self._gauge_task: asyncio.Task | None = None
+        self._warm_task: asyncio.Task | None = None
 
     def classify(self, texts: list[str]) -> list[dict]:
         self.metrics.on_batch(len(texts))
@@ -244,7 +245,8 @@ class AppState:
         }
 
     async def aclose(self) -> None:
-        if self._gauge_task is not None:
-            self._gauge_task.cancel()
+        for task in (self._warm_task, self._gauge_task):    # a server stopped while warming up, too
+            if task is not None:
+                task.cancel()
         await self.stepper.aclose()
         await self.store.close()

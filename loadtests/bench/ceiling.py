@@ -18,27 +18,14 @@ import statistics
 import time
 from pathlib import Path
 
+from loadtests.server import tree_total
 from runtime.manifest import model_dir
 from serving.config import usable_cores
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and all its descendants (psutil), 0.0 once it is gone."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
+    """User + system CPU seconds of a process and all its descendants, 0.0 once it is gone."""
+    return float(tree_total(pid, lambda p: sum(p.cpu_times()[:2])))
 
 
 def wait_idle(pid: int, max_cores: float = 0.05, window: float = 0.5, windows: int = 2,

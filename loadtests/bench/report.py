@@ -31,13 +31,16 @@ def targets_table(targets: dict) -> list[str]:
     return out
 
 
+def describe(svc: dict) -> str:
+    """What the server ran with (``bench.json`` → ``service``, from its /info), in one sentence."""
+    p = svc["precision"]
+    return (f"{svc['workers']} worker(s) on {svc['device']}, provider {svc['provider']}, precision classifier "
+            f"{p['classifier']} / generator {p['generator']}, {svc['threads']} intra-op thread(s) per session")
+
+
 def service_line(res: dict) -> str:
-    svc = res.get("service") or {}
-    p = svc.get("precision") or {}
     rss = res.get("server_rss") or {}
-    line = (f"Service: {svc.get('workers', 'unknown')} worker(s) on {svc.get('device', 'unknown')}, provider "
-            f"{svc.get('provider', 'unknown')}, precision classifier {p.get('classifier', 'unknown')} / generator "
-            f"{p.get('generator', 'unknown')}, {svc.get('threads', 'unknown')} intra-op thread(s) per session")
+    line = "Service: " + describe(res["service"])
     if rss.get("max_mb"):
         line += f"; server RSS (whole process tree) max {rss['max_mb']:.0f} MB over {rss.get('samples')} samples"
     return line + ".\n"

@@ -165,10 +165,9 @@ def report_session(r: dict) -> None:
 
 
 def report_service(svc: dict) -> None:
-    p = svc.get("precision") or {}
-    print(f"\nserver: {svc.get('workers', 'unknown')} worker(s), device {svc.get('device', 'unknown')}, provider "
-          f"{svc.get('provider', 'unknown')}, precision classifier {p.get('classifier', 'unknown')} / generator "
-          f"{p.get('generator', 'unknown')}, {svc.get('threads', 'unknown')} intra-op thread(s) per session", flush=True)
+    from loadtests.bench.report import describe
+
+    print(f"\nserver: {describe(svc)}", flush=True)
 
 
 def _num(x) -> float | None:
