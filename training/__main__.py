@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate-generator": ("training.generator.evaluate", "bits per character of the exported generator"),
     "generate": ("training.generator.generate", "stream text from the exported generator"),
     "quantize": ("training.common.quantize", "add measured int8 variants to exported model folders"),
+    "lab": ("training.labs.cli", "run a recurrent-network lab (docs/labs.md): python -m training lab NAME"),
 }
 
 

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +20,7 @@ def _plt():
 def plot_curves(path: str | os.PathLike, curves: dict[str, tuple[Sequence[float], Sequence[float]]],
                 title: str, xlabel: str, ylabel: str, logy: bool = False) -> None:
     """One line per named (x, y) series, e.g. {"train": (epochs, loss), "val": (epochs, val_loss)}."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for name, (x, y) in curves.items():
         ax.plot(list(x), list(y), marker="o" if len(x) <= 40 else None, markersize=3, label=name)
@@ -35,7 +36,7 @@ def plot_curves(path: str | os.PathLike, curves: dict[str, tuple[Sequence[float]
 
 def plot_confusion(path: str | os.PathLike, matrix: np.ndarray, labels: Sequence[str], title: str) -> None:
     """Confusion matrix with counts in each cell; rows = true label, columns = predicted."""
-    plt = _plt()
+    plt = pyplot()
     matrix = np.asarray(matrix)
     fig, ax = plt.subplots(figsize=(6, 5.2), dpi=120)
     im = ax.imshow(matrix, cmap="Blues")
@@ -55,7 +56,7 @@ def plot_confusion(path: str | os.PathLike, matrix: np.ndarray, labels: Sequence
 
 def plot_bars(path: str | os.PathLike, values: dict[str, float], title: str, ylabel: str,
               ylim: tuple[float, float] | None = None) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
     names = list(values)
     bars = ax.bar(names, [values[n] for n in names], color="tab:blue")
