@@ -1,6 +1,7 @@
 """ASGI middleware in front of every route: what BentoML does not do for us.
 
-* the API key (``Authorization: Bearer <key>`` or ``X-API-Key``), except on the health probes;
+* the API key (``Authorization: Bearer <key>`` or ``X-API-Key``), except on the health probes and the static
+  pages (the demo and the API docs, serving/pages.py), which hold no data and ask for the key themselves;
 * a deadline and a size limit for the request body: the gate reads the body itself, within ``read_timeout_s``
   of the request head (a client that sends its body a byte a second gets 408 and its connection closed) and up
   to ``max_body_bytes`` (413), then replays it to BentoML in one message;
@@ -20,6 +21,7 @@ import json
 from typing import Any, Callable
 
 from .errors import ClientError, error_response, normalize
+from .pages import is_page
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz"})      # probes never need the key
 API_METHODS = {"/classify": "POST", "/generate": "POST", "/end_session": "POST", "/info": "POST"}
@@ -72,7 +74,7 @@ class Gate:
 
     def _check(self, scope: dict) -> None:
         path = scope["path"]
-        if self.api_key and path not in OPEN_PATHS and not self._authorized(scope):
+        if self.api_key and path not in OPEN_PATHS and not is_page(path) and not self._authorized(scope):
             raise ClientError(401, "unauthorized", "missing or wrong API key "
                                                    "(send 'Authorization: Bearer <key>' or 'X-API-Key: <key>')")
         wanted = API_METHODS.get(path)

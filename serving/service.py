@@ -5,6 +5,7 @@
     POST /end_session  {"session_id"}                 -> {"ended": id}
     POST /info  (GET /info too)                       -> readiness, worker, providers, precision, models, settings
     /livez /readyz /healthz /metrics                  -> BentoML's probes and Prometheus metrics
+    GET /demo, GET /                                  -> the demo page and the API docs (serving/pages.py)
 
 Request and response models are in serving/schemas.py (Swagger UI at ``/``, the schema at ``/docs.json``);
 settings come from RNNTEXT_* environment variables (serving/config.py, docs/serving.md).
@@ -21,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from . import batching, connections, model_store, overhead, upstream
+from . import batching, connections, model_store, overhead, pages, upstream
 from .board import WorkerBoard
 from .config import Settings
 from .errors import ClientError, error_response
@@ -69,7 +70,8 @@ async def info_get(request) -> JSONResponse:
     return JSONResponse(await _svc().state.info())
 
 
-aliases = Starlette(routes=[Route("/info", info_get, methods=["GET"])])
+# GET /info, the demo page (/demo) and the API docs page (/) in place of BentoML's index (serving/pages.py)
+aliases = Starlette(routes=[Route("/info", info_get, methods=["GET"]), *pages.ROUTES])
 
 
 @bentoml.service(
@@ -79,6 +81,7 @@ aliases = Starlette(routes=[Route("/info", info_get, methods=["GET"])])
     # the body deadline; it also bounds how long anything BentoML keeps per request lives
     traffic={"timeout": 60},
     logging={"access": {"enabled": SETTINGS.access_log}},
+    service_class=pages.DocumentedService,
 )
 @bentoml.asgi_app(aliases, path="/")   # matched only for its own paths, after BentoML's routes
 class RnnText:

@@ -1,0 +1,341 @@
+// rnntext demo page: plain JavaScript, no build step, no request outside this service.
+// Talks to the same typed API as any client: POST /classify, POST /generate (server-sent events),
+// POST /end_session and GET /info; errors are the service's own {"error", "kind"} bodies.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const KEY_STORE = "rnntext-api-key";
+
+  // Short texts written for this page (no corpus text), one per topic.
+  const SAMPLES = {
+    business: "Shares in the supermarket chain fell 4% after it warned that annual profits would miss forecasts, " +
+      "blaming weaker consumer spending and higher energy costs. Analysts expect the board to cut the dividend.",
+    entertainment: "The director's new film won best picture at the awards on Sunday night, and its lead actress " +
+      "took the prize for best performance. The soundtrack has also topped the album charts.",
+    politics: "The prime minister faced MPs' questions over the budget as opposition leaders accused the " +
+      "government of breaking its election promises on tax. A vote on the bill is expected next week.",
+    sport: "The striker scored twice in the second half as the champions came from behind to win 3-1 and " +
+      "move four points clear at the top of the league, with the coach praising his team's fitness.",
+    tech: "The company unveiled a faster mobile phone chip and new software that lets users stream games over " +
+      "broadband networks. Security researchers warned that the update also fixes a serious flaw.",
+  };
+
+  const state = {
+    key: sessionStorage.getItem(KEY_STORE) || "",
+    limits: null,          // /info settings: the inputs' bounds
+    run: null,             // the generation in flight: {controller, stopped}
+    sessionId: null,       // the kept session the last complete generation left
+  };
+
+  // ---- helpers --------------------------------------------------------------------------------------------
+  function headers() {
+    const h = { "Content-Type": "application/json" };
+    if (state.key) h.Authorization = "Bearer " + state.key;
+    return h;
+  }
+
+  function showError(message, title) {
+    $("error-title").textContent = title || "Error";
+    $("error-text").textContent = message;
+    $("error").hidden = false;
+  }
+
+  function clearError() {
+    $("error").hidden = true;
+    $("error-text").textContent = "";
+  }
+
+  // The service's own message for a non-2xx answer ({"error", "kind"}), or the status line.
+  async function serviceError(resp) {
+    let doc = null;
+    try { doc = await resp.json(); } catch (_) { /* not JSON: use the status */ }
+    if (resp.status === 401) $("key-panel").hidden = false;
+    const message = doc && typeof doc.error === "string" ? doc.error : `HTTP ${resp.status} ${resp.statusText}`;
+    return `${message} (${resp.status}${doc && doc.kind ? ", " + doc.kind : ""})`;
+  }
+
+  async function post(path, body, signal) {
+    return fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
+  }
+
+  function numberOrNull(id) {
+    const v = $(id).value.trim();
+    return v === "" ? null : Number(v);
+  }
+
+  function el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    Object.assign(node, props || {});
+    for (const c of children) node.append(c);
+    return node;
+  }
+
+  // ---- classify -------------------------------------------------------------------------------------------
+  function renderBars(probabilities) {
+    const box = $("classify-result");
+    box.replaceChildren();
+    const sorted = Object.entries(probabilities).sort((a, b) => b[1] - a[1]);
+    sorted.forEach(([label, p], i) => {
+      const pct = (100 * p).toFixed(1) + "%";
+      const fill = el("div", { className: "fill" });
+      fill.style.width = (100 * p).toFixed(2) + "%";
+      const row = el("div", { className: "bar" + (i === 0 ? " best" : "") },
+        el("span", { className: "name", textContent: label }),
+        el("div", { className: "track" }, fill),
+        el("span", { className: "pct", textContent: pct }));
+      row.dataset.label = label;
+      row.dataset.prob = String(p);
+      row.setAttribute("role", "img");
+      row.setAttribute("aria-label", `${label}: ${pct}`);
+      box.append(row);
+    });
+  }
+
+  async function classify() {
+    const button = $("classify-button");
+    button.disabled = true;
+    $("classify-meta").textContent = "Classifying…";
+    const t0 = performance.now();
+    try {
+      const resp = await post("/classify", { texts: [$("classify-input").value] });
+      const ms = performance.now() - t0;
+      if (!resp.ok) {
+        $("classify-result").replaceChildren();
+        $("classify-meta").textContent = "";
+        showError(await serviceError(resp), "Classify failed");
+        return;
+      }
+      const [prediction] = await resp.json();
+      clearError();
+      renderBars(prediction.probabilities);
+      $("classify-meta").textContent = `${prediction.label} · ${ms.toFixed(1)} ms round trip`;
+    } catch (err) {
+      $("classify-meta").textContent = "";
+      showError(String(err.message || err), "Classify failed");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // ---- generate -------------------------------------------------------------------------------------------
+  function setRunning(running) {
+    $("generate-button").disabled = running;
+    $("generate-stop").disabled = !running;
+    $("generate-continue").disabled = running || !state.sessionId;
+  }
+
+  // Server-sent events from a fetch body: each event is one "data: <JSON>" line and a blank line.
+  async function* events(resp) {
+    const reader = resp.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        if (block.startsWith("data: ")) yield JSON.parse(block.slice(6));
+      }
+    }
+  }
+
+  function samplingBody() {
+    return {
+      max_chars: Number($("generate-max-chars").value),
+      temperature: Number($("generate-temperature").value),
+      top_k: numberOrNull("generate-top-k"),
+      top_p: Number($("generate-top-p").value),
+      keep_session: true,    // always: Continue is possible after any complete generation
+    };
+  }
+
+  async function generate(continuing) {
+    if (state.run) return;
+    const body = samplingBody();
+    const previous = state.sessionId;
+    if (continuing) {
+      body.session_id = previous;
+      body.prompt = "";
+    } else {
+      body.prompt = $("generate-prompt").value;
+      body.seed = numberOrNull("generate-seed");
+      $("generate-prompt-echo").textContent = body.prompt;
+      $("generate-output").textContent = "";
+      if (previous) endSession(previous);     // a new Generate leaves the old session behind: free it now
+    }
+    state.sessionId = null;
+    const run = { controller: new AbortController(), stopped: false };
+    state.run = run;
+    setRunning(true);
+    const output = $("generate-output");
+    const box = $("generate-box");
+    const t0 = performance.now();
+    let chars = 0;
+    const meta = (suffix) => {
+      const s = (performance.now() - t0) / 1000;
+      $("generate-meta").textContent = `${chars} chars · ${s > 0 ? Math.round(chars / s) : 0} chars/s${suffix || ""}`;
+    };
+    $("generate-meta").textContent = continuing ? "Continuing…" : "Generating…";
+    $("generate-session").textContent = "";
+    try {
+      const resp = await post("/generate", body, run.controller.signal);
+      if (!resp.ok) {
+        // refused before it started (busy, overloaded, bad field): a continued session is still there
+        if (continuing && resp.status !== 404) state.sessionId = previous;
+        showError(await serviceError(resp), "Generate failed");
+        $("generate-meta").textContent = "";
+        return;
+      }
+      clearError();
+      for await (const ev of events(resp)) {
+        if (ev.text) {
+          output.append(ev.text);      // one text node per chunk: the text grows as it streams
+          chars += ev.text.length;
+          box.scrollTop = box.scrollHeight;
+          meta();
+        }
+        if (ev.error) showError(`${ev.error} (${ev.kind})`, "Generation stopped");
+        if (ev.done) {
+          state.sessionId = ev.session_id || null;
+          meta(" · done");
+          $("generate-session").textContent = state.sessionId ? `Session ${state.sessionId} kept: Continue goes on from here.` : "";
+        }
+      }
+    } catch (err) {
+      if (run.stopped) {
+        meta(" · stopped");
+        // the continued session stays at its last saved point, which this page has already shown past: end it
+        // once the service has noticed the closed stream (it expires by itself if this is refused)
+        if (continuing) setTimeout(() => endSession(previous), 1000);
+        $("generate-session").textContent = "Stopped: a stopped request is not saved, so Continue is off until the next Generate.";
+      } else {
+        showError(String(err.message || err), "Generate failed");
+      }
+    } finally {
+      state.run = null;
+      setRunning(false);
+    }
+  }
+
+  function stop() {
+    if (!state.run) return;
+    state.run.stopped = true;
+    state.run.controller.abort();      // the service sees the connection close and frees the stream's slot
+  }
+
+  function endSession(sessionId) {
+    post("/end_session", { session_id: sessionId }).catch(() => { /* expires by itself */ });
+  }
+
+  // ---- models (/info) -------------------------------------------------------------------------------------
+  function fmt(v) {
+    if (typeof v === "number") return Number.isInteger(v) ? v.toLocaleString("en") : v.toFixed(4);
+    return String(v);
+  }
+
+  function table(rows) {
+    const t = el("table", { className: "models" });
+    for (const [k, v] of rows) {
+      if (v === undefined || v === null) continue;
+      t.append(el("tr", {}, el("th", { scope: "row", textContent: k }), el("td", { textContent: fmt(v) })));
+    }
+    return t;
+  }
+
+  function renderInfo(info) {
+    const s = info.settings;
+    const grid = el("div", { className: "models-grid" });
+    const m = info.models.classifier || {}, g = info.models.generator || {};
+    const cm = m.metrics || {}, gm = g.metrics || {}, cc = m.config || {}, gc = g.config || {};
+    grid.append(el("div", {},
+      el("h3", { textContent: "Classifier" }),
+      table([["created", m.created], ["architecture", `${cc.bidirectional ? "Bi" : ""}${(cc.cell || "").toUpperCase()} ` +
+               `${cc.num_layers}×${cc.hidden_size}, ${cc.pooling} pooling`],
+             ["test accuracy", cm.test_accuracy], ["test macro-F1", cm.test_macro_f1], ["test articles", cm.test_n],
+             ["TF-IDF + SVM accuracy", cm.baseline_tfidf_svm_accuracy],
+             ["precision", info.precision.classifier], ["provider", (info.providers.classifier || []).join(", ")]])));
+    grid.append(el("div", {},
+      el("h3", { textContent: "Generator" }),
+      table([["created", g.created], ["architecture", `${(gc.cell || "").toUpperCase()} ${gc.num_layers}×${gc.hidden_size}, ` +
+               `${gc.vocab_size} characters`],
+             ["validation bits/char", gm.val_bits_per_char], ["parameters", gm.params],
+             ["precision", info.precision.generator], ["provider", (info.providers.generator || []).join(", ")]])));
+    grid.append(el("div", {},
+      el("h3", { textContent: "Service" }),
+      table([["device", info.device], ["workers", info.workers], ["texts per request", s.max_texts],
+             ["characters per text", s.max_text_chars], ["prompt characters", s.max_prompt_chars],
+             ["characters per generation", s.max_chars], ["concurrent streams", s.max_streams],
+             ["session idle expiry (s)", s.session_ttl_s], ["session store", s.session_store],
+             ["API key required", s.api_key_required ? "yes" : "no"]])));
+    $("models").replaceChildren(grid);
+  }
+
+  function applyLimits(s) {
+    $("generate-max-chars").max = s.max_chars;
+    if (Number($("generate-max-chars").value) > s.max_chars) $("generate-max-chars").value = s.max_chars;
+    $("generate-prompt").maxLength = s.max_prompt_chars;
+    $("classify-input").maxLength = s.max_text_chars;
+  }
+
+  async function loadInfo() {
+    try {
+      const resp = await fetch("/info", { headers: state.key ? { Authorization: "Bearer " + state.key } : {} });
+      if (!resp.ok) {
+        const message = await serviceError(resp);
+        $("models").replaceChildren(el("p", { className: "meta", textContent: "Not loaded: " + message }));
+        if (resp.status === 401) showError(message, state.key ? "Wrong API key" : "API key needed");
+        return;
+      }
+      const info = await resp.json();
+      state.limits = info.settings;
+      applyLimits(info.settings);
+      renderInfo(info);
+      $("key-panel").hidden = !info.settings.api_key_required;
+    } catch (err) {
+      showError(String(err.message || err), "Could not reach the service");
+    }
+  }
+
+  // ---- wiring ---------------------------------------------------------------------------------------------
+  function init() {
+    const samples = document.querySelector(".samples");
+    for (const [topic, text] of Object.entries(SAMPLES)) {
+      const b = el("button", { type: "button", className: "sample", textContent: topic });
+      b.dataset.testid = "sample-" + topic;
+      b.setAttribute("aria-label", `Use the ${topic} sample text`);
+      b.addEventListener("click", () => { $("classify-input").value = text; $("classify-input").focus(); });
+      samples.append(b);
+    }
+    $("classify-input").value = SAMPLES.sport;
+    $("classify-button").addEventListener("click", classify);
+    $("classify-input").addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) classify();
+    });
+    $("generate-button").addEventListener("click", () => generate(false));
+    $("generate-continue").addEventListener("click", () => generate(true));
+    $("generate-stop").addEventListener("click", stop);
+    $("error-close").addEventListener("click", clearError);
+    $("api-key").value = state.key;
+    $("key-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      state.key = $("api-key").value.trim();
+      sessionStorage.setItem(KEY_STORE, state.key);
+      clearError();
+      loadInfo();
+    });
+    $("key-forget").addEventListener("click", () => {
+      state.key = "";
+      $("api-key").value = "";
+      sessionStorage.removeItem(KEY_STORE);
+    });
+    // leaving the page mid-stream closes the connection (the browser aborts fetches on unload): say so explicitly
+    window.addEventListener("pagehide", stop);
+    loadInfo();
+  }
+
+  init();
+})();
