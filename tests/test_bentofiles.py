@@ -83,3 +83,6 @@ def test_the_cuda_bento_installs_onnxruntime_gpu_on_the_cuda_base(tmp_path):
     assert "python3-pip" in dockerfile and "uv venv --python 3.12 " in dockerfile
     assert "ENV PIP_BREAK_SYSTEM_PACKAGES=" in dockerfile
     assert not (bento / "src" / "exported_models").exists() and not (bento / "src" / "training").exists()
+    # the pages the service serves travel with it
+    assert sorted(p.name for p in (bento / "src" / "serving" / "web").iterdir()) == \
+        sorted(p.name for p in (ROOT / "serving" / "web").iterdir())
