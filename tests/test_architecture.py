@@ -99,6 +99,15 @@ def test_model_packages_are_independent_and_common_is_model_free():
     assert violations(g, "training.common", ("training.classifier", "training.generator")) == []
 
 
+def test_labs_sit_on_top_of_the_toolkit():
+    """The labs use both models' code and the committed exports; nothing in the toolkit or the service uses them."""
+    g = graph()
+    assert "training.labs.cli" in g and "training.labs.common" in g
+    users = sorted(f"{mod} imports {dep}" for mod, deps in g.items() for dep in deps
+                   if _under(dep, "training.labs") and not _under(mod, "training.labs"))
+    assert users == []      # training/__main__.py names training.labs.cli as a string, imported on demand
+
+
 def test_checker_catches_a_forbidden_import():
     """The rule fails when it should: imports inside functions and relative ones are seen and reported."""
     found = parse_imports("def f():\n    from torch import nn\n    import bentoml.io\n    from .x import y\n",
@@ -108,22 +117,31 @@ def test_checker_catches_a_forbidden_import():
     assert violations(g, "serving", ("training",)) == ["serving.bad imports training.common.cli"]
 
 
-def test_service_and_runtime_load_without_torch_or_training():
-    """What the service process really loads, not only what the files say: no torch, no training code."""
-    code = ("import sys, serving.service, serving.app_state, runtime.manifest, runtime.providers, "
-            "runtime.classifier, runtime.generator; "
-            "print(sorted(m for m in ('torch', 'training') if m in sys.modules))")
+def loaded_by(statements: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter has in ``sys.modules`` after running ``statements``."""
+    code = f"import sys\n{statements}\nprint(' '.join(sorted(m for m in {watched!r} if m in sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    return out.stdout.split()
+
+
+RUNTIME = "import runtime.manifest, runtime.providers, runtime.classifier, runtime.generator"
+
+
+def test_service_and_runtime_load_without_torch_or_training():
+    """What the service process really loads, not only what the files say: no torch, no training code."""
+    assert loaded_by(f"import serving.service, serving.app_state\n{RUNTIME}", ("torch", "training")) == []
 
 
 def test_runtime_loads_without_bentoml():
-    code = ("import sys, runtime.manifest, runtime.providers, runtime.classifier, runtime.generator; "
-            "print(sorted(m for m in ('torch', 'bentoml', 'serving', 'training') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert loaded_by(RUNTIME, ("torch", "bentoml", "serving", "training")) == []
+
+
+def test_importing_the_labs_loads_no_torch():
+    """``lab --help`` stays fast: the lab modules import torch, numpy and matplotlib only when they run."""
+    labs = ("import importlib, training.labs.cli\n"
+            "[importlib.import_module(m) for m, _ in training.labs.LABS.values()]")
+    assert loaded_by(labs, ("torch", "numpy", "matplotlib")) == []
 
 
 # --- the docs' tables and references follow the code -------------------------------------------------------
