@@ -198,9 +198,7 @@ def test_continue_gives_exactly_the_greedy_continuation(watched, client):
 def test_stop_freezes_the_output_and_frees_the_stream_slot(watched, server):
     page = watched.open()
     assert page.get_by_test_id("generate-max-chars").get_attribute("max") == "20000"   # the service's bound
-    set_generation(page, PROMPT, "0.8", 20_000)
-    page.get_by_test_id("generate-button").click()
-    page.wait_for_function("document.querySelector('[data-testid=generate-output]').textContent.length > 0")
+    start_long_stream(page)
     page.get_by_test_id("generate-stop").click()
     page.wait_for_function(FINISHED)
     stopped = output(page)
@@ -212,12 +210,21 @@ def test_stop_freezes_the_output_and_frees_the_stream_slot(watched, server):
     watched.check()
 
 
-def test_closing_the_tab_mid_stream_frees_the_stream_slot(browser, server):
-    w = Watched(browser, server.url)
-    page = w.open()
+def start_long_stream(page) -> None:
     set_generation(page, PROMPT, "0.8", 20_000)
     page.get_by_test_id("generate-button").click()
     page.wait_for_function("document.querySelector('[data-testid=generate-output]').textContent.length > 0")
+
+
+def test_reloading_or_closing_the_tab_mid_stream_frees_the_stream_slot(browser, server):
+    w = Watched(browser, server.url)
+    page = w.open()
+    start_long_stream(page)
+    assert active_streams(server) >= 1
+    page.reload()
+    page.wait_for_function(LOADED)
+    assert wait_streams_zero(server) == 0
+    start_long_stream(page)
     assert active_streams(server) >= 1
     page.close()
     w.close()
