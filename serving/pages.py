@@ -75,7 +75,7 @@ class DocumentedService(bentoml.Service):
 
     @property
     def openapi_spec(self):
-        import attr     # BentoML's OpenAPI objects are frozen attrs classes
+        import attr  # BentoML's OpenAPI objects are frozen attrs classes
 
         spec = super().openapi_spec
         return attr.evolve(spec, info=attr.evolve(spec.info, title=TITLE, version=__version__, contact=None))

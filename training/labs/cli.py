@@ -24,21 +24,18 @@ def add_arguments(p) -> None:
         lp.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
                         help="torch device; auto = cuda when there is one")
         lp.add_argument("--seed", type=int, default=0)
-        lp.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+        lp.add_argument("--threads", type=int, default=1,
+                        help="CPU threads for torch and BLAS (small models: more threads were slower, common.py)")
         lp.add_argument("--out", default="runs/labs", help="root folder; the lab writes OUT/NAME/")
         lp.add_argument("--no-progress", action="store_true", help="no progress bars")
         importlib.import_module(module).add_arguments(lp)  # lab modules import torch only inside run()
 
 
 def main(args) -> int:
-    import torch
-
     from training.common.devices import library_versions, pick_device, seed_everything
     from training.common.files import write_json
-    from training.labs.common import LabContext
+    from training.labs.common import LabContext, cpu_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     seed_everything(args.seed)
     out = Path(args.out) / args.lab
     out.mkdir(parents=True, exist_ok=True)
@@ -47,7 +44,8 @@ def main(args) -> int:
     ctx = LabContext(name=args.lab, out=out, quick=args.quick, device=pick_device(args.device), seed=args.seed,
                      progress=not args.no_progress)
     t0 = time.perf_counter()
-    result = importlib.import_module(LABS[args.lab][0]).run(args, ctx)
+    with cpu_threads(args.threads):
+        result = importlib.import_module(LABS[args.lab][0]).run(args, ctx)
     seconds = round(time.perf_counter() - t0, 1)
     write_json(out / "metrics.json", {"lab": args.lab, "quick": args.quick, "device": str(ctx.device),
                                       "seconds": seconds, "headline": result.headline, **result.metrics,

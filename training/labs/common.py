@@ -1,8 +1,8 @@
 """What every lab shares: its run context (folder, size, device, seed, progress bars) and its result."""
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,18 @@ class LabResult:
     plots: list[str] = field(default_factory=list)          # PNG file names written under ctx.out
 
 
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """torch and NumPy's BLAS on ``n`` threads, restored afterwards. The labs' matrices are small: on two busy
+    cores, two threads spin-waited (a step measured 5-10x slower than on one), and with one thread the floats do
+    not depend on the machine's core count."""
+    import torch
+    from threadpoolctl import threadpool_limits  # comes with scikit-learn
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(before)
