@@ -50,11 +50,6 @@ class SeqModel(nn.Module):
         return self.head(final), outputs, state                            # y (B, O)
 
 
-def one_thread(args, ctx) -> None:     # TEMPORARY until char_vs_word/hidden_states drop it (cli does this now)
-    if ctx.device.type == "cpu" and not getattr(args, "threads", 0):
-        torch.set_num_threads(1)
-
-
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

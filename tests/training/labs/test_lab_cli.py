@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 
 from training.common.files import read_json
