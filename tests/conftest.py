@@ -1,6 +1,8 @@
 """Shared fixtures. Real-data tests read $DATA_DIR (the Makefile and .ci/run point it at ../shared/data)."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,10 +38,20 @@ def exported() -> Path:
     return EXPORTED
 
 
-def training_cli(*args: str) -> subprocess.CompletedProcess:
-    """``python -m training ARGS`` from the project root, output captured."""
+def training_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m training ARGS`` from the project root, output captured (``env`` added to this process's)."""
     return subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env={**os.environ, **env} if env else None)
+
+
+def run_lab(name: str, out: Path, *args: str, data_dir: Path | None = None) -> dict:
+    """``python -m training lab NAME --quick --out OUT --no-progress ARGS``: its headline, the last stdout line."""
+    r = training_cli("lab", name, "--quick", "--out", str(out), "--no-progress", *args,
+                     env={"DATA_DIR": str(data_dir)} if data_dir else None)
+    assert r.returncode == 0, r.stderr
+    headline = json.loads(r.stdout.strip().splitlines()[-1])
+    assert headline["lab"] == name
+    return headline
 
 
 @pytest.fixture(scope="module")

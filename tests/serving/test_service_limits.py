@@ -121,7 +121,7 @@ UNAUTHORIZED = {"error": "missing or wrong API key (send 'Authorization: Bearer 
 @pytest.mark.parametrize("method, path, body", [
     ("POST", "/classify", {"texts": ["a"]}), ("POST", "/generate", {"prompt": "a"}),
     ("POST", "/end_session", {"session_id": "A" * 32}), ("GET", "/info", None), ("GET", "/metrics", None),
-    ("GET", "/docs.json", None)])
+    ("POST", "/info", None)])
 def test_api_key_required(server, method, path, body):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": KEY[:-1]}, {"Authorization": KEY}):
         r = httpx.request(method, server.url + path, json=body, headers=headers, timeout=30)
@@ -138,6 +138,16 @@ def test_batcher_warm_up_passed_the_key_gate(client):
 def test_health_checks_need_no_key(server):
     for path in ("/livez", "/readyz", "/healthz"):
         assert httpx.get(server.url + path, timeout=10).status_code == 200
+
+
+def test_the_static_pages_need_no_key(server):
+    """The demo and API docs pages hold no data and ask for the key themselves (serving/pages.py); the docs page
+    loads the schema and BentoML's Swagger UI files, so those are open too."""
+    for path in ("/", "/demo", "/demo/demo.js", "/favicon.ico", "/docs.json", "/static_content/swagger-ui.css"):
+        r = httpx.get(server.url + path, timeout=10)
+        assert r.status_code == 200, path
+    assert httpx.get(server.url + "/demo/missing.js", timeout=10).json() == {
+        "error": "no such file: /demo/missing.js", "kind": "not_found"}
 
 
 def new_session(client, prompt="Baker Street") -> str:

@@ -1,11 +1,7 @@
 """char-vs-word: the word tokens rebuild the text, the bit accounting adds up, and the quick run's comparison."""
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +11,7 @@ from training.common.files import read_json
 from training.labs import word_lm as wl
 from training.labs.char_vs_word import KINDS, char_bits, kind_of
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_lab
 
 PASSAGE = ('     "Holmes\'s cross-examination was interrupted," he said, at 221B\n\n     "To-day?"  Café!\t[x]\n')
 
@@ -78,12 +74,8 @@ def test_char_bits_are_the_evaluate_codes_bits_per_char(canon_path):
 
 @pytest.mark.slow
 def test_quick_run_the_char_model_wins_and_the_bits_add_up(tmp_path, data_dir):
-    r = subprocess.run([sys.executable, "-m", "training", "lab", "char-vs-word", "--quick", "--out", str(tmp_path),
-                        "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "DATA_DIR": str(data_dir)})
-    assert r.returncode == 0, r.stderr
-    h = json.loads(r.stdout.strip().splitlines()[-1])
-    assert h["lab"] == "char-vs-word" and h["tail_chars"] == 12000
+    h = run_lab("char-vs-word", tmp_path, data_dir=data_dir)
+    assert h["tail_chars"] == 12000
     # the committed char model (~1.5 bits/char on the tail) against a word model trained for 6 s (measured 3.4)
     assert 1.3 < h["char_bpc"] < 1.8
     assert h["word_bpc"] > h["char_bpc"] + 0.5

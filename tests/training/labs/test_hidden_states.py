@@ -1,11 +1,6 @@
 """hidden-states: the hand-stepped traces match the models, the text features, and what the quick run finds."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +9,7 @@ from training.common.files import read_json
 from training.labs.committed import char_states, load_classifier, token_states, trace_lstm
 from training.labs.hidden_states import FEATURES, loo_centroid_accuracy, pca, text_features
 
-from tests.conftest import ROOT
+from tests.conftest import run_lab
 
 
 def test_trace_lstm_gives_what_nn_lstm_gives_and_the_cell_states_behind_it():
@@ -81,12 +76,8 @@ def test_pca_and_leave_one_out_centroids():
 
 @pytest.mark.slow
 def test_quick_run_finds_the_ring_the_topic_clusters_and_a_quote_unit(tmp_path, data_dir):
-    r = subprocess.run([sys.executable, "-m", "training", "lab", "hidden-states", "--quick", "--out", str(tmp_path),
-                        "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "DATA_DIR": str(data_dir)})
-    assert r.returncode == 0, r.stderr
-    h = json.loads(r.stdout.strip().splitlines()[-1])
-    assert h["lab"] == "hidden-states"
+    h = run_lab("hidden-states", tmp_path, data_dir=data_dir)
+
     # sine: the first two PCs hold the state and decode the phase (measured 0.98 of variance, R^2 0.99)
     assert h["sine_pc12_var"] > 0.7 and h["sine_phase_r2"] > 0.8
     # classifier: 50 held-out articles form topic clusters in 2-D (measured silhouette 0.55, centroid 0.90)

@@ -1,14 +1,12 @@
 """The lab command itself: every lab is listed with --help, and a run writes its folder and ends with its headline."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from training.common.files import read_json
 from training.labs import LABS
 
-from tests.conftest import training_cli
+from tests.conftest import run_lab, training_cli
 
 
 def test_every_lab_is_a_sub_command_with_help():
@@ -23,10 +21,8 @@ def test_every_lab_is_a_sub_command_with_help():
 
 
 def test_a_run_writes_config_metrics_and_ends_with_its_headline(tmp_path):
-    r = training_cli("lab", "shapes", "--quick", "--seed", "3", "--out", str(tmp_path), "--no-progress")
-    assert r.returncode == 0, r.stderr
-    headline = json.loads(r.stdout.strip().splitlines()[-1])
-    assert headline["lab"] == "shapes" and headline["seconds"] >= 0
+    headline = run_lab("shapes", tmp_path, "--seed", "3")
+    assert headline["seconds"] >= 0
     folder = tmp_path / "shapes"
     config, metrics = read_json(folder / "config.json"), read_json(folder / "metrics.json")
     assert config["lab"] == "shapes" and config["seed"] == 3 and config["quick"] is True

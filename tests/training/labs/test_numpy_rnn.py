@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ import torch
 from training.labs import numpy_cells as nc
 from training.labs.numpy_checks import TorchCharModel, check_autograd, check_finite_differences, check_tbptt
 
-from tests.conftest import ROOT
+from tests.conftest import run_lab
 
 
 def _ids(n: int = 400, vocab: int = 11, seed: int = 0) -> np.ndarray:
@@ -92,11 +90,8 @@ def test_torch_twin_copies_numpy_weights():
 
 @pytest.mark.slow
 def test_lab_command_quick(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "training", "lab", "numpy-rnn", "--quick", "--out", str(tmp_path),
-                           "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    head = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert head["lab"] == "numpy-rnn"
+    head = run_lab("numpy-rnn", tmp_path)
+
     assert head["max_rel_error"] <= 1e-6
     assert max(head["finite_differences_rel_error"], head["autograd_rel_error"],
                head["tbptt_rel_error"]) == head["max_rel_error"]

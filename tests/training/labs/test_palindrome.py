@@ -1,10 +1,6 @@
 """palindrome: balanced data with near-misses, equal parameter budgets, and accuracy that falls with length."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -12,7 +8,7 @@ from training.common.files import read_json
 from training.labs import seqtasks as st
 from training.labs.palindrome import DIGITS, digit_batch
 
-from tests.conftest import ROOT
+from tests.conftest import run_lab
 
 
 @pytest.mark.parametrize("length", [4, 7, 12])
@@ -46,11 +42,8 @@ def test_uni_and_bidirectional_models_get_the_same_parameter_budget(cell):
 
 @pytest.mark.slow
 def test_quick_run_learns_length_4_and_neither_model_learns_length_16(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "training", "lab", "palindrome", "--quick", "--out", str(tmp_path),
-                        "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    h = json.loads(r.stdout.strip().splitlines()[-1])
-    assert h["lab"] == "palindrome" and h["cell"] == "lstm"
+    h = run_lab("palindrome", tmp_path)
+    assert h["cell"] == "lstm"
     assert abs(h["params_uni"] - h["params_bi"]) / h["params_bi"] < 0.03
     for k in ("uni", "bid"):
         assert h[f"{k}_acc_T4"] >= 0.9, h                                  # measured 0.978, 0.99

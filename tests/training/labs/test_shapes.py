@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from training.labs.shapes import CHECKS, B, H, I, T, make
 
-from tests.conftest import ROOT
+from tests.conftest import run_lab
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
@@ -99,11 +97,8 @@ def test_check_list_covers_each_cell():
 
 @pytest.mark.slow
 def test_lab_command_quick(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "training", "lab", "shapes", "--quick", "--out", str(tmp_path),
-                           "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    head = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert head["lab"] == "shapes" and head["checks"] == head["passed"] == len(CHECKS) and head["failed"] == []
+    head = run_lab("shapes", tmp_path)
+    assert head["checks"] == head["passed"] == len(CHECKS) and head["failed"] == []
     metrics = json.loads((tmp_path / "shapes" / "metrics.json").read_text())
     row = next(r for r in metrics["shape_table"] if r["cell"] == "lstm" and r["batch_first"]
                and r["num_layers"] == 2 and r["bidirectional"])

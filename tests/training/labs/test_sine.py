@@ -1,10 +1,7 @@
 """sine: the series, the forecaster interface the hidden-states lab relies on, and what the forecasts score."""
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +11,7 @@ from training.common.files import read_json
 from training.labs.common import LabContext
 from training.labs.sine import closed_loop, fit_forecaster, sine_series
 
-from tests.conftest import ROOT
+from tests.conftest import run_lab
 
 
 def test_sine_series_is_a_seeded_noisy_sine():
@@ -44,11 +41,8 @@ def test_fit_forecaster_returns_a_model_with_the_shared_interface_and_beats_pers
 
 @pytest.mark.slow
 def test_quick_run_forecasts_below_the_noise_and_the_closed_loop_stays_bounded(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "training", "lab", "sine", "--quick", "--out", str(tmp_path),
-                        "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    h = json.loads(r.stdout.strip().splitlines()[-1])
-    assert h["lab"] == "sine"
+    h = run_lab("sine", tmp_path)
+
     for cell in ("rnn", "lstm"):
         assert h[f"{cell}_one_step_mse"] < h["persistence_one_step_mse"] / 2      # measured ~0.002 vs 0.019
         assert h[f"{cell}_closed_loop_mse_h10"] < 0.05                           # 'predict 0' scores 0.5
