@@ -102,6 +102,12 @@ class TextClassifier(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids (B, T) int64 right-padded with 0, lengths (B,) int64 >= 1 -> logits (B, C)."""
+        c = self.config
+        x = self.token_states(ids, lengths)  # (B, T, H * dirs)
+        return self.head(self.dropout(pool(x, lengths, c.poolings, c.hidden_size, c.bidirectional)))
+
+    def token_states(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The top layer's output at every token, (B, T, H * dirs), zero beyond each length (what is pooled)."""
         mask = torch.arange(ids.size(1), device=ids.device).unsqueeze(0) < lengths.unsqueeze(1)
         mask = mask.unsqueeze(2).to(torch.float32)  # (B, T, 1)
         x = self.embed(ids)  # (B, T, E)
@@ -114,8 +120,7 @@ class TextClassifier(nn.Module):
                 back = self.bwd[i](reverse_within(x, lengths))[0]  # starts at each true end
                 out = torch.cat([out, reverse_within(back, lengths) * mask], dim=2)  # (B, T, 2H)
             x = out
-        c = self.config
-        return self.head(self.dropout(pool(x, lengths, c.poolings, c.hidden_size, c.bidirectional)))
+        return x
 
 
 def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

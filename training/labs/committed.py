@@ -4,7 +4,8 @@ The exported folder is the only thing that crosses from training (checkpoints in
 each model is rebuilt from its manifest's ``config`` and its weights are read from the TorchScript file's
 ``state_dict()``: the traced module holds the training model's parameters under the same names (the
 generator's under a ``model.`` prefix, from the step/prefill wrapper). The manifest is verified first.
-``token_states`` and ``char_states`` give their hidden states at every step (nn.LSTM returns only some).
+``char_states`` gives the character model's h and c at every step (nn.LSTM returns only the top layer's h);
+the classifier's per-token states are ``TextClassifier.token_states``.
 """
 from __future__ import annotations
 
@@ -51,21 +52,6 @@ def load_char_model(models: str | Path = EXPORTED):
 
 
 # ---------------------------------------------------------------- hidden states
-def token_states(model, ids, lengths):
-    """The BiLSTM's outputs per token, (B, T, 2H), zero beyond each length: TextClassifier.forward without
-    the pooling and head (eval mode: dropouts are the identity)."""
-    import torch
-
-    from training.classifier.model import reverse_within
-
-    mask = (torch.arange(ids.size(1), device=ids.device)[None] < lengths[:, None]).unsqueeze(2).float()
-    x = model.embedding(ids)  # (B, T, E)
-    for fwd, bwd in zip(model.fwd, model.bwd):
-        back = bwd(reverse_within(x, lengths))[0]  # starts at each article's true end
-        x = torch.cat([fwd(x)[0] * mask, reverse_within(back, lengths) * mask], dim=2)  # (B, T, 2H)
-    return x
-
-
 def trace_lstm(rnn, x):
     """Step a stacked nn.LSTM by hand: x (B, T, E) -> h, c of every layer and step, each (L, B, T, H).
     nn.LSTM returns only the top layer's h per step; the cell states need the recurrence itself."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from training.labs.committed import char_states, load_char_model, load_classifier, token_states
+from training.labs.committed import char_states, load_char_model, load_classifier
 
 FEATURES = ("inside_quotes", "chars_since_newline", "next_is_newline", "word_boundary")
 STREAMS, WARM = 16, 200  # char trace: parallel pieces; leading states of each piece left out (no context yet)
@@ -106,7 +106,7 @@ def classifier_part(args, ctx) -> dict:
     with torch.no_grad():
         for i in ctx.bar(range(0, len(seqs), 32), desc="classifier"):
             ids, lengths = (t.to(ctx.device) for t in collate(seqs[i:i + 32]))
-            out = token_states(model, ids, lengths)  # (B, T, 2H)
+            out = model.token_states(ids, lengths)  # (B, T, 2H)
             feats = pool(out, lengths, c.poolings, c.hidden_size, c.bidirectional)  # (B, 2H * poolings)
             logits.append(model.head(feats).cpu())
             worst = max(worst, float((logits[-1] - model(ids, lengths).cpu()).abs().max()))  # same model?

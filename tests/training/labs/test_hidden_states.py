@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from training.common.files import read_json
-from training.labs.committed import char_states, load_classifier, token_states, trace_lstm
+from training.labs.committed import char_states, load_classifier, trace_lstm
 from training.labs.hidden_states import FEATURES, loo_centroid_accuracy, pca, text_features
 
 from tests.conftest import run_lab
@@ -47,7 +47,7 @@ def test_token_states_pooled_through_the_head_are_the_committed_classifiers_logi
     c = model.config
     ids, lengths = collate([[5, 9, 30, 2, 7, 100, 44], [12, 3], [8, 8, 8, 600]])
     with torch.no_grad():
-        out = token_states(model, ids, lengths)
+        out = model.token_states(ids, lengths)
         logits = model.head(pool(out, lengths, c.poolings, c.hidden_size, c.bidirectional))
         torch.testing.assert_close(logits, model(ids, lengths), atol=1e-5, rtol=0)
     assert out.shape == (3, 7, 2 * c.hidden_size) and float(out[1, 2:].abs().max()) == 0.0  # padding stays zero
