@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.generator.train import TrainConfig, lr_at
+
 PATTERN = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*|\d+|\s+|.", re.DOTALL)
 UNK, UNK_ID = "<unk>", 0
 LN2 = math.log(2)
@@ -141,7 +143,7 @@ def token_bits(model: WordLM, ids: np.ndarray, first: int, device="cpu", chunk: 
 def train(model: WordLM, ids: np.ndarray, *, minutes: float, batch: int = 32, bptt: int = 64, lr: float = 3e-3,
           warmup: int = 50, on_eval=None, evals: int = 8, bar=None) -> dict:
     """Truncated BPTT over ``batch`` contiguous streams until the time budget ends; the learning rate warms
-    up linearly, then follows a cosine on wall-clock progress. ``on_eval()`` (outside the clock) ``evals`` times."""
+    up linearly, then follows a cosine on wall-clock progress (``training.generator.train.lr_at``). ``on_eval()`` (outside the clock) ``evals`` times."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
     rest = [p for p in model.parameters() if all(p is not q for q in decay)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
@@ -149,6 +151,7 @@ def train(model: WordLM, ids: np.ndarray, *, minutes: float, batch: int = 32, bp
     dev = next(model.parameters()).device
     n = len(ids) // batch
     data = torch.from_numpy(ids[: n * batch].reshape(batch, n)).to(dev)  # (B, N): row b = b-th slice of the text
+    schedule = TrainConfig(lr=lr, warmup_steps=warmup, min_lr_frac=0.05)   # the generator's warm-up + cosine
     budget, elapsed, step, epoch = minutes * 60, 0.0, 0, 0
     history, losses, next_eval = [], [], 1
     state = None
@@ -159,9 +162,8 @@ def train(model: WordLM, ids: np.ndarray, *, minutes: float, batch: int = 32, bp
         t0 = time.perf_counter()
         model.train()
         progress = elapsed / budget
-        g_lr = lr * min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
         for g in opt.param_groups:
-            g["lr"] = g_lr
+            g["lr"] = lr_at(schedule, step, progress)
         x, y = data[:, i:i + bptt], data[:, i + 1:i + 1 + bptt]
         state = None if state is None else tuple(s.detach() for s in state)  # gradients stop at the chunk edge
         logits, state = model(x, state)
