@@ -29,8 +29,8 @@
   };
 
   // ---- helpers --------------------------------------------------------------------------------------------
-  function headers() {
-    const h = { "Content-Type": "application/json" };
+  function headers(json = true) {
+    const h = json ? { "Content-Type": "application/json" } : {};
     if (state.key) h.Authorization = "Bearer " + state.key;
     return h;
   }
@@ -283,7 +283,7 @@
 
   async function loadInfo() {
     try {
-      const resp = await fetch("/info", { headers: state.key ? { Authorization: "Bearer " + state.key } : {} });
+      const resp = await fetch("/info", { headers: headers(false) });
       if (!resp.ok) {
         const message = await serviceError(resp);
         $("models").replaceChildren(el("p", { className: "meta", textContent: "Not loaded: " + message }));

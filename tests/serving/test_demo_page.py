@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.soak import gauge
+
 from serving_helpers import Server, client, generated_text, server, sse_events  # noqa: F401 (fixtures)
 from tests.conftest import ROOT
 
@@ -89,8 +91,7 @@ def watched(browser, server):
 
 
 def active_streams(server) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("rnntext_active_streams"))
+    return gauge(httpx.get(f"{server.url}/metrics", timeout=30).text, "rnntext_active_streams")
 
 
 def wait_streams_zero(server, timeout: float = 10.0) -> float:
@@ -190,7 +191,7 @@ def test_continue_gives_exactly_the_greedy_continuation(watched, client):
     page.wait_for_function(FINISHED + " && document.querySelector('#generate-meta').textContent.includes('done')")
     assert output(page) == expected
     page.get_by_test_id("generate-continue").click()     # and again: the session moved on
-    page.wait_for_function(f"document.querySelector('[data-testid=generate-output]').textContent.length === 900")
+    page.wait_for_function("document.querySelector('[data-testid=generate-output]').textContent.length === 900")
     assert output(page)[:600] == expected
     watched.check()
 
