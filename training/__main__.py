@@ -18,8 +18,10 @@ from training.common.cli import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train-classifier": ("training.classifier.cli", "train the BiLSTM topic classifier on the BBC corpus"),
     "search-classifier": ("training.classifier.search", "Optuna search over classifier hyperparameters"),
+    "cv-classifier": ("training.classifier.cv", "k-fold cross-validation of classifier candidates against the SVM"),
     "export-classifier": ("training.classifier.export", "export a classifier checkpoint to TorchScript + ONNX"),
     "evaluate-classifier": ("training.classifier.evaluate", "score the exported ONNX classifier on a corpus"),
+    "analyze-classifier": ("training.classifier.analyze", "error analysis, calibration and robustness of the exported classifier"),
     "predict-classifier": ("training.classifier.predict", "classify a text with the exported model"),
     "train-generator": ("training.generator.cli", "train the character-level LSTM generator"),
     "search-generator": ("training.generator.search", "Optuna search over generator hyperparameters"),

@@ -58,9 +58,9 @@ def interleaved(fns: dict, rounds: int, warmup: int = 3) -> dict[str, float]:
 def eager_classifier(manifest: dict, ts_module):
     """training.classifier.model.TextClassifier (the model that was exported) in eager mode, as a plain PyTorch web
     server would run it, with the TorchScript module's weights."""
-    from training.classifier.model import ClassifierConfig, TextClassifier
+    from training.classifier.model import from_manifest
 
-    model = TextClassifier(ClassifierConfig.from_dict(manifest["config"]))
+    model = from_manifest(manifest)
     model.load_state_dict(ts_module.state_dict())
     return model.eval()
 

@@ -100,3 +100,28 @@ def test_lsa_embeddings_put_co_occurring_words_together():
     unit = w / np.linalg.norm(w, axis=1, keepdims=True).clip(1e-8)
     sim = lambda a, b: float(unit[vocab.stoi[a]] @ unit[vocab.stoi[b]])  # noqa: E731
     assert sim("goal", "striker") > 0.9 and sim("vote", "minister") > 0.9 and sim("striker", "minister") < 0.5
+
+
+def test_ensemble_outputs_the_log_of_the_mean_probability():
+    from training.classifier.model import Ensemble, from_manifest, reference_forward
+
+    cfg = ClassifierConfig(vocab_size=V, num_classes=C, embed_dim=8, hidden_size=6)
+    torch.manual_seed(0)
+    ens = Ensemble([cfg] * 3).eval()
+    ids, lengths = batch([9, 4, 1, 6])
+    out = ens(ids, lengths)  # (B, C)
+    assert out.shape == (4, C)
+    mean = torch.stack([torch.softmax(m(ids, lengths), -1) for m in ens.members]).mean(0)
+    assert (torch.softmax(out, -1) - mean).abs().max().item() < 1e-6
+    assert (torch.exp(out).sum(-1) - 1).abs().max().item() < 1e-5  # T = 1: already log-probabilities
+    assert (reference_forward(ens, ids, lengths) - out).abs().max().item() < 1e-5
+    ens.temperature.fill_(2.0)
+    assert (ens(ids, lengths) - out / 2).abs().max().item() < 1e-6
+    assert len({m.embedding.weight.sum().item() for m in ens.members}) == 3  # members are distinct
+    manifest = {"config": dataclasses.asdict(cfg), "ensemble": {"members": 3, "temperature": 0.5}}
+    rebuilt = from_manifest(manifest)
+    assert isinstance(rebuilt, Ensemble) and len(rebuilt.members) == 3 and rebuilt.temperature.item() == 0.5
+    assert sorted(rebuilt.state_dict()) == sorted(ens.state_dict())
+    assert isinstance(from_manifest({"config": dataclasses.asdict(cfg)}), TextClassifier)
+    with pytest.raises(ValueError, match="sharing vocab_size"):
+        Ensemble([cfg, dataclasses.replace(cfg, vocab_size=V + 1)])

@@ -70,6 +70,39 @@ def test_export_evaluate_predict_on_the_smoke_model(smoke_run, bbc_dir, tmp_path
 
 
 @pytest.mark.slow
+def test_export_an_ensemble_of_two_seeds(smoke_run, bbc_dir, tmp_path):
+    runs = tmp_path / "runs"
+    assert main(["train-classifier", "--data-dir", str(bbc_dir), "--out", str(runs), *SMOKE, "--seed", "1"]) == 0
+    (seed1,) = runs.iterdir()
+    assert main(["export-classifier", str(smoke_run), str(seed1), "--temperature", "fit", "--out", str(tmp_path),
+                 "--data-dir", str(bbc_dir)]) == 0
+    m = read_json(tmp_path / "classifier" / "manifest.json")
+    ens = m["ensemble"]
+    assert ens["members"] == 2 and ens["seeds"] == [0, 1] and 0.05 < ens["temperature"] < 20
+    assert ens["member_test_accuracy"] == [read_json(r / "metrics.json")["test"]["accuracy"] for r in (smoke_run, seed1)]
+    assert max(m["parity"]["max_abs_diff"].values()) < 1e-4
+    assert sorted(m["files"]) == ["model.int8.onnx", "model.onnx", "model.ts"]
+    proc = cli("evaluate-classifier", "--models", str(tmp_path), "--data-dir", str(bbc_dir), "--split", "test")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["accuracy"] == pytest.approx(
+        m["metrics"]["test_accuracy"], abs=1e-9)  # the manifest scores the ensemble, not a member
+
+
+def test_export_errors_for_mismatched_members_and_a_bad_temperature(smoke_run, bbc_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(smoke_run, other)
+    import torch
+
+    ckpt = torch.load(other / "model.pt", weights_only=True)
+    ckpt["max_len"] += 1
+    torch.save(ckpt, other / "model.pt")
+    assert_one_line_error(cli("export-classifier", str(smoke_run), str(other), "--out", str(tmp_path)),
+                          "max_len differs", "ensemble members must share it")
+    assert_one_line_error(cli("export-classifier", str(smoke_run), "--temperature", "hot", "--out", str(tmp_path)),
+                          "--temperature must be a number > 0 or 'fit'")
+
+
+@pytest.mark.slow
 def test_resume_a_finished_run_keeps_its_history(smoke_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
@@ -116,8 +149,8 @@ def test_error_tampered_model_file(exported, tmp_path):
 
 
 def test_every_classifier_command_has_help():
-    for cmd in ("train-classifier", "search-classifier", "export-classifier", "evaluate-classifier",
-                "predict-classifier"):
+    for cmd in ("train-classifier", "search-classifier", "cv-classifier", "export-classifier", "evaluate-classifier",
+                "analyze-classifier", "predict-classifier"):
         proc = cli(cmd, "--help")
         assert proc.returncode == 0 and "usage:" in proc.stdout, cmd
 

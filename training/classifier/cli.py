@@ -33,7 +33,8 @@ FIELD_HELP = {"cell": "rnn | gru | lstm", "pooling": "'+'-joined subset of last,
               "embed_dropout": "share of embedding channels dropped in training",
               "dropout": "dropout between stacked layers and before the output layer",
               "clip": "max gradient norm", "patience": "early stopping: epochs without val-loss improvement",
-              "lr_patience": "ReduceLROnPlateau (factor 0.5) patience in epochs"}
+              "lr_patience": "ReduceLROnPlateau (factor 0.5) patience in epochs",
+              "bf16": "bfloat16 autocast for the training steps (fast on CPUs with AVX512-BF16)"}
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

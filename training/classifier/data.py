@@ -170,3 +170,37 @@ def split_grouped(labels: list[int], groups: list[int], fractions=(0.8, 0.1, 0.1
                 want[name] -= len(m)
             out[name].extend(m)
     return {k: sorted(v) for k, v in out.items()}
+
+
+def kfold_grouped(labels: list[int], groups: list[int], k: int = 5, seed: int = 0) -> list[int]:
+    """Fold id (0..k-1) per article: stratified by label, every duplicate group inside one fold.
+
+    Per label (of a group's first member), groups are shuffled, then placed largest first, each into the
+    fold that holds the fewest articles of that label so far (ties: fewest articles overall), so class
+    counts per fold differ by at most the size of one group.
+    """
+    if k < 2:
+        raise UserError(f"cross-validation needs at least 2 folds, got {k}")
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    by_label: dict[int, list[list[int]]] = {}
+    for g in sorted(members):
+        by_label.setdefault(labels[members[g][0]], []).append(members[g])
+    if min(sum(len(m) for m in gs) for gs in by_label.values()) < k:
+        raise UserError(f"a class has fewer than {k} articles: cannot make {k} stratified folds")
+    rng = random.Random(seed)
+    fold = [0] * len(labels)
+    total = [0] * k
+    for label in sorted(by_label):
+        label_groups = by_label[label]
+        rng.shuffle(label_groups)
+        label_groups.sort(key=len, reverse=True)  # stable: equal sizes keep the shuffled order
+        count = [0] * k
+        for m in label_groups:
+            f = min(range(k), key=lambda j: (count[j], total[j]))
+            count[f] += len(m)
+            total[f] += len(m)
+            for i in m:
+                fold[i] = f
+    return fold

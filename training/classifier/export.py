@@ -23,7 +23,7 @@ import torch
 from runtime.manifest import write_manifest
 from runtime.providers import make_session
 from training.classifier import data as bbc
-from training.classifier.model import ClassifierConfig, TextClassifier, packed_forward
+from training.classifier.model import ClassifierConfig, Ensemble, TextClassifier, reference_forward
 from training.classifier.tokenizer import Vocab
 from training.classifier.train import collate
 from training.common.cli import UserError, data_path
@@ -37,7 +37,11 @@ BATCH_SIZES = (1, 3, 8, 16)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", help="a train-classifier run folder (holds model.pt, split.json, metrics.json)")
+    parser.add_argument("run_dir", nargs="+",
+                        help="a train-classifier run folder (holds model.pt, split.json, metrics.json); several runs on "
+                             "the same split and vocabulary (e.g. --seed 0, 1, 2) export their ensemble as one graph")
+    parser.add_argument("--temperature", default="1",
+                        help="divide the output logits by T: a number, or 'fit' (T minimising the validation NLL)")
     parser.add_argument("--out", default="exported_models", help="exported models root; writes <out>/classifier")
     parser.add_argument("--data-dir", help="corpus for the parity check (default: the run's, or $DATA_DIR/bbc)")
     parser.add_argument("--csv", help="read the parity corpus from a CSV instead")
@@ -81,7 +85,7 @@ def export(model: TextClassifier, folder: Path, opset: int) -> None:
                                     "logits": {0: "batch"}})
 
 
-def check_parity(model: TextClassifier, folder: Path, batches) -> dict:
+def check_parity(model: TextClassifier | Ensemble, folder: Path, batches) -> dict:
     ts = torch.jit.load(str(folder / "model.ts"))
     sess = make_session(folder / "model.onnx", provider="cpu")
     worst = {"onnx": 0.0, "torchscript": 0.0, "packed_reference": 0.0}
@@ -93,30 +97,86 @@ def check_parity(model: TextClassifier, folder: Path, batches) -> dict:
             onnx = sess.run(["logits"], {"ids": ids.numpy(), "lengths": lengths.numpy()})[0]
             diff = {"onnx": float(np.abs(onnx - ref).max()),
                     "torchscript": float(np.abs(ts(ids, lengths).numpy() - ref).max()),
-                    "packed_reference": float(np.abs(packed_forward(model, ids, lengths).numpy() - ref).max())}
+                    "packed_reference": float(np.abs(reference_forward(model, ids, lengths).numpy() - ref).max())}
             cases.append({"batch": len(seqs), "min_len": int(lengths.min()), "max_len": int(lengths.max()), **diff})
             worst = {k: max(worst[k], diff[k]) for k in worst}
     return {"max_abs_diff": worst, "cases": cases}
 
 
+def load_runs(run_dirs: list[str]) -> list[tuple[TextClassifier, dict, dict, dict]]:
+    """(model, checkpoint, split, metrics) per run; several runs must share split, vocabulary and config."""
+    runs = []
+    for r in map(Path, run_dirs):
+        model, ckpt = load_checkpoint(r)
+        for name in ("split.json", "metrics.json"):
+            if not (r / name).is_file():
+                raise UserError(f"{r}: no {name} (pass a train-classifier run folder)")
+        runs.append((model, ckpt, read_json(r / "split.json"), read_json(r / "metrics.json")))
+    first = runs[0]
+    for r, (_, ckpt, split, _) in zip(run_dirs[1:], runs[1:]):
+        for what, a, b in (("vocabulary", ckpt["vocab"], first[1]["vocab"]), ("max_len", ckpt["max_len"], first[1]["max_len"]),
+                           ("config", ckpt["config"], first[1]["config"]), ("split", split["test"], first[2]["test"])):
+            if a != b:
+                raise UserError(f"{r}: its {what} differs from {run_dirs[0]}'s; ensemble members must share it")
+    return runs
+
+
+def ensemble_of(runs, temperature: float = 1.0) -> Ensemble:
+    ens = Ensemble([m.config for m, *_ in runs], temperature)
+    for member, (model, *_) in zip(ens.members, runs):
+        member.load_state_dict(model.state_dict())
+    return ens.eval()
+
+
+def score_model(model, texts: list[str], labels: list[int], vocab: Vocab, max_len: int) -> tuple[np.ndarray, dict]:
+    """-> logits (N, C), classification metrics of the PyTorch model (for an ensemble's manifest entry)."""
+    from training.classifier.report import classification_metrics
+    from training.classifier.train import Encoded, predict
+
+    logits = predict(model, Encoded([vocab.encode(t, max_len) for t in texts], labels)).numpy()
+    return logits, classification_metrics(labels, logits.argmax(1), list(bbc.LABELS))
+
+
 def main(args) -> int:
+    from training.classifier.calibration import fit_temperature
+
     torch.set_num_threads(args.threads)
-    run = Path(args.run_dir)
-    model, ckpt = load_checkpoint(run)
-    for name in ("split.json", "metrics.json"):
-        if not (run / name).is_file():
-            raise UserError(f"{run}: no {name} (pass a train-classifier run folder)")
-    split, metrics = read_json(run / "split.json"), read_json(run / "metrics.json")
+    if args.temperature != "fit":
+        try:
+            if not float(args.temperature) > 0:
+                raise ValueError
+        except ValueError:
+            raise UserError(f"--temperature must be a number > 0 or 'fit', got {args.temperature!r}") from None
+    runs = load_runs(args.run_dir)
+    model, ckpt, split, metrics = runs[0]
     data_cfg = ckpt["run_config"]["data"]
     csv_path = args.csv or (None if args.data_dir else data_cfg.get("csv"))
     articles = bbc.read_corpus(None if csv_path else data_path(args.data_dir or data_cfg.get("data_dir"), "bbc"),
                                csv_path)
     by_id = {a.id: a for a in articles}
-    missing = [i for i in split["test"] if i not in by_id]
+    missing = [i for i in split["test"] + split.get("val", []) if i not in by_id]
     if missing:
-        raise UserError(f"corpus lacks {len(missing)} test article(s) of the run, e.g. {missing[0]}")
+        raise UserError(f"corpus lacks {len(missing)} test/val article(s) of the run, e.g. {missing[0]}")
     vocab, max_len = Vocab(ckpt["vocab"]), ckpt["max_len"]
     batches = parity_batches([by_id[i].text for i in split["test"]], vocab, max_len)
+    t, v = metrics["test"], metrics["val"]["accuracy"]
+    ensemble = None
+    if len(runs) > 1 or args.temperature != "1":
+        model = ensemble_of(runs)
+        val = [by_id[i] for i in split["val"]]
+        val_logits, val_m = score_model(model, [a.text for a in val], [a.label for a in val], vocab, max_len)
+        temp = fit_temperature(val_logits, np.array([a.label for a in val])) if args.temperature == "fit" \
+            else float(args.temperature)
+        model.temperature.fill_(temp)
+        test = [by_id[i] for i in split["test"]]
+        _, t = score_model(model, [a.text for a in test], [a.label for a in test], vocab, max_len)
+        v = val_m["accuracy"]
+        ensemble = {"members": len(runs), "temperature": temp, "runs": [Path(r).name for r in args.run_dir],
+                    "seeds": [c["run_config"]["train"]["seed"] for _, c, _, _ in runs],
+                    "member_test_accuracy": [m["test"]["accuracy"] for *_, m in runs],
+                    "train_seconds": [m.get("train_seconds") for *_, m in runs]}
+        log.info("ensemble of %d: test accuracy %.4f (members %s), T = %.3f", len(runs), t["accuracy"],
+                 ensemble["member_test_accuracy"], temp)
 
     out = Path(args.out) / "classifier"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,13 +190,15 @@ def main(args) -> int:
         if not worst <= args.tolerance:
             raise UserError(f"parity check failed: max abs logit difference {worst:.3g} > {args.tolerance:g} "
                             f"({parity['max_abs_diff']}); nothing exported")
-        t, b = metrics["test"], metrics["baseline_tfidf_svm"]
+        b = metrics["baseline_tfidf_svm"]
         write_manifest(tmp, {
             "kind": "classifier", "labels": ckpt["labels"], "vocab": ckpt["vocab"], "tokenizer": ckpt["tokenizer"],
             "max_len": max_len, "config": ckpt["config"],
             "metrics": {"test_accuracy": t["accuracy"], "test_macro_f1": t["macro_f1"], "test_n": t["n"],
-                        "val_accuracy": metrics["val"]["accuracy"], "baseline_tfidf_svm_accuracy": b["accuracy"],
-                        "baseline_tfidf_svm_macro_f1": b["macro_f1"], "train_seconds": metrics.get("train_seconds")},
+                        "val_accuracy": v, "baseline_tfidf_svm_accuracy": b["accuracy"],
+                        "baseline_tfidf_svm_macro_f1": b["macro_f1"],
+                        "train_seconds": sum(m.get("train_seconds") or 0 for *_, m in runs)},
+            **({"ensemble": ensemble} if ensemble else {}),
             "corpus_fingerprint": split["corpus_fingerprint"], "versions": library_versions(), "parity": parity,
             "split": {"test": split["test"], "duplicates": split.get("duplicates")},
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -14,6 +14,7 @@ sequences do not export to ONNX. ``packed_forward`` runs the same weights throug
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -152,3 +153,41 @@ def packed_forward(model: TextClassifier, ids: torch.Tensor, lengths: torch.Tens
     out, _ = stacked_rnn(model)(packed)
     out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.size(1))  # (B, T, H*dirs)
     return model.head(pool(out, lengths, c.poolings, c.hidden_size, c.bidirectional))
+
+
+class Ensemble(nn.Module):
+    """K classifiers over one vocabulary, as one graph: logits (B, C) = log(mean_k softmax(z_k)) / T.
+
+    softmax of the output is the members' averaged probability (temperature-scaled when T != 1), so serving
+    and the runtime, which apply softmax to ``logits``, need no change.
+    """
+
+    def __init__(self, configs: list[ClassifierConfig], temperature: float = 1.0):
+        super().__init__()
+        if not configs or len({(c.vocab_size, c.num_classes) for c in configs}) != 1:
+            raise ValueError("an ensemble needs >= 1 members sharing vocab_size and num_classes")
+        self.members = nn.ModuleList(TextClassifier(c) for c in configs)
+        self.config = configs[0]
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        logp = torch.stack([torch.log_softmax(m(ids, lengths), dim=-1) for m in self.members])  # (K, B, C)
+        return (torch.logsumexp(logp, dim=0) - math.log(len(self.members))) / self.temperature
+
+
+def from_manifest(manifest: dict) -> TextClassifier | Ensemble:
+    """An untrained module of the exported classifier's shape (load the TorchScript state_dict into it)."""
+    cfg = ClassifierConfig.from_dict(manifest["config"])
+    ens = manifest.get("ensemble")
+    if not ens:
+        return TextClassifier(cfg)
+    return Ensemble([cfg] * ens["members"], ens.get("temperature", 1.0))
+
+
+@torch.no_grad()
+def reference_forward(model: TextClassifier | Ensemble, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``packed_forward`` for a single model or every member of an ensemble, combined as Ensemble.forward."""
+    if isinstance(model, TextClassifier):
+        return packed_forward(model, ids, lengths)
+    logp = torch.stack([torch.log_softmax(packed_forward(m, ids, lengths), dim=-1) for m in model.members])
+    return (torch.logsumexp(logp, dim=0) - math.log(len(model.members))) / model.temperature

@@ -18,7 +18,7 @@ import torch
 
 from training.common.cli import UserError, make_run_dir
 from training.common.devices import pick_device
-from training.common.study import DEFAULT_STORAGE, PruningCallback, create_study, write_study
+from training.common.study import DEFAULT_STORAGE, PruningCallback, create_study, parse_fixed, write_study
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pruner", default="median", help="median | hyperband | none")
     g.add_argument("--trial-epochs", type=int, default=8, help="epochs per trial (the final retrain uses --epochs)")
     g.add_argument("--train-fraction", type=float, default=1.0, help="share of the training split trials train on")
+    g.add_argument("--fix", action="append", metavar="NAME=VALUE",
+                   help="pin a search parameter, e.g. --fix cell=rnn --fix bidirectional=false (repeatable)")
     g.add_argument("--no-retrain", action="store_true", help="only search (extra workers): no final retrain")
     g.add_argument("--out", default="runs", help="folder that receives the search run folder")
 
@@ -119,9 +121,14 @@ def main(args) -> int:
     base = config_from_args(args)
     validate(base)
     prepared = load_split(base["data"])
-    study = create_study(args.study_name, args.storage, "minimize", args.pruner, max_resource=args.trial_epochs)
+    fixed = parse_fixed(args.fix)
+    unknown = sorted(set(fixed) - set(base_params(base)))
+    if unknown:
+        raise UserError(f"--fix: {unknown} not in the search space {sorted(base_params(base))}")
+    study = create_study(args.study_name, args.storage, "minimize", args.pruner, max_resource=args.trial_epochs,
+                         fixed=fixed)
     if not study.trials:  # a new study starts from the command-line config, so TPE has a sound anchor
-        study.enqueue_trial(base_params(base), skip_if_exists=True)
+        study.enqueue_trial({**base_params(base), **fixed}, skip_if_exists=True)
     study.optimize(objective_fn(base, prepared, args, device), n_trials=args.n_trials, timeout=args.timeout,
                    gc_after_trial=True)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

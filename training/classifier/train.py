@@ -35,6 +35,7 @@ class TrainConfig:
     clip: float = 1.0             # max gradient norm
     patience: int = 4             # early stopping: epochs without val-loss improvement
     lr_patience: int = 1          # ReduceLROnPlateau patience
+    bf16: bool = False            # bfloat16 autocast for the training steps on CPU (evaluation stays float32)
     seed: int = 0
 
     @classmethod
@@ -138,7 +139,8 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
         for batch in tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
             ids, lengths = collate([data["train"].ids[i] for i in batch])
             y = torch.tensor([data["train"].labels[i] for i in batch], device=device)
-            logits = model(ids.to(device), lengths.to(device))  # (B, C)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                logits = model(ids.to(device), lengths.to(device)).float()  # (B, C)
             loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()

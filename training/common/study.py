@@ -6,6 +6,7 @@ The training loops know nothing of Optuna: a search passes ``PruningCallback`` a
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from training.common.cli import UserError
@@ -36,19 +37,51 @@ def make_pruner(name: str, max_resource: int = 20):
     raise UserError(f"unknown pruner {name!r} (median | hyperband | none)")
 
 
+def parse_fixed(items: list[str] | None) -> dict:
+    """``["cell=rnn", "bidirectional=false"]`` -> {"cell": "rnn", "bidirectional": False} (JSON values, else text)."""
+    import json
+
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UserError(f"--fix expects NAME=VALUE, got {item!r}")
+        try:
+            out[name] = json.loads(value.lower() if value in ("True", "False") else value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
+def _is_schema_race(exc: Exception) -> bool:
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    return isinstance(exc, (IntegrityError, ProgrammingError)) and "already exists" in str(exc)
+
+
 def create_study(name: str, storage: str = DEFAULT_STORAGE, direction: str = "minimize",
-                 pruner: str = "median", seed: int | None = None, max_resource: int = 20):
-    """Create or load (resume/join) a TPE study. SQLite gets a long lock timeout so workers can share it."""
+                 pruner: str = "median", seed: int | None = None, max_resource: int = 20, fixed: dict | None = None):
+    """Create or load (resume/join) a TPE study. SQLite gets a long lock timeout so workers can share it.
+    ``fixed`` pins some search parameters (PartialFixedSampler): TPE searches the rest."""
     import optuna
 
     url = storage_url(storage)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine)
-    except Exception as exc:  # bad URL, missing driver, unreachable server
-        raise UserError(f"cannot open Optuna storage {storage!r}: {exc}") from None
+    for attempt in range(4):
+        try:
+            rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine)
+            break
+        except Exception as exc:  # bad URL, missing driver, unreachable server, or a schema race
+            # workers started together on an empty database race to create Optuna's tables (PostgreSQL:
+            # "duplicate key ... pg_type"); the loser finds them made on the next try
+            if attempt == 3 or "://" not in storage or not _is_schema_race(exc):
+                raise UserError(f"cannot open Optuna storage {storage!r}: {exc}") from None
+            time.sleep(0.5 * (attempt + 1))
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    if fixed:
+        sampler = optuna.samplers.PartialFixedSampler(fixed, sampler)
     return optuna.create_study(study_name=name, storage=rdb, direction=direction, load_if_exists=True,
-                               sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True),
+                               sampler=sampler,
                                pruner=make_pruner(pruner, max_resource))
 
 

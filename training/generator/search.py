@@ -9,6 +9,8 @@ validation bits per character. No final retrain: the best flags are printed for 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
 from training.common.cli import UserError, data_path, make_run_dir
 from training.common.files import read_text
@@ -83,6 +85,7 @@ def main(args) -> int:
         result = train(CharConfig(vocab_size=len(vocab), **space["model"]), cfg, train_ids, val_ids, vocab,
                        run_dir / f"trial-{trial.number}", on_eval=on_eval, progress=False)
         trial.set_user_attr("steps", result["steps"])
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         return result["best_val_bpc"]
 
     study = create_study(args.study_name, args.storage, "minimize", args.pruner, seed=args.seed)

@@ -27,15 +27,15 @@ def _torchscript_state(path: Path, prefix: str = "") -> dict:
 
 
 def load_classifier(models: str | Path = EXPORTED):
-    """-> (TextClassifier in eval mode, manifest) of exported_models/classifier."""
+    """-> (TextClassifier in eval mode, manifest) of exported_models/classifier; of an ensemble, its first member."""
     from runtime.manifest import load_manifest, model_dir
-    from training.classifier.model import ClassifierConfig, TextClassifier
+    from training.classifier.model import Ensemble, from_manifest
 
     folder = model_dir(models, "classifier")
     man = load_manifest(folder, kind="classifier")
-    model = TextClassifier(ClassifierConfig.from_dict(man["config"]))
+    model = from_manifest(man)
     model.load_state_dict(_torchscript_state(folder / "model.ts"))
-    return model.eval(), man
+    return (model.members[0] if isinstance(model, Ensemble) else model).eval(), man
 
 
 def load_char_model(models: str | Path = EXPORTED):

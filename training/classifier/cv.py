@@ -1,0 +1,290 @@
+"""cv-classifier: stratified k-fold cross-validation of the classifier candidates and the SVM on identical folds.
+
+Folds keep every duplicate group whole (``data.kfold_grouped``). In fold k the other folds are split into
+train and an inner validation set (early stopping, temperature fitting) the same way train-classifier
+splits, and fold k is the test set, so every article is tested exactly once by every model. Each candidate
+is the train-classifier config with overrides (``CANDIDATES`` or ``--candidates FILE.json``); one with
+``"seeds": n`` is trained n times per fold and also scored as the ensemble of its n members (probabilities
+averaged). The TF-IDF + LinearSVC baseline is scored on the same folds.
+
+Each (candidate, fold, seed) result is saved under ``units/`` as it finishes, so ``--run-dir`` resumes an
+interrupted run. Reported: mean ± std over folds of accuracy and macro-F1, expected calibration error before
+and after temperature scaling, paired per-fold differences with a t confidence interval, and the articles
+on which two models disagree. The last line printed is JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from training.classifier import data as bbc
+from training.classifier.calibration import ece, ensemble_logits, fit_temperature, softmax
+from training.common.cli import UserError, data_path, make_run_dir
+from training.common.files import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+# overrides of the train-classifier defaults (the committed BiLSTM); rnn and lstm are the course's baselines
+# at the best settings of their own short searches (docs/classifier.md, "Cross-validation")
+CANDIDATES: dict[str, dict] = {
+    "bilstm": {"seeds": 3},
+    "lstm": {"model": {"bidirectional": False}},
+    "rnn": {"model": {"cell": "rnn", "bidirectional": False}},
+}
+COMPARE_WITH = "svm"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.classifier.cli import add_config_flags, add_run_flags
+
+    add_config_flags(parser)  # the base config every candidate overrides
+    add_run_flags(parser)
+    g = parser.add_argument_group("cross-validation")
+    g.add_argument("--folds", type=int, default=5, help="k of the stratified grouped k-fold")
+    g.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment")
+    g.add_argument("--candidates", help="JSON file {name: {data/model/train overrides, seeds}} instead of the "
+                                        "built-in bilstm, lstm, rnn")
+    g.add_argument("--only", help="comma-separated candidate names to run (svm always runs)")
+    g.add_argument("--jobs", type=int, default=1, help="training processes in parallel (each --threads threads)")
+    g.add_argument("--out", default="runs", help="folder that receives the run folder")
+    g.add_argument("--run-dir", help="use (or resume) this run folder")
+
+
+# ---------------------------------------------------------------- folds and units
+
+def fold_splits(labels: list[int], groups: list[int], k: int, seed: int, val_frac: float) -> list[dict]:
+    """Per fold {"train", "val", "test"} article indices; val is carved out of the other folds, grouped."""
+    fold = bbc.kfold_grouped(labels, groups, k, seed)
+    out = []
+    for f in range(k):
+        rest = [i for i in range(len(labels)) if fold[i] != f]
+        inner = bbc.split_grouped([labels[i] for i in rest], [groups[i] for i in rest], (1 - val_frac, val_frac, 0.0),
+                                  seed + f)
+        out.append({"train": [rest[j] for j in inner["train"]], "val": [rest[j] for j in inner["val"]],
+                    "test": [i for i in range(len(labels)) if fold[i] == f]})
+    return out
+
+
+def resolve(base: dict, spec: dict) -> dict:
+    return {part: {**base[part], **spec.get(part, {})} for part in ("data", "model", "train")}
+
+
+def run_unit(cfg: dict, texts: list[str], labels: list[int], split: dict, threads: int, device: str) -> dict:
+    """Train one candidate member on one fold -> val and test logits (lists), epochs, seconds."""
+    import torch
+
+    from training.classifier.cli import encode_splits, initial_embeddings
+    from training.classifier.model import ClassifierConfig
+    from training.classifier.train import TrainConfig, predict, train
+
+    torch.set_num_threads(threads)
+    articles = [bbc.Article(str(i), t, y) for i, (t, y) in enumerate(zip(texts, labels))]
+    vocab, data = encode_splits(articles, split, cfg["data"])
+    model_cfg = ClassifierConfig(vocab_size=len(vocab), num_classes=len(bbc.LABELS), **cfg["model"])
+    t0 = time.time()
+    init = initial_embeddings(cfg, [texts[i] for i in split["train"]], vocab)
+    model, history = train(model_cfg, TrainConfig.from_dict(cfg["train"]), data, device=device, progress=False,
+                           embeddings=init)
+    return {"val_logits": predict(model, data["val"], device=device).tolist(),
+            "test_logits": predict(model, data["test"], device=device).tolist(),
+            "epochs": len(history), "seconds": time.time() - t0,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def svm_unit(texts: list[str], labels: list[int], split: dict) -> dict:
+    from training.classifier.baseline import tfidf_svm
+
+    t0 = time.time()
+    train = split["train"] + split["val"]  # the SVM has no early stopping: it trains on all but the test fold
+    pred = tfidf_svm([texts[i] for i in train], [labels[i] for i in train], [texts[i] for i in split["test"]])
+    return {"test_pred": pred.tolist(), "seconds": time.time() - t0}
+
+
+# ---------------------------------------------------------------- scoring
+
+def score(y: np.ndarray, pred: np.ndarray) -> dict:
+    from training.classifier.report import classification_metrics
+
+    m = classification_metrics(y, pred, list(bbc.LABELS))
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+
+
+def neural_scores(val_logits: np.ndarray, val_y: np.ndarray, test_logits: np.ndarray, test_y: np.ndarray) -> dict:
+    t = fit_temperature(val_logits, val_y)
+    return {**score(test_y, test_logits.argmax(1)), "ece": ece(softmax(test_logits), test_y),
+            "temperature": t, "ece_scaled": ece(softmax(test_logits / t), test_y)}
+
+
+def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of paired per-fold differences and its two-sided t confidence interval."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=float)
+    mean = float(d.mean())
+    if len(d) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    return mean, mean - half, mean + half
+
+
+def summarize(per_fold: dict[str, list[dict]], correct: dict[str, np.ndarray]) -> dict:
+    """Mean ± std per model, and every model paired against the SVM and against each other on the same folds."""
+    models = {}
+    for name, folds in per_fold.items():
+        row = {"folds": folds}
+        for key in ("accuracy", "macro_f1", "ece", "ece_scaled", "temperature", "seconds_per_member"):
+            vals = [f[key] for f in folds if key in f]
+            if vals:
+                row[key + "_mean"], row[key + "_std"] = float(np.mean(vals)), float(np.std(vals, ddof=1))
+        row["pooled_accuracy"] = float(correct[name].mean())
+        models[name] = row
+    pairs = {}
+    names = list(per_fold)
+    for a in names:
+        for b in names:
+            if a == b or (b != COMPARE_WITH and names.index(b) < names.index(a)) or a == COMPARE_WITH:
+                continue
+            diffs = [fa["accuracy"] - fb["accuracy"] for fa, fb in zip(per_fold[a], per_fold[b])]
+            mean, lo, hi = t_interval(diffs)
+            pairs[f"{a} - {b}"] = {"accuracy_diffs": diffs, "mean": mean, "ci95": [lo, hi],
+                                   "only_a_right": int((correct[a] & ~correct[b]).sum()),
+                                   "only_b_right": int((~correct[a] & correct[b]).sum())}
+    return {"models": models, "paired_accuracy": pairs}
+
+
+def plot_cv(path: Path, summary: dict, k: int) -> None:
+    from training.common.plots import pyplot
+
+    plt = pyplot()
+    models = summary["models"]
+    names = sorted(models, key=lambda n: models[n]["accuracy_mean"])
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+    for x, n in enumerate(names):
+        accs = [f["accuracy"] for f in models[n]["folds"]]
+        ax.scatter([x] * len(accs), accs, s=14, color="0.55", zorder=2)
+        ax.errorbar(x, models[n]["accuracy_mean"], yerr=models[n]["accuracy_std"], fmt="o", color="C0", capsize=5,
+                    zorder=3)
+        ax.annotate(f"{models[n]['accuracy_mean']:.4f}", (x, models[n]["accuracy_mean"]), xytext=(8, -3),
+                    textcoords="offset points", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_ylabel("test-fold accuracy")
+    ax.set_title(f"{k}-fold CV: per fold (grey), mean ± std (blue)")
+    ax.grid(alpha=0.3)
+    pairs = {p: v for p, v in summary["paired_accuracy"].items() if p.endswith(" - " + COMPARE_WITH)}
+    for y, (p, v) in enumerate(pairs.items()):
+        bx.errorbar(100 * v["mean"], y, xerr=[[100 * (v["mean"] - v["ci95"][0])], [100 * (v["ci95"][1] - v["mean"])]],
+                    fmt="o", capsize=5)
+    bx.axvline(0, color="0.3", lw=1)
+    bx.axvline(0.5, color="C3", lw=1, ls="--", label="target +0.5")
+    bx.set_yticks(range(len(pairs)), [p.split(" - ")[0] for p in pairs])
+    bx.set_xlabel(f"accuracy minus {COMPARE_WITH}, points (mean, 95% t-interval over folds)")
+    bx.legend(fontsize=8)
+    bx.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- command
+
+def load_candidates(args) -> dict[str, dict]:
+    specs = json.loads(Path(args.candidates).read_text()) if args.candidates else CANDIDATES
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip() and n.strip() != COMPARE_WITH]
+        missing = [n for n in wanted if n not in specs]
+        if missing:
+            raise UserError(f"--only: unknown candidate(s) {missing}; have {list(specs)}")
+        specs = {n: specs[n] for n in wanted}
+    return specs
+
+
+def main(args) -> int:
+    from tqdm.auto import tqdm
+
+    from training.classifier.cli import config_from_args, validate
+    from training.common.devices import library_versions, pick_device
+
+    specs = load_candidates(args)
+    base = config_from_args(args)
+    cfgs = {name: resolve(base, spec) for name, spec in specs.items()}
+    for cfg in cfgs.values():
+        validate(cfg)
+    d = base["data"]
+    articles = bbc.read_corpus(None if d.get("csv") else data_path(d.get("data_dir"), "bbc"), d.get("csv"))
+    if d.get("limit"):
+        articles = bbc.first_per_class(articles, d["limit"])
+    texts, labels = [a.text for a in articles], [a.label for a in articles]
+    groups = bbc.duplicate_groups(texts, d["dedup_threshold"])
+    splits = fold_splits(labels, groups, args.folds, args.fold_seed, d["val_frac"])
+    run_dir = Path(args.run_dir) if args.run_dir else make_run_dir(args.out, "cv")
+    (run_dir / "units").mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", {"base": base, "candidates": specs, "folds": args.folds,
+                                         "fold_seed": args.fold_seed, "corpus_fingerprint": bbc.fingerprint(articles),
+                                         "test_ids": [[articles[i].id for i in s["test"]] for s in splits]})
+    device = str(pick_device(args.device))
+    todo = [(name, f, s) for name in cfgs for f in range(args.folds) for s in range(specs[name].get("seeds", 1))]
+    todo = [u for u in todo if not (run_dir / "units" / f"{u[0]}-f{u[1]}-s{u[2]}.json").is_file()]
+    log.info("%d articles, %d folds of %s test articles; %d training runs to do", len(texts), args.folds,
+             [len(s["test"]) for s in splits], len(todo))
+
+    def member_cfg(name, seed):
+        cfg = cfgs[name]
+        return {**cfg, "train": {**cfg["train"], "seed": cfg["train"]["seed"] + seed}}
+
+    bar = tqdm(total=len(todo), desc="cv units", disable=args.no_progress)
+    with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+        futures = {pool.submit(run_unit, member_cfg(n, s), texts, labels, splits[f], args.threads, device): (n, f, s)
+                   for n, f, s in todo}
+        from concurrent.futures import as_completed
+
+        for fut in as_completed(futures):
+            n, f, s = futures[fut]
+            write_json(run_dir / "units" / f"{n}-f{f}-s{s}.json", fut.result())
+            bar.update()
+    bar.close()
+
+    y = np.asarray(labels)
+    per_fold: dict[str, list[dict]] = {}
+    correct: dict[str, np.ndarray] = {}
+
+    def record(name, f, row, pred):
+        per_fold.setdefault(name, []).append(row)
+        correct.setdefault(name, np.zeros(len(y), dtype=bool))[splits[f]["test"]] = pred == y[splits[f]["test"]]
+
+    for f, split in enumerate(splits):
+        ty, vy = y[split["test"]], y[split["val"]]
+        svm = svm_unit(texts, labels, split)
+        record(COMPARE_WITH, f, {**score(ty, np.asarray(svm["test_pred"])), "seconds_per_member": svm["seconds"]},
+               np.asarray(svm["test_pred"]))
+        for name, spec in specs.items():
+            units = [read_json(run_dir / "units" / f"{name}-f{f}-s{s}.json") for s in range(spec.get("seeds", 1))]
+            val = [np.asarray(u["val_logits"]) for u in units]
+            test = [np.asarray(u["test_logits"]) for u in units]
+            secs = float(np.mean([u["seconds"] for u in units]))
+            record(name, f, {**neural_scores(val[0], vy, test[0], ty), "seconds_per_member": secs,
+                             "epochs": units[0]["epochs"]}, test[0].argmax(1))
+            if len(units) > 1:
+                ens_val, ens_test = ensemble_logits(val), ensemble_logits(test)
+                record(f"{name}-ens{len(units)}", f, {**neural_scores(ens_val, vy, ens_test, ty),
+                                                      "seconds_per_member": secs}, ens_test.argmax(1))
+    summary = summarize(per_fold, correct)
+    summary.update(folds=args.folds, n=len(y), fold_sizes=[len(s["test"]) for s in splits],
+                   duplicates=bbc.duplicate_stats(groups), versions=library_versions())
+    write_json(run_dir / "cv.json", summary)
+    plot_cv(run_dir / "cv.png", summary, args.folds)
+    for name, m in sorted(summary["models"].items(), key=lambda kv: -kv[1]["accuracy_mean"]):
+        log.info("%-12s accuracy %.4f ± %.4f  macro-F1 %.4f ± %.4f", name, m["accuracy_mean"], m["accuracy_std"],
+                 m["macro_f1_mean"], m["macro_f1_std"])
+    for pair, v in summary["paired_accuracy"].items():
+        log.info("%-22s %+.4f [%+.4f, %+.4f]  discordant %d/%d", pair, v["mean"], *v["ci95"], v["only_a_right"],
+                 v["only_b_right"])
+    print(json.dumps({"run_dir": str(run_dir), "folds": args.folds,
+                      "accuracy": {n: round(m["accuracy_mean"], 4) for n, m in summary["models"].items()}}))
+    return 0
