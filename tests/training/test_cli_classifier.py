@@ -79,7 +79,8 @@ def test_export_an_ensemble_of_two_seeds(smoke_run, bbc_dir, tmp_path):
     m = read_json(tmp_path / "classifier" / "manifest.json")
     ens = m["ensemble"]
     assert ens["members"] == 2 and ens["seeds"] == [0, 1] and 0.05 < ens["temperature"] < 20
-    assert ens["member_test_accuracy"] == [read_json(r / "metrics.json")["test"]["accuracy"] for r in (smoke_run, seed1)]
+    members = [read_json(r / "metrics.json")["test"]["accuracy"] for r in (smoke_run, seed1)]
+    assert ens["member_test_accuracy"] == members
     assert max(m["parity"]["max_abs_diff"].values()) < 1e-4
     assert sorted(m["files"]) == ["model.int8.onnx", "model.onnx", "model.ts"]
     proc = cli("evaluate-classifier", "--models", str(tmp_path), "--data-dir", str(bbc_dir), "--split", "test")

@@ -63,3 +63,76 @@ def test_smoke_training_loss_goes_down_and_resumes(canon_path, tmp_path):
     more = train(model_cfg, cfg2, vocab.encode(train_text), vocab.encode(val_text), vocab, tmp_path,
                  resume=True, progress=False)
     assert more["steps"] > result["steps"] and more["history"][: len(hist)] == hist
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(canon_path, tmp_path):
+    """Killed mid-epoch right after a checkpoint, then resumed: the same steps, losses and final weights as a run
+    that was never stopped (no time budget, so the schedule is step-based and deterministic)."""
+    torch.set_num_threads(1)
+    text = read_text(canon_path)[300_000:330_000]
+    train_text, val_text = split_text(text, 0.1)
+    vocab = CharVocab.build(train_text)
+    model_cfg = CharConfig(vocab_size=len(vocab), embed_dim=8, hidden_size=32, num_layers=2, dropout=0.2)
+    cfg = TrainConfig(batch_size=8, bptt=16, lr=5e-3, warmup_steps=3, eval_every=15, epochs=1.3, sample_every=0,
+                      patience=100)
+    args = (model_cfg, cfg, vocab.encode(train_text), vocab.encode(val_text), vocab)
+    whole = train(*args, tmp_path / "whole", progress=False)
+
+    def stop_at_30(step, metrics):
+        if step == 30:  # last.pt of step 30 is on disk: the process dies here
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(*args, tmp_path / "cut", on_eval=stop_at_30, progress=False)
+    resumed = train(*args, tmp_path / "cut", resume=True, progress=False)
+    assert resumed["steps"] == whole["steps"] and 30 < whole["steps"] < 2 * result_steps_per_epoch(whole)
+    assert [h["val_bpc"] for h in resumed["history"]] == [h["val_bpc"] for h in whole["history"]]
+    assert [h["train_bpc"] for h in resumed["history"]] == [h["train_bpc"] for h in whole["history"]]
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def result_steps_per_epoch(result: dict) -> int:
+    return result["steps_per_epoch"]
+
+
+@pytest.mark.slow
+def test_cli_run_killed_with_sigkill_resumes_from_its_checkpoint(canon_path, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT, training_cli
+
+    small = tmp_path / "small.txt"
+    small.write_text(read_text(canon_path)[400_000:460_000], encoding="utf-8")
+    run = tmp_path / "run"
+    flags = ["train-generator", "--text", str(small), "--hidden-size", "32", "--embed-dim", "8", "--num-layers", "1",
+             "--batch-size", "8", "--bptt", "16", "--eval-every", "20", "--epochs", "1", "--threads", "1",
+             "--no-progress", "--run-dir", str(run)]
+    proc = subprocess.Popen([sys.executable, "-m", "training", *flags], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "last.pt").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    proc.wait(timeout=30)
+    killed_at = torch.load(run / "last.pt", weights_only=True)["loop"]["step"]
+    assert killed_at >= 20
+    # --resume alone: the text and the split come from the run's config.json
+    r = training_cli("train-generator", "--run-dir", str(run), "--resume", "--no-progress")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resumed from {run / 'last.pt'} at step {killed_at}" in r.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == metrics["steps_per_epoch"] and metrics["history"][0]["step"] == 20
+    other = tmp_path / "other.txt"
+    other.write_text(read_text(canon_path)[0:60_000], encoding="utf-8")
+    r = training_cli("train-generator", "--run-dir", str(run), "--resume", "--text", str(other))
+    assert r.returncode == 2 and "is not the text" in r.stderr

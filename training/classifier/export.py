@@ -38,8 +38,8 @@ BATCH_SIZES = (1, 3, 8, 16)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", nargs="+",
-                        help="a train-classifier run folder (holds model.pt, split.json, metrics.json); several runs on "
-                             "the same split and vocabulary (e.g. --seed 0, 1, 2) export their ensemble as one graph")
+                        help="a train-classifier run folder (holds model.pt, split.json, metrics.json); several "
+                             "runs on the same split and vocabulary (e.g. --seed 0, 1, 2) export their ensemble as one graph")
     parser.add_argument("--temperature", default="1",
                         help="divide the output logits by T: a number, or 'fit' (T minimising the validation NLL)")
     parser.add_argument("--out", default="exported_models", help="exported models root; writes <out>/classifier")
@@ -114,7 +114,8 @@ def load_runs(run_dirs: list[str]) -> list[tuple[TextClassifier, dict, dict, dic
         runs.append((model, ckpt, read_json(r / "split.json"), read_json(r / "metrics.json")))
     first = runs[0]
     for r, (_, ckpt, split, _) in zip(run_dirs[1:], runs[1:]):
-        for what, a, b in (("vocabulary", ckpt["vocab"], first[1]["vocab"]), ("max_len", ckpt["max_len"], first[1]["max_len"]),
+        for what, a, b in (("vocabulary", ckpt["vocab"], first[1]["vocab"]),
+                           ("max_len", ckpt["max_len"], first[1]["max_len"]),
                            ("config", ckpt["config"], first[1]["config"]), ("split", split["test"], first[2]["test"])):
             if a != b:
                 raise UserError(f"{r}: its {what} differs from {run_dirs[0]}'s; ensemble members must share it")

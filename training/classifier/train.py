@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from training.classifier.model import ClassifierConfig, TextClassifier
 from training.common.devices import seed_everything
+from training.common.files import save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
                            val_acc=f"{val['acc']:.3f}")
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
         if ckpt:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "state": state, "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)  # may raise (e.g. a pruned Optuna trial)

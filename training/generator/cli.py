@@ -55,22 +55,25 @@ def main(args) -> int:
     from training.generator.model import CharConfig, load_checkpoint
     from training.generator.train import TrainConfig, sample, train
 
-    path = data_path(args.text, CANON)
+    run = Path(args.run_dir) if args.run_dir else make_run_dir(args.out, "generator")
+    if args.resume and not (run / "last.pt").is_file():
+        raise UserError(f"--resume: no last.pt in {run}")
+    doc = read_json(run / "config.json") if args.resume else None
+    # a resumed run reads the text and split it was started with, unless --text names the file's new place
+    path = data_path(args.text, CANON) if args.text or not doc else Path(doc["text"])
     if not path.is_file():
         raise UserError(f"text file not found: {path}")
     text = read_text(path)
     if len(text) < 1000:
         raise UserError(f"{path}: {len(text)} characters is too little text to train on")
+    if doc and fingerprint(text) != doc["corpus_fingerprint"]:
+        raise UserError(f"--resume: {path} is not the text {run} was trained on (fingerprint differs)")
     torch.set_num_threads(args.threads)
-
-    run = Path(args.run_dir) if args.run_dir else make_run_dir(args.out, "generator")
     run.mkdir(parents=True, exist_ok=True)
-    if args.resume and not (run / "last.pt").is_file():
-        raise UserError(f"--resume: no last.pt in {run}")
-    train_text, val_text = split_text(text, args.val_frac)
+    val_frac = doc["val_frac"] if doc else args.val_frac
+    train_text, val_text = split_text(text, val_frac)
     if args.resume:
         vocab = CharVocab.from_json(read_json(run / "vocab.json"))
-        doc = read_json(run / "config.json")
         model_cfg, cfg = CharConfig(**doc["model"]), TrainConfig(**doc["train"])
     else:
         vocab = CharVocab.build(train_text, args.min_count)
@@ -82,11 +85,11 @@ def main(args) -> int:
                           patience=args.patience, bf16=args.bf16, seed=args.seed)
         write_json(run / "vocab.json", vocab.to_json())
     fp = fingerprint(text)
-    write_json(run / "config.json", {"model": model_cfg.to_dict(), "train": asdict(cfg), "text": str(path),
-                                     "val_frac": args.val_frac, "corpus_fingerprint": fp, "threads": args.threads})
+    write_json(run / "config.json", {"model": model_cfg.to_dict(), "train": asdict(cfg), "text": str(path.resolve()),
+                                     "val_frac": val_frac, "corpus_fingerprint": fp, "threads": args.threads})
     print(f"run folder: {run}")
     result = train(model_cfg, cfg, vocab.encode(train_text), vocab.encode(val_text), vocab, run,
-                   resume=args.resume, extra={"corpus_fingerprint": fp, "val_frac": args.val_frac},
+                   resume=args.resume, extra={"corpus_fingerprint": fp, "val_frac": val_frac},
                    progress=not args.no_progress)
 
     hist = result["history"]

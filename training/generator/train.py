@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from runtime.generator import sample_next
+from training.common.files import save_atomic
 from training.generator.data import CharVocab, chunks, streams
 from training.generator.model import CharConfig, CharRNN, num_params
 
@@ -124,12 +125,16 @@ def train(model_cfg: CharConfig, cfg: TrainConfig, train_ids: np.ndarray, val_id
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
     state = {"step": 0, "epoch": 0, "chunk": 0, "elapsed": 0.0, "best_bpc": float("inf"), "best_step": 0,
              "bad_evals": 0, "history": []}
+    carry = None  # (h, c) where an interrupted epoch stopped, so its next chunk starts from the same state
     if resume and (out_dir / "last.pt").is_file():
         last = torch.load(out_dir / "last.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(last["state_dict"])
         opt.load_state_dict(last["optimizer"])
         state = last["loop"]
         rng.bit_generator.state = last["rng"]
+        if "torch_rng" in last:  # dropout masks continue as they would have (older last.pt files lack it)
+            torch.set_rng_state(last["torch_rng"])
+            carry = (last["h"], last["c"])
         log.info("resumed from %s at step %d (%.1f min trained)", out_dir / "last.pt", state["step"],
                  state["elapsed"] / 60)
     log.info("model: %s, %.2fM parameters; %d steps per epoch of %d chars", model_cfg, num_params(model) / 1e6,
@@ -139,8 +144,9 @@ def train(model_cfg: CharConfig, cfg: TrainConfig, train_ids: np.ndarray, val_id
         p = state["step"] / max_steps
         return max(p, state["elapsed"] / budget_s) if budget_s else p
 
-    def do_eval(train_bpc: float) -> bool:
-        """Evaluate, checkpoint, report; return True when training should stop early."""
+    def do_eval(train_bpc: float, h: torch.Tensor, c: torch.Tensor) -> bool:
+        """Evaluate, checkpoint (with the carried state h, c), report; return True when training should stop."""
+        torch_rng = torch.get_rng_state()  # as the training steps left it: sampling below must not shift it
         bpc = evaluate(model, val, bf16=cfg.bf16)
         rec = {"step": state["step"], "epoch": state["step"] / steps_per_epoch, "minutes": state["elapsed"] / 60,
                "train_bpc": train_bpc, "val_bpc": bpc, "lr": opt.param_groups[0]["lr"]}
@@ -148,7 +154,7 @@ def train(model_cfg: CharConfig, cfg: TrainConfig, train_ids: np.ndarray, val_id
         improved = bpc < state["best_bpc"]
         if improved:
             state.update(best_bpc=bpc, best_step=state["step"], bad_evals=0)
-            torch.save(_checkpoint(model, model_cfg, cfg, vocab, state["step"], bpc, extra), out_dir / "best.pt")
+            save_atomic(_checkpoint(model, model_cfg, cfg, vocab, state["step"], bpc, extra), out_dir / "best.pt")
         else:
             state["bad_evals"] += 1
         tqdm.write(f"step {state['step']} epoch {rec['epoch']:.2f} {rec['minutes']:.1f} min: train {train_bpc:.3f} "
@@ -156,8 +162,9 @@ def train(model_cfg: CharConfig, cfg: TrainConfig, train_ids: np.ndarray, val_id
         n_evals = len(state["history"])
         if cfg.sample_every and n_evals % cfg.sample_every == 0:
             tqdm.write("  | " + sample(model, vocab, "\n", 200, 0.8, seed=n_evals).replace("\n", "\n  | "))
-        torch.save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(), "loop": state,
-                    "rng": rng.bit_generator.state}, out_dir / "last.pt")
+        torch.set_rng_state(torch_rng)
+        save_atomic({"state_dict": model.state_dict(), "optimizer": opt.state_dict(), "loop": state,
+                     "rng": rng.bit_generator.state, "torch_rng": torch_rng, "h": h, "c": c}, out_dir / "last.pt")
         if on_eval is not None:
             on_eval(state["step"], rec)
         return state["bad_evals"] >= cfg.patience
@@ -171,7 +178,8 @@ def train(model_cfg: CharConfig, cfg: TrainConfig, train_ids: np.ndarray, val_id
         if state["chunk"] == 0:
             state["offset"] = int(rng.integers(0, cfg.bptt)) if state["epoch"] else 0
         data = streams(train_ids, cfg.batch_size, state["offset"])
-        h, c = model.init_state(cfg.batch_size)
+        h, c = carry if carry is not None and state["chunk"] else model.init_state(cfg.batch_size)
+        carry = None
         for i, (x, y) in enumerate(chunks(data, cfg.bptt)):
             if i < state["chunk"]:  # resuming mid-epoch
                 continue
@@ -197,7 +205,8 @@ def train(model_cfg: CharConfig, cfg: TrainConfig, train_ids: np.ndarray, val_id
             out_of_time = budget_s is not None and state["elapsed"] >= budget_s
             if state["step"] % cfg.eval_every == 0 or out_of_time or state["step"] >= max_steps:
                 t1 = time.perf_counter()
-                stop = do_eval(float(np.mean(losses))) or out_of_time or state["step"] >= max_steps
+                stop = do_eval(float(np.mean(losses)), h.detach(), c.detach())
+                stop = stop or out_of_time or state["step"] >= max_steps
                 state["elapsed"] += time.perf_counter() - t1
                 losses = []
             if stop:
@@ -207,7 +216,7 @@ def train(model_cfg: CharConfig, cfg: TrainConfig, train_ids: np.ndarray, val_id
             state["chunk"] = 0
     bar.close()
     if losses:  # leftover steps since the last evaluation
-        do_eval(float(np.mean(losses)))
+        do_eval(float(np.mean(losses)), h.detach(), c.detach())
     return {"best_val_bpc": state["best_bpc"], "best_step": state["best_step"], "steps": state["step"],
             "train_seconds": state["elapsed"], "history": state["history"], "params": num_params(model),
             "steps_per_epoch": steps_per_epoch}
