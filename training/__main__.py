@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search-generator": ("training.generator.search", "Optuna search over generator hyperparameters"),
     "export-generator": ("training.generator.export", "export a generator checkpoint (step + prefill graphs)"),
     "evaluate-generator": ("training.generator.evaluate", "bits per character of the exported generator"),
+    "bench-generator": ("training.generator.bench", "training (fp32 vs bf16) and served (int8) speed per model shape"),
     "generate": ("training.generator.generate", "stream text from the exported generator"),
     "quantize": ("training.common.quantize", "add measured int8 variants to exported model folders"),
     "lab": ("training.labs.cli", "run a recurrent-network lab (docs/labs.md): python -m training lab NAME"),

@@ -179,5 +179,6 @@ def test_error_analysis_of_the_committed_model(bbc_dir, exported, tmp_path):
     assert r["headline"]["mean_tokens"] < r["first30"]["mean_tokens"] <= 30
     assert r["append2000"]["mean_tokens"] == pytest.approx(r["original"]["mean_tokens"] + 2000, abs=1)
     assert 0 <= doc["calibration"]["ece"] <= 1 and sum(b["n"] for b in doc["calibration"]["bins"]) == doc["n"]
+    assert 0 < doc["speed"]["ms_per_article_batch4"] < 1000 and doc["speed"]["articles"] == doc["n"]
     out = tmp_path / head["out"].split("/")[-1]
     assert (out / "robustness.png").stat().st_size > 10_000 and (out / "reliability.png").stat().st_size > 10_000

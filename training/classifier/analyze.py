@@ -2,8 +2,9 @@
 
 Writes to ``--out`` (default runs/analysis-<stamp>): ``analysis.json`` with per-class precision / recall / F1,
 every misclassified test article (id, title, true label, top-2 probabilities), calibration (expected
-calibration error, 15 bins, and the reliability bins) and a robustness table; ``robustness.png`` and
-``reliability.png``. Robustness: the same test articles as the model sees them after one edit each:
+calibration error, 15 bins, and the reliability bins), a robustness table and the model's cost per article
+(ms, one at a time and in chunks of 4); ``robustness.png`` and ``reliability.png``. Robustness: the same test
+articles as the model sees them after one edit each:
 
 * ``headline``: the first line only;
 * ``first30``: the text up to the end of its 30th token;
@@ -62,6 +63,22 @@ def variants(test: list[bbc.Article], pattern: re.Pattern) -> dict[str, list[str
             "first30": [cut_tokens(a.text, pattern, 30) for a in test],
             "upper": [a.text.upper() for a in test],
             "append2000": [a.text + "\n\n" + filler[a.label] for a in test]}
+
+
+def cost_per_article(rt, texts: list[str], rounds: int = 3) -> dict:
+    """ms per test article through the runtime: one at a time, and in length-sorted chunks of 4 (as the service
+    batches), best of ``rounds`` passes over the split (tokenizing included)."""
+    import time
+
+    out = {}
+    for name, batch in (("ms_per_article_batch1", 1), ("ms_per_article_batch4", 4)):
+        best = float("inf")
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            rt.predict_logits(texts, batch_size=batch)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = 1000 * best / len(texts)
+    return {**out, "precision": rt.precision, "articles": len(texts)}
 
 
 def plot_robustness(path: Path, table: dict) -> None:
@@ -144,12 +161,14 @@ def main(args) -> int:
                        "mean_tokens": float(np.mean([len(rt._pattern.findall(t)) for t in texts]))}
         log.info("%-11s model %.4f  svm %.4f", name, table[name]["model"], table[name]["svm"])
 
+    speed = cost_per_article(rt, edits["original"])
+    log.info("cost per article (%s, %d thread): %s", rt.precision, args.threads, speed)
     out = make_run_dir(args.out, "analysis")
     result = {"model": {"precision": rt.precision, "ensemble": rt.manifest.get("ensemble"),
                         "created": rt.manifest.get("created")},
               "n": len(test), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
               "per_class": metrics["per_class"], "confusion_matrix": metrics["confusion_matrix"],
-              "errors": errors, "calibration": calib, "robustness": table,
+              "errors": errors, "calibration": calib, "robustness": table, "speed": speed,
               "svm_trained_on": f"{len(rest)} corpus articles outside the test split"}
     write_json(out / "analysis.json", result)
     plot_robustness(out / "robustness.png", table)
