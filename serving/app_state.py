@@ -216,7 +216,7 @@ class AppState:
 
     async def info(self) -> dict:
         def model(kind: str, m: dict) -> dict:
-            keys = ("created", "metrics", "versions", "config", "corpus_fingerprint", "parity", "files")
+            keys = ("created", "metrics", "versions", "config", "corpus_fingerprint", "parity", "files", "ensemble")
             rt = self.classifier if kind == "classifier" else self.generator
             return {**{k: m.get(k) for k in keys}, "folder": str(self.model_dirs[kind]), "loaded": rt.files,
                     "precisions": {p: {k: v for k, v in d.items() if k in ("accepted", "quality")}

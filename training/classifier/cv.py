@@ -229,7 +229,8 @@ def main(args) -> int:
                                          "fold_seed": args.fold_seed, "corpus_fingerprint": bbc.fingerprint(articles),
                                          "test_ids": [[articles[i].id for i in s["test"]] for s in splits]})
     device = str(pick_device(args.device))
-    todo = [(name, f, s) for name in cfgs for f in range(args.folds) for s in range(specs[name].get("seeds", 1))]
+    # fold by fold, so an interrupted run already holds whole folds for every candidate
+    todo = [(name, f, s) for f in range(args.folds) for name in cfgs for s in range(specs[name].get("seeds", 1))]
     todo = [u for u in todo if not (run_dir / "units" / f"{u[0]}-f{u[1]}-s{u[2]}.json").is_file()]
     log.info("%d articles, %d folds of %s test articles; %d training runs to do", len(texts), args.folds,
              [len(s["test"]) for s in splits], len(todo))
