@@ -99,3 +99,14 @@ def test_resume_continues_exactly(tmp_path):
     for a, b in zip(full, resumed):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
     assert isinstance(model.head.weight, torch.nn.Parameter)
+
+
+def test_bf16_autocast_learns_and_keeps_float32_weights():
+    bf16 = TrainConfig(**{**FAST.__dict__, "bf16": True})
+    model, history = train(MODEL, bf16, DATA, progress=False)
+    assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
+    assert max(h["val_acc"] for h in history) == 1.0
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    fp32_model, _ = train(MODEL, FAST, DATA, progress=False)
+    diff = max((a - b).abs().max().item() for a, b in zip(model.parameters(), fp32_model.parameters()))
+    assert diff > 0  # the flag really changes the arithmetic
