@@ -110,3 +110,19 @@ def test_bf16_autocast_learns_and_keeps_float32_weights():
     fp32_model, _ = train(MODEL, FAST, DATA, progress=False)
     diff = max((a - b).abs().max().item() for a, b in zip(model.parameters(), fp32_model.parameters()))
     assert diff > 0  # the flag really changes the arithmetic
+
+
+def test_ema_weights_are_validated_and_returned(tmp_path):
+    ema_cfg = TrainConfig(**{**FAST.__dict__, "ema": 0.9})
+    model, history = train(MODEL, ema_cfg, DATA, progress=False)
+    assert max(h["val_acc"] for h in history) >= 0.9 and history[-1]["val_loss"] < 0.8 * history[0]["val_loss"]
+    plain, _ = train(MODEL, FAST, DATA, progress=False)
+    diff = max((a - b).abs().max().item() for a, b in zip(model.parameters(), plain.parameters()))
+    assert diff > 1e-4  # the averaged weights, not the last ones
+    best = min(history, key=lambda h: h["val_loss"])
+    assert evaluate(model, DATA["val"])["acc"] == best["val_acc"]  # the returned weights are the scored ones
+    # resume keeps the average: an interrupted EMA run continues to the same weights
+    short = TrainConfig(**{**ema_cfg.__dict__, "epochs": 3})
+    train(MODEL, short, DATA, run_dir=tmp_path, progress=False)
+    resumed, _ = train(MODEL, ema_cfg, DATA, run_dir=tmp_path, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), model.parameters()))

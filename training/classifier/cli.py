@@ -34,7 +34,9 @@ FIELD_HELP = {"cell": "rnn | gru | lstm", "pooling": "'+'-joined subset of last,
               "dropout": "dropout between stacked layers and before the output layer",
               "clip": "max gradient norm", "patience": "early stopping: epochs without val-loss improvement",
               "lr_patience": "ReduceLROnPlateau (factor 0.5) patience in epochs",
-              "bf16": "bfloat16 autocast for the training steps (fast on CPUs with AVX512-BF16)"}
+              "bf16": "bfloat16 autocast for the training steps (fast on CPUs with AVX512-BF16)",
+              "ema": "decay per step of an exponential moving average of the weights, which is validated and kept "
+                     "(0 = off; e.g. 0.99)"}
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
 """The classifier training loop: ``train(model_config, train_config, data, on_epoch_end=...)``.
 
 AdamW, cross-entropy with label smoothing, gradient clipping, ReduceLROnPlateau (factor 0.5) and early
-stopping on validation loss with the best weights restored. Batches hold articles of similar length.
+stopping on validation loss with the best weights restored; optionally (``ema``) an exponential moving average of
+the weights is what gets validated and returned. Batches hold articles of similar length.
 The loop knows nothing of Optuna: a search hooks in through ``on_epoch_end(epoch, metrics)``, which may
 raise to stop the run. With ``run_dir`` it saves ``last.pt`` after every epoch and resumes from it.
 """
@@ -37,6 +38,7 @@ class TrainConfig:
     patience: int = 4             # early stopping: epochs without val-loss improvement
     lr_patience: int = 1          # ReduceLROnPlateau patience
     bf16: bool = False            # bfloat16 autocast for the training steps on CPU (evaluation stays float32)
+    ema: float = 0.0              # > 0: evaluate and keep an exponential moving average of the weights (decay/step)
     seed: int = 0
 
     @classmethod
@@ -116,6 +118,10 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=config.lr_patience)
+    # the averaged weights are what is validated, early-stopped on and returned; the raw ones keep training
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema)) if config.ema > 0 else None
+    scored = ema.module if ema is not None else model
     state = {"epoch": 0, "history": [], "best_loss": float("inf"), "best_state": None, "bad_epochs": 0}
     ckpt = Path(run_dir) / "last.pt" if run_dir else None
     if ckpt and ckpt.is_file():  # resume where the interrupted run stopped
@@ -123,6 +129,8 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
         state = saved["state"]
         rng.setstate(saved["rng"])
         torch.set_rng_state(saved["torch_rng"])
@@ -147,10 +155,12 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             total_loss += loss.item() * len(batch)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(batch)
-        val = evaluate(model, data["val"], device, config.label_smoothing)
+        val = evaluate(scored, data["val"], device, config.label_smoothing)
         metrics = {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_acc": correct / seen,
                    "val_loss": val["loss"], "val_nll": val["nll"], "val_acc": val["acc"],
                    "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
@@ -158,7 +168,7 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
         state["history"].append(metrics)
         if val["loss"] < state["best_loss"]:
             state["best_loss"], state["bad_epochs"] = val["loss"], 0
-            state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            state["best_state"] = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
@@ -167,7 +177,8 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
         if ckpt:
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "state": state, "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt)
+                        "state": state, "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                        **({"ema": ema.state_dict()} if ema is not None else {})}, ckpt)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)  # may raise (e.g. a pruned Optuna trial)
     if state["best_state"] is not None:
