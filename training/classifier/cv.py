@@ -197,7 +197,7 @@ def plot_cv(path: Path, summary: dict, k: int) -> None:
     bx.axvline(0, color="0.3", lw=1)
     bx.axvline(0.5, color="C3", lw=1, ls="--", label="target +0.5")
     bx.set_yticks(range(len(pairs)), [p.split(" - ")[0] for p in pairs])
-    bx.set_xlabel(f"accuracy minus {COMPARE_WITH}, points (mean, 95% t-interval over folds)")
+    bx.set_xlabel(f"accuracy − {COMPARE_WITH}, points\n(mean and 95% t-interval over folds)")
     bx.legend(fontsize=8)
     bx.grid(alpha=0.3)
     fig.tight_layout()
