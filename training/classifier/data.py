@@ -142,6 +142,17 @@ def duplicate_stats(groups: list[int]) -> dict[str, int]:
 
 # ---------------------------------------------------------------- split
 
+def groups_by_label(labels: list[int], groups: list[int]) -> dict[int, list[list[int]]]:
+    """label -> the member indices of each duplicate group, a group filed under its first member's label."""
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    by_label: dict[int, list[list[int]]] = {}
+    for g in sorted(members):
+        by_label.setdefault(labels[members[g][0]], []).append(members[g])
+    return by_label
+
+
 def split_grouped(labels: list[int], groups: list[int], fractions=(0.8, 0.1, 0.1),
                   seed: int = 0) -> dict[str, list[int]]:
     """Stratified train/val/test indices; all members of a duplicate group land in the same split.
@@ -151,12 +162,7 @@ def split_grouped(labels: list[int], groups: list[int], fractions=(0.8, 0.1, 0.1
     """
     if abs(sum(fractions) - 1) > 1e-6:
         raise UserError(f"split fractions must sum to 1, got {fractions}")
-    members: dict[int, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    by_label: dict[int, list[list[int]]] = {}
-    for g in sorted(members):
-        by_label.setdefault(labels[members[g][0]], []).append(members[g])
+    by_label = groups_by_label(labels, groups)
     rng = random.Random(seed)
     out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for label in sorted(by_label):
@@ -181,12 +187,7 @@ def kfold_grouped(labels: list[int], groups: list[int], k: int = 5, seed: int = 
     """
     if k < 2:
         raise UserError(f"cross-validation needs at least 2 folds, got {k}")
-    members: dict[int, list[int]] = {}
-    for i, g in enumerate(groups):
-        members.setdefault(g, []).append(i)
-    by_label: dict[int, list[list[int]]] = {}
-    for g in sorted(members):
-        by_label.setdefault(labels[members[g][0]], []).append(members[g])
+    by_label = groups_by_label(labels, groups)
     if min(sum(len(m) for m in gs) for gs in by_label.values()) < k:
         raise UserError(f"a class has fewer than {k} articles: cannot make {k} stratified folds")
     rng = random.Random(seed)
