@@ -172,11 +172,14 @@ def test_bits_per_char_on_validation_tail(canon_path, tmp_path):
     _, val = split_text(read_text(canon_path), 0.05)  # the split the model was trained with
     path = tmp_path / "val.txt"
     path.write_text(val, encoding="utf-8")
-    r = _cli("evaluate-generator", "--text", str(path))
-    assert r.returncode == 0, r.stderr
-    result = json.loads(r.stdout.strip().splitlines()[-1])
-    assert result["n_chars"] == len(val)
-    assert result["bits_per_char"] < MAX_VAL_BPC
+    results = {}
+    for precision in ("fp32", "int8"):
+        r = _cli("evaluate-generator", "--text", str(path), "--precision", precision)
+        assert r.returncode == 0, r.stderr
+        results[precision] = json.loads(r.stdout.strip().splitlines()[-1])
+        assert results[precision]["n_chars"] == len(val) and results[precision]["precision"] == precision
+        assert results[precision]["bits_per_char"] < MAX_VAL_BPC
+    assert abs(results["int8"]["bits_per_char"] - results["fp32"]["bits_per_char"]) <= MAX_INT8_BPC_CHANGE
 
 
 def test_generate_command_streams_and_is_seeded():

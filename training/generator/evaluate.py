@@ -25,6 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--context", type=int, default=256, help="characters read before each piece")
     p.add_argument("--provider", default="cpu", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8"],
+                   help="which exported graphs to score (auto: what serving picks, int8 on CPU when accepted)")
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -73,7 +75,7 @@ def main(args) -> int:
         text = text[int(len(text) * (1 - args.tail_frac)):]
     if not text:
         raise UserError(f"{path}: no text to score")
-    runtime = GeneratorRuntime(args.models, args.provider, args.threads)
+    runtime = GeneratorRuntime(args.models, args.provider, args.threads, precision=args.precision)
     ids = runtime.encode(text)
     t0 = time.perf_counter()
     bpc = bits_per_char(runtime, ids, args.streams, args.context)
@@ -81,5 +83,5 @@ def main(args) -> int:
     unk = int((ids == runtime.unk_id).sum())
     print(f"{path}: {len(ids):,} characters ({unk} unknown) in {seconds:.1f} s "
           f"({len(ids) / seconds:,.0f} chars/s)")
-    print(json.dumps({"bits_per_char": round(bpc, 5), "n_chars": len(ids)}))
+    print(json.dumps({"bits_per_char": round(bpc, 5), "n_chars": len(ids), "precision": runtime.precision}))
     return 0
