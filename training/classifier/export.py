@@ -39,7 +39,8 @@ BATCH_SIZES = (1, 3, 8, 16)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", nargs="+",
                         help="a train-classifier run folder (holds model.pt, split.json, metrics.json); several "
-                             "runs on the same split and vocabulary (e.g. --seed 0, 1, 2) export their ensemble as one graph")
+                             "runs on the same split and vocabulary (e.g. --seed 0, 1, 2) export their ensemble as "
+                             "one graph")
     parser.add_argument("--temperature", default="1",
                         help="divide the output logits by T: a number, or 'fit' (T minimising the validation NLL)")
     parser.add_argument("--out", default="exported_models", help="exported models root; writes <out>/classifier")
@@ -142,9 +143,11 @@ def main(args) -> int:
     from training.classifier.calibration import fit_temperature
 
     torch.set_num_threads(args.threads)
+    fixed_t = None
     if args.temperature != "fit":
         try:
-            if not float(args.temperature) > 0:
+            fixed_t = float(args.temperature)
+            if not fixed_t > 0:
                 raise ValueError
         except ValueError:
             raise UserError(f"--temperature must be a number > 0 or 'fit', got {args.temperature!r}") from None
@@ -162,12 +165,11 @@ def main(args) -> int:
     batches = parity_batches([by_id[i].text for i in split["test"]], vocab, max_len)
     t, v = metrics["test"], metrics["val"]["accuracy"]
     ensemble = None
-    if len(runs) > 1 or args.temperature != "1":
+    if len(runs) > 1 or fixed_t != 1.0:  # one run at T = 1 exports exactly the trained model
         model = ensemble_of(runs)
         val = [by_id[i] for i in split["val"]]
         val_logits, val_m = score_model(model, [a.text for a in val], [a.label for a in val], vocab, max_len)
-        temp = fit_temperature(val_logits, np.array([a.label for a in val])) if args.temperature == "fit" \
-            else float(args.temperature)
+        temp = fixed_t or fit_temperature(val_logits, np.array([a.label for a in val]))
         model.temperature.fill_(temp)
         test = [by_id[i] for i in split["test"]]
         _, t = score_model(model, [a.text for a in test], [a.label for a in test], vocab, max_len)
