@@ -152,6 +152,12 @@ def test_cv_command_reports_every_model_on_identical_folds_and_resumes(bbc_dir, 
     again = cli(*args)  # resumes: every unit is on disk, nothing is trained again
     assert again.returncode == 0 and "0 training runs to do" in again.stderr
     assert json.loads(again.stdout.strip().splitlines()[-1])["accuracy"] == head["accuracy"]
+    # a saved unit is never reused for another config or other folds
+    cands.write_text(json.dumps({"bilstm": {"seeds": 2, "model": {"hidden_size": 12}}}))
+    changed = cli(*args)
+    assert changed.returncode == 2 and "was trained with another config for 'bilstm'" in changed.stderr
+    other = cli(*[a if a != "12" else "11" for a in args])  # --limit 11: another corpus, other folds
+    assert other.returncode == 2 and "holds folds of another corpus or fold seed" in other.stderr
 
 
 def test_cv_rejects_an_unknown_candidate(bbc_dir):

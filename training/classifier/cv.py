@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +109,21 @@ def run_unit(cfg: dict, texts: list[str], labels: list[int], split: dict, thread
             "test_logits": predict(model, data["test"], device=device).tolist(),
             "epochs": len(history), "seconds": time.time() - t0,
             "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def unit_done(run_dir: Path, name: str, fold: int, seed: int, cfg: dict) -> bool:
+    """Whether this unit is saved; a saved unit trained with another config is an error, not a silent reuse."""
+    path = run_dir / "units" / f"{name}-f{fold}-s{seed}.json"
+    if not path.is_file():
+        return False
+    def comparable(c: dict) -> dict:  # where the corpus lives is not part of it (the fingerprint is checked)
+        return {**c, "data": {k: v for k, v in c["data"].items() if k not in ("data_dir", "csv")}}
+
+    saved = read_json(path).get("config")
+    if saved is not None and comparable(saved) != comparable(json.loads(json.dumps(cfg))):
+        raise UserError(f"{path} was trained with another config for {name!r}; rename the candidate or use a new "
+                        f"--run-dir")
+    return True
 
 
 def svm_unit(texts: list[str], labels: list[int], split: dict) -> dict:
@@ -238,29 +253,33 @@ def main(args) -> int:
     splits = fold_splits(labels, groups, args.folds, args.fold_seed, d["val_frac"])
     run_dir = Path(args.run_dir) if args.run_dir else make_run_dir(args.out, "cv")
     (run_dir / "units").mkdir(parents=True, exist_ok=True)
+    folds_doc = {"corpus_fingerprint": bbc.fingerprint(articles),
+                 "test_ids": [[articles[i].id for i in s["test"]] for s in splits]}
+    if (run_dir / "config.json").is_file():  # resuming: the saved units must come from these very folds
+        saved = read_json(run_dir / "config.json")
+        if {k: saved.get(k) for k in folds_doc} != folds_doc:
+            raise UserError(f"{run_dir} holds folds of another corpus or fold seed; use a new --run-dir")
     write_json(run_dir / "config.json", {"base": base, "candidates": specs, "folds": args.folds,
-                                         "fold_seed": args.fold_seed, "corpus_fingerprint": bbc.fingerprint(articles),
-                                         "test_ids": [[articles[i].id for i in s["test"]] for s in splits]})
+                                         "fold_seed": args.fold_seed, **folds_doc})
     device = str(pick_device(args.device))
-    # fold by fold, so an interrupted run already holds whole folds for every candidate
-    todo = [(name, f, s) for f in range(args.folds) for name in cfgs for s in range(specs[name].get("seeds", 1))]
-    todo = [u for u in todo if not (run_dir / "units" / f"{u[0]}-f{u[1]}-s{u[2]}.json").is_file()]
-    log.info("%d articles, %d folds of %s test articles; %d training runs to do", len(texts), args.folds,
-             [len(s["test"]) for s in splits], len(todo))
 
     def member_cfg(name, seed):
         cfg = cfgs[name]
         return {**cfg, "train": {**cfg["train"], "seed": cfg["train"]["seed"] + seed}}
 
+    # fold by fold, so an interrupted run already holds whole folds for every candidate
+    todo = [(name, f, s) for f in range(args.folds) for name in cfgs for s in range(specs[name].get("seeds", 1))]
+    todo = [u for u in todo if not unit_done(run_dir, *u, member_cfg(u[0], u[2]))]
+    log.info("%d articles, %d folds of %s test articles; %d training runs to do", len(texts), args.folds,
+             [len(s["test"]) for s in splits], len(todo))
+
     bar = tqdm(total=len(todo), desc="cv units", disable=args.no_progress)
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
         futures = {pool.submit(run_unit, member_cfg(n, s), texts, labels, splits[f], args.threads, device): (n, f, s)
                    for n, f, s in todo}
-        from concurrent.futures import as_completed
-
         for fut in as_completed(futures):
             n, f, s = futures[fut]
-            write_json(run_dir / "units" / f"{n}-f{f}-s{s}.json", fut.result())
+            write_json(run_dir / "units" / f"{n}-f{f}-s{s}.json", {**fut.result(), "config": member_cfg(n, s)})
             bar.update()
     bar.close()
 
