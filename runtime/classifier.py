@@ -30,15 +30,18 @@ class ClassifierRuntime:
         self.labels: list[str] = list(self.manifest["labels"])
         self.max_len: int = int(self.manifest["max_len"])
         tok = self.manifest["tokenizer"]
-        self._pattern = re.compile(tok["pattern"])
+        self.pattern = re.compile(tok["pattern"])
         self._lowercase = bool(tok.get("lowercase", True))
         self._stoi = {t: i for i, t in enumerate(self.manifest["vocab"])}
         self.session = make_session(folder / self.files["model"], provider=self.provider, intra_threads=intra_threads)
 
+    def tokenize(self, text: str) -> list[str]:
+        """Every token of the text, as training tokenized it (before the max_len cut)."""
+        return self.pattern.findall(text.lower() if self._lowercase else text)
+
     def encode(self, text: str) -> list[int]:
         """Token ids of the first max_len tokens (unknown words -> <unk>); never empty."""
-        text = text.lower() if self._lowercase else text
-        ids = [self._stoi.get(t, UNK_ID) for t in self._pattern.findall(text)][: self.max_len]
+        ids = [self._stoi.get(t, UNK_ID) for t in self.tokenize(text)][: self.max_len]
         return ids or [UNK_ID]
 
     def predict_proba(self, texts: list[str], batch_size: int = 4) -> np.ndarray:

@@ -139,7 +139,7 @@ def main(args) -> int:
         raise UserError(f"corpus holds {len(test)} of the {len(wanted)} test articles in the manifest")
     rest = [a for a in articles if a.id not in wanted]
     y = np.array([a.label for a in test])
-    edits = variants(test, rt._pattern)
+    edits = variants(test, rt.pattern)
 
     probs = rt.predict_proba(edits["original"])
     pred = probs.argmax(1)
@@ -149,7 +149,7 @@ def main(args) -> int:
         top = np.argsort(-probs[i])[:2]
         errors.append({"id": test[i].id, "title": test[i].text.split("\n", 1)[0], "true": rt.labels[y[i]],
                        "top2": [[rt.labels[k], float(probs[i, k])] for k in top],
-                       "true_probability": float(probs[i, y[i]]), "tokens": len(rt._pattern.findall(test[i].text))})
+                       "true_probability": float(probs[i, y[i]]), "tokens": len(rt.tokenize(test[i].text))})
     calib = {"ece": ece(probs, y), "bins": reliability(probs, y),
              "mean_confidence": float(probs.max(1).mean()), "accuracy": metrics["accuracy"]}
 
@@ -158,7 +158,7 @@ def main(args) -> int:
         p = probs if name == "original" else rt.predict_proba(texts)
         svm = tfidf_svm([a.text for a in rest], [a.label for a in rest], texts)
         table[name] = {"model": float((p.argmax(1) == y).mean()), "svm": float((svm == y).mean()),
-                       "mean_tokens": float(np.mean([len(rt._pattern.findall(t)) for t in texts]))}
+                       "mean_tokens": float(np.mean([len(rt.tokenize(t)) for t in texts]))}
         log.info("%-11s model %.4f  svm %.4f", name, table[name]["model"], table[name]["svm"])
 
     speed = cost_per_article(rt, edits["original"])
