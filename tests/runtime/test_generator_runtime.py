@@ -15,7 +15,7 @@ from training.generator.data import split_text
 
 from tests.conftest import training_cli as _cli
 
-MAX_VAL_BPC = 1.55  # the committed model measures 1.534 on the canon's validation tail (docs/generator.md)
+MAX_VAL_BPC = 1.49  # issue 12 target; the committed model measures 1.425 (fp32), 1.427 (int8) (docs/generator.md)
 MAX_MODEL_MB = 70  # four fp32 copies of the weights (step/prefill x ONNX/TorchScript, 53 MB) + two int8 (7 MB)
 MAX_INT8_BPC_CHANGE = 0.005  # the acceptance bar of training/common/quantize.py
 
