@@ -52,8 +52,8 @@ def test_committed_int8_variant_is_accepted_and_chosen_on_cpu(rt, rt32, folder):
     assert (rt32.precision, rt32.files) == ("fp32", {"step": "step.onnx", "prefill": "prefill.onnx"})
     q = int8["quality"]
     assert int8["accepted"] is True and q["n_chars"] == 64_000 and q["streams"] == 64
-    assert 1.55 < q["bits_per_char"]["fp32"] < 1.65                   # from the zero state, no context: 1.608
-    assert 0 <= q["bits_per_char_change"] <= MAX_INT8_BPC_CHANGE      # measured +0.0012
+    assert 1.45 < q["bits_per_char"]["fp32"] < 1.55                   # from the zero state, no context: 1.505
+    assert 0 <= q["bits_per_char_change"] <= MAX_INT8_BPC_CHANGE      # measured +0.0023
     for name in int8["files"].values():                                # a quarter of the fp32 13.4 MB
         assert 3.0e6 < (folder / name).stat().st_size < 3.8e6
     # same model: the greedy text of the two precisions starts the same
