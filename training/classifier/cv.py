@@ -111,11 +111,16 @@ def run_unit(cfg: dict, texts: list[str], labels: list[int], split: dict, thread
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
+def unit_path(run_dir: Path, name: str, fold: int, seed: int) -> Path:
+    return run_dir / "units" / f"{name}-f{fold}-s{seed}.json"
+
+
 def unit_done(run_dir: Path, name: str, fold: int, seed: int, cfg: dict) -> bool:
     """Whether this unit is saved; a saved unit trained with another config is an error, not a silent reuse."""
-    path = run_dir / "units" / f"{name}-f{fold}-s{seed}.json"
+    path = unit_path(run_dir, name, fold, seed)
     if not path.is_file():
         return False
+
     def comparable(c: dict) -> dict:  # where the corpus lives is not part of it (the fingerprint is checked)
         return {**c, "data": {k: v for k, v in c["data"].items() if k not in ("data_dir", "csv")}}
 
@@ -279,7 +284,7 @@ def main(args) -> int:
                    for n, f, s in todo}
         for fut in as_completed(futures):
             n, f, s = futures[fut]
-            write_json(run_dir / "units" / f"{n}-f{f}-s{s}.json", {**fut.result(), "config": member_cfg(n, s)})
+            write_json(unit_path(run_dir, n, f, s), {**fut.result(), "config": member_cfg(n, s)})
             bar.update()
     bar.close()
 
@@ -297,7 +302,7 @@ def main(args) -> int:
         record(COMPARE_WITH, f, {**score(ty, np.asarray(svm["test_pred"])), "seconds_per_member": svm["seconds"]},
                np.asarray(svm["test_pred"]))
         for name, spec in specs.items():
-            units = [read_json(run_dir / "units" / f"{name}-f{f}-s{s}.json") for s in range(spec.get("seeds", 1))]
+            units = [read_json(unit_path(run_dir, name, f, s)) for s in range(spec.get("seeds", 1))]
             val = [np.asarray(u["val_logits"]) for u in units]
             test = [np.asarray(u["test_logits"]) for u in units]
             secs = float(np.mean([u["seconds"] for u in units]))
