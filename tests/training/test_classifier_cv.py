@@ -59,6 +59,24 @@ def test_fold_splits_partition_every_fold():
             assert sum(any(groups[i] == g for i in p) for p in parts) == 1
 
 
+def test_a_val_seed_redraws_only_the_validation_part():
+    labels, groups = _groups_fixture()
+    base = fold_splits(labels, groups, k=4, seed=0, val_frac=0.1)
+    assert fold_splits(labels, groups, k=4, seed=0, val_frac=0.1, val_seed=-1) == base
+    members = [fold_splits(labels, groups, k=4, seed=0, val_frac=0.1, val_seed=v) for v in range(3)]
+    for f in range(4):
+        rest = sorted(base[f]["train"] + base[f]["val"])
+        vals = [set(m[f]["val"]) for m in members]
+        assert len({frozenset(v) for v in vals + [set(base[f]["val"])]}) == 4  # every member holds out its own part
+        for m in members:
+            assert m[f]["test"] == base[f]["test"] and sorted(m[f]["train"] + m[f]["val"]) == rest
+            assert 5 <= len(m[f]["val"]) <= 15
+            for g in set(groups):  # duplicate groups stay whole
+                assert sum(any(groups[i] == g for i in m[f][p]) for p in ("train", "val", "test")) == 1
+        # three members together train on more of the four folds than any one of them
+        assert len(set().union(*(set(m[f]["train"]) for m in members))) > max(len(m[f]["train"]) for m in members)
+
+
 def test_kfold_on_the_real_corpus(bbc_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -121,7 +139,9 @@ def test_search_rejects_an_unknown_fixed_parameter(bbc_dir, tmp_path):
 @pytest.mark.slow
 def test_cv_command_reports_every_model_on_identical_folds_and_resumes(bbc_dir, tmp_path):
     cands = tmp_path / "cands.json"
-    cands.write_text(json.dumps({"bilstm": {"seeds": 2}, "rnn": {"model": {"cell": "rnn", "bidirectional": False}}}))
+    cands.write_text(json.dumps({"bilstm": {"seeds": 2}, "rnn": {"model": {"cell": "rnn", "bidirectional": False}},
+                                 "vv": {"seeds": 3, "vary_val": True, "ensembles": [2, 3],
+                                        "data": {"vocab_from": "train+val"}}}))
     run = tmp_path / "cv"
     args = ["cv-classifier", "--data-dir", str(bbc_dir), "--limit", "12", "--folds", "3", "--epochs", "2",
             "--max-len", "60", "--embed-dim", "16", "--hidden-size", "8", "--candidates", str(cands),
@@ -129,8 +149,11 @@ def test_cv_command_reports_every_model_on_identical_folds_and_resumes(bbc_dir, 
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     head = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert head["folds"] == 3 and sorted(head["accuracy"]) == ["bilstm", "bilstm-ens2", "rnn", "svm"]
-    assert len(list((run / "units").glob("*.json"))) == 3 * (2 + 1)
+    assert head["folds"] == 3
+    assert sorted(head["accuracy"]) == ["bilstm", "bilstm-ens2", "rnn", "svm", "vv", "vv-ens2", "vv-ens3"]
+    assert len(list((run / "units").glob("*.json"))) == 3 * (2 + 1 + 3)
+    assert [read_json(run / "units" / f"vv-f0-s{s}.json")["config"]["data"]["val_seed"] for s in range(3)] == [0, 1, 2]
+    assert read_json(run / "units" / "bilstm-f0-s1.json")["config"]["data"]["val_seed"] == -1
     cv = read_json(run / "cv.json")
     assert cv["n"] == 60 and sum(cv["fold_sizes"]) == 60 and len(cv["fold_sizes"]) == 3
     for name, m in cv["models"].items():

@@ -89,6 +89,33 @@ def test_export_an_ensemble_of_two_seeds(smoke_run, bbc_dir, tmp_path):
         m["metrics"]["test_accuracy"], abs=1e-9)  # the manifest scores the ensemble, not a member
 
 
+@pytest.mark.slow
+def test_members_that_hold_out_different_validation_sets_share_one_vocabulary(bbc_dir, tmp_path):
+    runs = []
+    for v in (0, 1):
+        out = tmp_path / f"v{v}"
+        assert main(["train-classifier", "--data-dir", str(bbc_dir), "--out", str(out), *SMOKE, "--epochs", "1",
+                     "--vocab-from", "train+val", "--val-seed", str(v)]) == 0
+        (run,) = out.iterdir()
+        runs.append(run)
+    a, b = (read_json(r / "split.json") for r in runs)
+    assert a["test"] == b["test"] and sorted(a["train"] + a["val"]) == sorted(b["train"] + b["val"])
+    assert a["val"] != b["val"] and len(a["val"]) == len(b["val"]) == 15
+    assert read_json(runs[0] / "vocab.json") == read_json(runs[1] / "vocab.json")
+    assert main(["export-classifier", *map(str, runs), "--temperature", "0.5", "--out", str(tmp_path / "x"),
+                 "--data-dir", str(bbc_dir)]) == 0
+    ens = read_json(tmp_path / "x" / "classifier" / "manifest.json")["ensemble"]
+    assert ens["members"] == 2 and ens["temperature"] == 0.5
+    # with the vocabulary of each run's own training split, the two runs cannot form one graph
+    out = tmp_path / "own"
+    assert main(["train-classifier", "--data-dir", str(bbc_dir), "--out", str(out), *SMOKE, "--epochs", "1",
+                 "--val-seed", "1"]) == 0
+    assert_one_line_error(cli("export-classifier", str(runs[0]), str(next(out.iterdir())), "--out", str(tmp_path)),
+                          "vocabulary differs", "ensemble members must share it")
+    assert_one_line_error(cli("train-classifier", "--data-dir", str(bbc_dir), "--vocab-from", "test"),
+                          "--vocab-from must be one of ['train', 'train+val']")
+
+
 def test_export_errors_for_mismatched_members_and_a_bad_temperature(smoke_run, bbc_dir, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(smoke_run, other)

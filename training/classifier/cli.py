@@ -25,8 +25,10 @@ from training.common.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-DATA_DEFAULTS = {"max_len": 750, "min_freq": 2, "max_vocab": 30000, "embed_init": "lsa", "dedup_threshold": 0.9,
-                 "val_frac": 0.1, "test_frac": 0.1, "split_seed": 0, "limit": 0}
+DATA_DEFAULTS = {"max_len": 750, "min_freq": 2, "max_vocab": 30000, "embed_init": "lsa", "vocab_from": "train",
+                 "dedup_threshold": 0.9, "val_frac": 0.1, "test_frac": 0.1, "split_seed": 0, "val_seed": -1,
+                 "limit": 0}
+VOCAB_FROM = {"train": ("train",), "train+val": ("train", "val")}
 MODEL_SKIP = {"vocab_size", "num_classes"}  # derived from the data, not flags
 FIELD_HELP = {"cell": "rnn | gru | lstm", "pooling": "'+'-joined subset of last, mean, max",
               "word_dropout": "share of tokens replaced by <unk> in training",
@@ -45,7 +47,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", help="BBC corpus in its folder layout (default $DATA_DIR/bbc)")
     g.add_argument("--csv", help="read the corpus from a CSV with text,label columns instead")
     helps = {"max_len": "tokens kept per article (the first ones: the title is never cut)",
-             "embed_init": "lsa (LSA vectors of the training split) | random",
+             "embed_init": "lsa (LSA vectors of the --vocab-from articles) | random",
+             "vocab_from": "train | train+val: the articles whose words make the vocabulary and the LSA vectors "
+                           "(texts only, never labels). train+val gives runs that differ only in --val-seed one "
+                           "vocabulary, so they can be exported as one ensemble",
+             "val_seed": "-1: the validation set --split-seed draws; k >= 0: redraw it from the non-test articles "
+                         "with seed k (the test set stays; ensemble members that each hold out another part)",
              "limit": "use at most this many articles per class (0 = all; for smoke tests)",
              "dedup_threshold": "TF-IDF cosine above which two articles are near duplicates"}
     for name, default in DATA_DEFAULTS.items():
@@ -91,6 +98,8 @@ def validate(cfg: dict) -> None:
         raise UserError(str(exc)) from None
     if cfg["data"]["embed_init"] not in ("lsa", "random"):
         raise UserError(f"--embed-init must be lsa or random, got {cfg['data']['embed_init']!r}")
+    if cfg["data"].get("vocab_from", "train") not in VOCAB_FROM:
+        raise UserError(f"--vocab-from must be one of {list(VOCAB_FROM)}, got {cfg['data']['vocab_from']!r}")
 
 
 def load_split(data_cfg: dict):
@@ -103,27 +112,54 @@ def load_split(data_cfg: dict):
     groups = bbc.duplicate_groups([a.text for a in articles], d["dedup_threshold"])
     fracs = (1 - d["val_frac"] - d["test_frac"], d["val_frac"], d["test_frac"])
     split = bbc.split_grouped([a.label for a in articles], groups, fracs, d["split_seed"])
+    if d.get("val_seed", -1) >= 0:
+        split = redraw_val(split, [a.label for a in articles], groups, d["val_frac"] / sum(fracs[:2]), d["val_seed"])
     empty = [name for name, idx in split.items() if not idx]
     if empty:
         raise UserError(f"{len(articles)} articles leave the {'/'.join(empty)} split empty; use more data")
     return articles, split, bbc.duplicate_stats(groups)
 
 
+def redraw_val(split: dict, labels: list[int], groups: list[int], frac: float, seed: int) -> dict:
+    """The same test set; train + val split again into train and a share ``frac`` of val (grouped, stratified)."""
+    rest = sorted(split["train"] + split["val"])
+    inner = bbc.split_grouped([labels[i] for i in rest], [groups[i] for i in rest], (1 - frac, frac, 0.0), seed)
+    return {"train": [rest[j] for j in inner["train"]], "val": [rest[j] for j in inner["val"]], "test": split["test"]}
+
+
+def vocab_texts(texts: list[str], split: dict, data_cfg: dict) -> list[str]:
+    """The texts the vocabulary and the LSA vectors come from: VOCAB_FROM names the splits."""
+    return [texts[i] for name in VOCAB_FROM[data_cfg.get("vocab_from", "train")] for i in split[name]]
+
+
 def encode_splits(articles, split, data_cfg: dict) -> tuple[Vocab, dict[str, Encoded]]:
-    """Vocabulary from the training split only; every split encoded and cut to max_len."""
-    vocab = Vocab.build([articles[i].text for i in split["train"]], data_cfg["min_freq"], data_cfg["max_vocab"])
+    """Vocabulary from the --vocab-from splits (train by default); every split encoded and cut to max_len."""
+    source = vocab_texts([a.text for a in articles], split, data_cfg)
+    vocab = Vocab.build(source, data_cfg["min_freq"], data_cfg["max_vocab"])
     data = {name: Encoded([vocab.encode(articles[i].text, data_cfg["max_len"]) for i in idx],
                           [articles[i].label for i in idx]) for name, idx in split.items()}
     return vocab, data
 
 
-def initial_embeddings(cfg: dict, train_texts: list[str], vocab: Vocab):
-    """LSA vectors of the training split, or None for nn.Embedding's random init."""
+def initial_embeddings(cfg: dict, texts: list[str], vocab: Vocab):
+    """LSA vectors of the vocabulary's texts, or None for nn.Embedding's random init."""
     if cfg["data"].get("embed_init", "random") == "random":
         return None
     from training.classifier.embeddings import lsa_embeddings
 
-    return lsa_embeddings(train_texts, vocab, cfg["model"]["embed_dim"])
+    return lsa_embeddings(texts, vocab, cfg["model"]["embed_dim"])
+
+
+def fit(cfg: dict, articles, split: dict, device, **train_kw):
+    """Encode the splits, build the model config, initialise the embedding, train: what train-classifier, the
+    search and cross-validation share. -> (model, history, vocab, data, seconds)."""
+    vocab, data = encode_splits(articles, split, cfg["data"])
+    model_cfg = ClassifierConfig(vocab_size=len(vocab), num_classes=len(bbc.LABELS), **cfg["model"])
+    t0 = time.time()
+    init = initial_embeddings(cfg, vocab_texts([a.text for a in articles], split, cfg["data"]), vocab)
+    model, history = train(model_cfg, TrainConfig.from_dict(cfg["train"]), data, device=device, embeddings=init,
+                           **train_kw)
+    return model, history, vocab, data, time.time() - t0
 
 
 def checkpoint(model, cfg: dict, vocab: Vocab) -> dict:
@@ -142,19 +178,14 @@ def run_training(cfg: dict, run_dir: Path, device, progress: bool = True, on_epo
     articles, split, dups = prepared or load_split(cfg["data"])
     labels = list(bbc.LABELS)
     log.info("%d articles, duplicates %s, split %s", len(articles), dups, {k: len(v) for k, v in split.items()})
-    vocab, data = encode_splits(articles, split, cfg["data"])
     texts = [a.text for a in articles]
-    cover = sum(len(s) < cfg["data"]["max_len"] for s in data["train"].ids) / len(data["train"])
     write_json(run_dir / "config.json", cfg)
     write_json(run_dir / "split.json", {**{k: [articles[i].id for i in v] for k, v in split.items()},
                                         "duplicates": dups, "corpus_fingerprint": bbc.fingerprint(articles)})
+    model, history, vocab, data, seconds = fit(cfg, articles, split, device, on_epoch_end=on_epoch_end,
+                                               run_dir=run_dir, progress=progress)
     vocab.save(run_dir / "vocab.json")
-    model_cfg = ClassifierConfig(vocab_size=len(vocab), num_classes=len(labels), **cfg["model"])
-    t0 = time.time()
-    init = initial_embeddings(cfg, [texts[i] for i in split["train"]], vocab)
-    model, history = train(model_cfg, TrainConfig.from_dict(cfg["train"]), data, on_epoch_end=on_epoch_end,
-                           run_dir=run_dir, device=device, progress=progress, embeddings=init)
-    seconds = time.time() - t0
+    cover = sum(len(s) < cfg["data"]["max_len"] for s in data["train"].ids) / len(data["train"])
     test_pred = predict(model, data["test"], device=device).argmax(1).numpy()
     svm_pred = tfidf_svm([texts[i] for i in split["train"]], data["train"].labels, [texts[i] for i in split["test"]])
     best = min(history, key=lambda h: h["val_loss"])

@@ -5,7 +5,10 @@ train and an inner validation set (early stopping, temperature fitting) the same
 splits, and fold k is the test set, so every article is tested exactly once by every model. Each candidate
 is the train-classifier config with overrides (``CANDIDATES`` or ``--candidates FILE.json``); one with
 ``"seeds": n`` is trained n times per fold and also scored as the ensemble of its n members (probabilities
-averaged). The TF-IDF + LinearSVC baseline is scored on the same folds.
+averaged; ``"ensembles": [m, ...]`` scores the first m members instead). With ``"vary_val": true`` member s also
+holds out its own validation part of the other folds (``data.val_seed = s``; give it ``"vocab_from":
+"train+val"`` so members share one vocabulary), and the ensemble's temperature is fitted on the other folds' test
+logits. The TF-IDF + LinearSVC baseline is scored on the same folds.
 
 Each (candidate, fold, seed) result is saved under ``units/`` as it finishes, so ``--run-dir`` resumes an
 interrupted run. Reported: mean ± std over folds of accuracy and macro-F1, expected calibration error before
@@ -72,16 +75,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- folds and units
 
-def fold_splits(labels: list[int], groups: list[int], k: int, seed: int, val_frac: float) -> list[dict]:
-    """Per fold {"train", "val", "test"} article indices; val is carved out of the other folds, grouped."""
+def fold_splits(labels: list[int], groups: list[int], k: int, seed: int, val_frac: float,
+                val_seed: int = -1) -> list[dict]:
+    """Per fold {"train", "val", "test"} article indices; val is carved out of the other folds, grouped.
+
+    val_seed -1 draws fold f's val with seed ``seed + f``; val_seed v >= 0 with ``seed + f + 1000 (v + 1)``, so
+    members of a ``vary_val`` candidate each hold out another part of the same four folds."""
+    from training.classifier.cli import redraw_val
+
     fold = bbc.kfold_grouped(labels, groups, k, seed)
     out = []
     for f in range(k):
-        rest = [i for i in range(len(labels)) if fold[i] != f]
-        inner = bbc.split_grouped([labels[i] for i in rest], [groups[i] for i in rest], (1 - val_frac, val_frac, 0.0),
-                                  seed + f)
-        out.append({"train": [rest[j] for j in inner["train"]], "val": [rest[j] for j in inner["val"]],
-                    "test": [i for i in range(len(labels)) if fold[i] == f]})
+        outer = {"train": [i for i in range(len(labels)) if fold[i] != f], "val": [],
+                 "test": [i for i in range(len(labels)) if fold[i] == f]}
+        inner_seed = seed + f + (1000 * (val_seed + 1) if val_seed >= 0 else 0)
+        out.append(redraw_val(outer, labels, groups, val_frac, inner_seed))
     return out
 
 
@@ -93,22 +101,26 @@ def run_unit(cfg: dict, texts: list[str], labels: list[int], split: dict, thread
     """Train one candidate member on one fold -> val and test logits (lists), epochs, seconds."""
     import torch
 
-    from training.classifier.cli import encode_splits, initial_embeddings
-    from training.classifier.model import ClassifierConfig
-    from training.classifier.train import TrainConfig, predict, train
+    from training.classifier.cli import fit
+    from training.classifier.train import predict
 
     torch.set_num_threads(threads)
     articles = [bbc.Article(str(i), t, y) for i, (t, y) in enumerate(zip(texts, labels))]
-    vocab, data = encode_splits(articles, split, cfg["data"])
-    model_cfg = ClassifierConfig(vocab_size=len(vocab), num_classes=len(bbc.LABELS), **cfg["model"])
-    t0 = time.time()
-    init = initial_embeddings(cfg, [texts[i] for i in split["train"]], vocab)
-    model, history = train(model_cfg, TrainConfig.from_dict(cfg["train"]), data, device=device, progress=False,
-                           embeddings=init)
+    model, history, _, data, seconds = fit(cfg, articles, split, device, progress=False)
     return {"val_logits": predict(model, data["val"], device=device).tolist(),
             "test_logits": predict(model, data["test"], device=device).tolist(),
-            "epochs": len(history), "seconds": time.time() - t0,
+            "epochs": len(history), "seconds": seconds,
             "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def ensemble_sizes(spec: dict) -> list[int]:
+    """The ensembles a candidate is scored as: its first m members for each m in "ensembles" (default: all)."""
+    n = spec.get("seeds", 1)
+    sizes = spec.get("ensembles", [n] if n > 1 else [])
+    bad = [m for m in sizes if not 2 <= m <= n]
+    if bad:
+        raise UserError(f"ensemble sizes must lie in 2..seeds={n}, got {bad}")
+    return sizes
 
 
 def unit_path(run_dir: Path, name: str, fold: int, seed: int) -> Path:
@@ -270,7 +282,16 @@ def main(args) -> int:
 
     def member_cfg(name, seed):
         cfg = cfgs[name]
-        return {**cfg, "train": {**cfg["train"], "seed": cfg["train"]["seed"] + seed}}
+        data = {**cfg["data"], "val_seed": seed} if specs[name].get("vary_val") else cfg["data"]
+        return {**cfg, "data": data, "train": {**cfg["train"], "seed": cfg["train"]["seed"] + seed}}
+
+    inner: dict[int, list[dict]] = {-1: splits}
+
+    def unit_split(name, f, seed):  # a vary_val member holds out its own part of the other folds
+        v = member_cfg(name, seed)["data"].get("val_seed", -1)
+        if v not in inner:
+            inner[v] = fold_splits(labels, groups, args.folds, args.fold_seed, d["val_frac"], v)
+        return inner[v][f]
 
     # fold by fold, so an interrupted run already holds whole folds for every candidate
     todo = [(name, f, s) for f in range(args.folds) for name in cfgs for s in range(specs[name].get("seeds", 1))]
@@ -280,8 +301,8 @@ def main(args) -> int:
 
     bar = tqdm(total=len(todo), desc="cv units", disable=args.no_progress)
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        futures = {pool.submit(run_unit, member_cfg(n, s), texts, labels, splits[f], args.threads, device): (n, f, s)
-                   for n, f, s in todo}
+        futures = {pool.submit(run_unit, member_cfg(n, s), texts, labels, unit_split(n, f, s), args.threads,
+                               device): (n, f, s) for n, f, s in todo}
         for fut in as_completed(futures):
             n, f, s = futures[fut]
             write_json(unit_path(run_dir, n, f, s), {**fut.result(), "config": member_cfg(n, s)})
@@ -296,8 +317,9 @@ def main(args) -> int:
         per_fold.setdefault(name, []).append(row)
         correct.setdefault(name, np.zeros(len(y), dtype=bool))[splits[f]["test"]] = pred == y[splits[f]["test"]]
 
+    cross_fit: dict[str, list[np.ndarray]] = {}  # vary_val ensembles: test logits per fold, for their temperature
     for f, split in enumerate(splits):
-        ty, vy = y[split["test"]], y[split["val"]]
+        ty = y[split["test"]]
         svm = svm_unit(texts, labels, split)
         record(COMPARE_WITH, f, {**score(ty, np.asarray(svm["test_pred"])), "seconds_per_member": svm["seconds"]},
                np.asarray(svm["test_pred"]))
@@ -306,12 +328,24 @@ def main(args) -> int:
             val = [np.asarray(u["val_logits"]) for u in units]
             test = [np.asarray(u["test_logits"]) for u in units]
             secs = float(np.mean([u["seconds"] for u in units]))
+            vy = y[unit_split(name, f, 0)["val"]]
             record(name, f, {**neural_scores(val[0], vy, test[0], ty), "seconds_per_member": secs,
                              "epochs": units[0]["epochs"]}, test[0].argmax(1))
-            if len(units) > 1:
-                ens_val, ens_test = ensemble_logits(val), ensemble_logits(test)
-                record(f"{name}-ens{len(units)}", f, {**neural_scores(ens_val, vy, ens_test, ty),
-                                                      "seconds_per_member": secs}, ens_test.argmax(1))
+            for m in ensemble_sizes(spec):
+                ens_test = ensemble_logits(test[:m])
+                ens = f"{name}-ens{m}"
+                if spec.get("vary_val"):  # members hold out different articles: no shared validation set
+                    cross_fit.setdefault(ens, []).append(ens_test)
+                    row = {**score(ty, ens_test.argmax(1)), "ece": ece(softmax(ens_test), ty)}
+                else:
+                    row = neural_scores(ensemble_logits(val[:m]), vy, ens_test, ty)
+                record(ens, f, {**row, "seconds_per_member": secs}, ens_test.argmax(1))
+    for ens, logits in cross_fit.items():  # temperature fitted on the other folds' test logits (cross-fitted)
+        for f, row in enumerate(per_fold[ens]):
+            others = [g for g in range(args.folds) if g != f]
+            t = fit_temperature(np.concatenate([logits[g] for g in others]),
+                                np.concatenate([y[splits[g]["test"]] for g in others]))
+            row.update(temperature=t, ece_scaled=ece(softmax(logits[f] / t), y[splits[f]["test"]]))
     summary = summarize(per_fold, correct)
     summary.update(folds=args.folds, n=len(y), fold_sizes=[len(s["test"]) for s in splits],
                    duplicates=bbc.duplicate_stats(groups), versions=library_versions())

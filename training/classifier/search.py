@@ -83,10 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def objective_fn(base: dict, prepared, args, device):
     import random
 
-    from training.classifier.cli import encode_splits, initial_embeddings
-    from training.classifier.data import LABELS
-    from training.classifier.model import ClassifierConfig
-    from training.classifier.train import TrainConfig, train
+    from training.classifier.cli import fit
 
     articles, split, _ = prepared
     if args.train_fraction < 1:  # a fixed random share of the training split, the same for every trial
@@ -96,15 +93,11 @@ def objective_fn(base: dict, prepared, args, device):
     def objective(trial) -> float:
         cfg = merged(base, suggest(trial))
         cfg["train"]["epochs"] = args.trial_epochs
-        vocab, data = encode_splits(articles, split, cfg["data"])
-        model_cfg = ClassifierConfig(vocab_size=len(vocab), num_classes=len(LABELS), **cfg["model"])
-        t0 = time.time()
-        init = initial_embeddings(cfg, [articles[i].text for i in split["train"]], vocab)
-        _, history = train(model_cfg, TrainConfig.from_dict(cfg["train"]), data, embeddings=init,
-                           on_epoch_end=PruningCallback(trial, "val_nll"), device=device, progress=False)
+        _, history, *_, seconds = fit(cfg, articles, split, device, on_epoch_end=PruningCallback(trial, "val_nll"),
+                                      progress=False)
         best = min(history, key=lambda h: h["val_nll"])
         trial.set_user_attr("val_acc", best["val_acc"])
-        trial.set_user_attr("seconds", time.time() - t0)
+        trial.set_user_attr("seconds", seconds)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         return best["val_nll"]
 
