@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from training.classifier.model import ClassifierConfig
-from training.classifier.train import Encoded, TrainConfig, collate, evaluate, length_batches, train
+from training.classifier.train import (CROP_MIN, Encoded, TrainConfig, collate, crop_views, evaluate,
+                                       length_batches, train)
 
 MODEL = ClassifierConfig(vocab_size=20, num_classes=2, embed_dim=8, hidden_size=8, word_dropout=0.0,
                          embed_dropout=0.0, dropout=0.0)
@@ -32,6 +33,23 @@ DATA = {"train": synthetic(64, 0), "val": synthetic(32, 1)}
 def test_collate_pads_right_with_zero():
     ids, lengths = collate([[5, 6, 7], [8]])
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and lengths.tolist() == [3, 1]
+
+
+def test_crop_views_are_windows_of_the_articles():
+    seqs = [list(range(n)) for n in (5, CROP_MIN, CROP_MIN + 1, 200, 750)]
+    rng = random.Random(0)
+    state = rng.getstate()
+    assert crop_views(seqs, 0.0, rng) is seqs and rng.getstate() == state  # off: nothing drawn, runs unchanged
+    lengths = {n: set() for n in (200, 750)}
+    for _ in range(200):
+        views = crop_views(seqs, 1.0, rng)
+        assert views[:2] == seqs[:2]  # articles of CROP_MIN tokens or fewer are never cut
+        for s, v in zip(seqs[2:], views[2:]):
+            assert CROP_MIN <= len(v) <= len(s) and v == s[v[0]: v[0] + len(v)]  # one contiguous window
+            lengths.setdefault(len(s), set()).add(len(v))
+    assert len(lengths[750]) > 100 and min(lengths[750]) < 100 and max(lengths[750]) > 650
+    half = [sum(v != s for s, v in zip(seqs[3:], crop_views(seqs, 0.5, rng)[3:])) for _ in range(400)]
+    assert 0.4 < sum(half) / (2 * 400) < 0.6  # about the share asked for
 
 
 def test_length_batches_cover_everything_once_and_group_lengths():

@@ -37,6 +37,8 @@ FIELD_HELP = {"cell": "rnn | gru | lstm", "pooling": "'+'-joined subset of last,
               "clip": "max gradient norm", "patience": "early stopping: epochs without val-loss improvement",
               "lr_patience": "ReduceLROnPlateau (factor 0.5) patience in epochs",
               "bf16": "bfloat16 autocast for the training steps (fast on CPUs with AVX512-BF16)",
+              "crop": "share of training articles replaced each epoch by a random window of 30..all of their tokens "
+                      "(augmentation; 0 = off)",
               "ema": "decay per step of an exponential moving average of the weights, which is validated and kept "
                      "(0 = off; e.g. 0.99)"}
 

@@ -39,6 +39,7 @@ class TrainConfig:
     lr_patience: int = 1          # ReduceLROnPlateau patience
     bf16: bool = False            # bfloat16 autocast for the training steps on CPU (evaluation stays float32)
     ema: float = 0.0              # > 0: evaluate and keep an exponential moving average of the weights (decay/step)
+    crop: float = 0.0             # share of training articles replaced, each epoch, by a random window of them
     seed: int = 0
 
     @classmethod
@@ -55,6 +56,25 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+CROP_MIN = 30  # tokens: the shortest window crop draws (about a headline and its first sentence)
+
+
+def crop_views(seqs: list[list[int]], share: float, rng: random.Random, min_len: int = CROP_MIN) -> list[list[int]]:
+    """Each article longer than min_len is, with probability ``share``, replaced by one contiguous window of
+    min_len..len tokens at a random place: more distinct inputs per article, and the model cannot rely on one
+    part of it. share 0 draws nothing from rng (runs without crop stay bit-identical)."""
+    if share <= 0:
+        return seqs
+    out = []
+    for s in seqs:
+        if len(s) > min_len and rng.random() < share:
+            n = rng.randint(min_len, len(s))
+            start = rng.randint(0, len(s) - n)
+            s = s[start: start + n]
+        out.append(s)
+    return out
 
 
 def collate(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,7 +156,6 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
         torch.set_rng_state(saved["torch_rng"])
         log.info("resumed %s at epoch %d", ckpt, state["epoch"])
 
-    train_lengths = [len(s) for s in data["train"].ids]
     epochs = tqdm(range(state["epoch"], config.epochs), desc="epochs", initial=state["epoch"],
                   total=config.epochs, disable=not progress)
     for epoch in epochs:
@@ -144,9 +163,10 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
             break
         model.train()
         t0, total_loss, correct, seen = time.time(), 0.0, 0, 0
-        batches = length_batches(train_lengths, config.batch_size, rng)
+        views = crop_views(data["train"].ids, config.crop, rng)
+        batches = length_batches([len(s) for s in views], config.batch_size, rng)
         for batch in tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
-            ids, lengths = collate([data["train"].ids[i] for i in batch])
+            ids, lengths = collate([views[i] for i in batch])
             y = torch.tensor([data["train"].labels[i] for i in batch], device=device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 logits = model(ids.to(device), lengths.to(device)).float()  # (B, C)
