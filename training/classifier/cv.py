@@ -34,9 +34,9 @@ from training.common.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-# overrides of the train-classifier defaults (the committed BiLSTM). bilstm-small is the ensemble candidate: three
-# members cost about what one bilstm costs (the serving latency targets hold). lstm and rnn are the course's
-# baselines at the best trials of their own short searches (search-classifier --fix cell=... --fix
+# overrides of the train-classifier defaults (the committed BiLSTM). bilstm-small is the ensemble candidate (0.38x the
+# LSTM multiply-adds of bilstm each; served, three cost about 2x one bilstm: docs/classifier.md). lstm and rnn are the
+# course's baselines at the best trials of their own short searches (search-classifier --fix cell=... --fix
 # bidirectional=false, 10 trials each; docs/classifier.md, "Cross-validation").
 CANDIDATES: dict[str, dict] = {
     "bilstm": {},
