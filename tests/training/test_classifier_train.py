@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from training.classifier.model import ClassifierConfig
-from training.classifier.train import (CROP_MIN, Encoded, TrainConfig, collate, crop_views, evaluate,
-                                       length_batches, train)
+from training.classifier.train import (
+    CROP_MIN,
+    Encoded,
+    TrainConfig,
+    collate,
+    crop_views,
+    evaluate,
+    length_batches,
+    train,
+)
 
 MODEL = ClassifierConfig(vocab_size=20, num_classes=2, embed_dim=8, hidden_size=8, word_dropout=0.0,
                          embed_dropout=0.0, dropout=0.0)

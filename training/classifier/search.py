@@ -12,7 +12,6 @@ import argparse
 import logging
 import os
 import socket
-import time
 
 import torch
 
