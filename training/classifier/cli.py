@@ -113,20 +113,14 @@ def load_split(data_cfg: dict):
         articles = bbc.first_per_class(articles, d["limit"])
     groups = bbc.duplicate_groups([a.text for a in articles], d["dedup_threshold"])
     fracs = (1 - d["val_frac"] - d["test_frac"], d["val_frac"], d["test_frac"])
-    split = bbc.split_grouped([a.label for a in articles], groups, fracs, d["split_seed"])
+    labels = [a.label for a in articles]
+    split = bbc.split_grouped(labels, groups, fracs, d["split_seed"])
     if d.get("val_seed", -1) >= 0:
-        split = redraw_val(split, [a.label for a in articles], groups, d["val_frac"] / sum(fracs[:2]), d["val_seed"])
+        split = bbc.redraw_val(split, labels, groups, d["val_frac"] / sum(fracs[:2]), d["val_seed"])
     empty = [name for name, idx in split.items() if not idx]
     if empty:
         raise UserError(f"{len(articles)} articles leave the {'/'.join(empty)} split empty; use more data")
     return articles, split, bbc.duplicate_stats(groups)
-
-
-def redraw_val(split: dict, labels: list[int], groups: list[int], frac: float, seed: int) -> dict:
-    """The same test set; train + val split again into train and a share ``frac`` of val (grouped, stratified)."""
-    rest = sorted(split["train"] + split["val"])
-    inner = bbc.split_grouped([labels[i] for i in rest], [groups[i] for i in rest], (1 - frac, frac, 0.0), seed)
-    return {"train": [rest[j] for j in inner["train"]], "val": [rest[j] for j in inner["val"]], "test": split["test"]}
 
 
 def vocab_texts(texts: list[str], split: dict, data_cfg: dict) -> list[str]:
@@ -134,9 +128,8 @@ def vocab_texts(texts: list[str], split: dict, data_cfg: dict) -> list[str]:
     return [texts[i] for name in VOCAB_FROM[data_cfg.get("vocab_from", "train")] for i in split[name]]
 
 
-def encode_splits(articles, split, data_cfg: dict) -> tuple[Vocab, dict[str, Encoded]]:
-    """Vocabulary from the --vocab-from splits (train by default); every split encoded and cut to max_len."""
-    source = vocab_texts([a.text for a in articles], split, data_cfg)
+def encode_splits(articles, split, data_cfg: dict, source: list[str]) -> tuple[Vocab, dict[str, Encoded]]:
+    """Vocabulary from ``source`` (vocab_texts); every split encoded and cut to max_len."""
     vocab = Vocab.build(source, data_cfg["min_freq"], data_cfg["max_vocab"])
     data = {name: Encoded([vocab.encode(articles[i].text, data_cfg["max_len"]) for i in idx],
                           [articles[i].label for i in idx]) for name, idx in split.items()}
@@ -155,10 +148,11 @@ def initial_embeddings(cfg: dict, texts: list[str], vocab: Vocab):
 def fit(cfg: dict, articles, split: dict, device, **train_kw):
     """Encode the splits, build the model config, initialise the embedding, train: what train-classifier, the
     search and cross-validation share. -> (model, history, vocab, data, seconds)."""
-    vocab, data = encode_splits(articles, split, cfg["data"])
+    source = vocab_texts([a.text for a in articles], split, cfg["data"])  # the vocabulary's and the LSA vectors'
+    vocab, data = encode_splits(articles, split, cfg["data"], source)
     model_cfg = ClassifierConfig(vocab_size=len(vocab), num_classes=len(bbc.LABELS), **cfg["model"])
     t0 = time.time()
-    init = initial_embeddings(cfg, vocab_texts([a.text for a in articles], split, cfg["data"]), vocab)
+    init = initial_embeddings(cfg, source, vocab)
     model, history = train(model_cfg, TrainConfig.from_dict(cfg["train"]), data, device=device, embeddings=init,
                            **train_kw)
     return model, history, vocab, data, time.time() - t0

@@ -81,15 +81,13 @@ def fold_splits(labels: list[int], groups: list[int], k: int, seed: int, val_fra
 
     val_seed -1 draws fold f's val with seed ``seed + f``; val_seed v >= 0 with ``seed + f + 1000 (v + 1)``, so
     members of a ``vary_val`` candidate each hold out another part of the same four folds."""
-    from training.classifier.cli import redraw_val
-
     fold = bbc.kfold_grouped(labels, groups, k, seed)
     out = []
     for f in range(k):
         outer = {"train": [i for i in range(len(labels)) if fold[i] != f], "val": [],
                  "test": [i for i in range(len(labels)) if fold[i] == f]}
         inner_seed = seed + f + (1000 * (val_seed + 1) if val_seed >= 0 else 0)
-        out.append(redraw_val(outer, labels, groups, val_frac, inner_seed))
+        out.append(bbc.redraw_val(outer, labels, groups, val_frac, inner_seed))
     return out
 
 

@@ -178,6 +178,13 @@ def split_grouped(labels: list[int], groups: list[int], fractions=(0.8, 0.1, 0.1
     return {k: sorted(v) for k, v in out.items()}
 
 
+def redraw_val(split: dict, labels: list[int], groups: list[int], frac: float, seed: int) -> dict:
+    """The same test set; train + val split again into train and a share ``frac`` of val (grouped, stratified)."""
+    rest = sorted(split["train"] + split["val"])
+    inner = split_grouped([labels[i] for i in rest], [groups[i] for i in rest], (1 - frac, frac, 0.0), seed)
+    return {"train": [rest[j] for j in inner["train"]], "val": [rest[j] for j in inner["val"]], "test": split["test"]}
+
+
 def kfold_grouped(labels: list[int], groups: list[int], k: int = 5, seed: int = 0) -> list[int]:
     """Fold id (0..k-1) per article: stratified by label, every duplicate group inside one fold.
 
