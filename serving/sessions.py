@@ -245,18 +245,31 @@ class SqliteStore:
             # opened before a fork: closing it here could checkpoint or drop the parent's WAL; keep it unused
             self._forked.append(self._db)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Setup may wait in SQLite's own busy handler (workers starting together all create the schema): once,
-        # at start. Autocommit (isolation_level None): the transactions here are explicit. Any thread: the store
-        # may be built in another thread than the event loop's that uses it.
-        db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            db.execute("PRAGMA busy_timeout=0")
-        except BaseException:
-            db.close()
-            raise
+        # Setup blocks (once, at start) while workers starting together all set up the same file. SQLite's busy
+        # handler does not cover all of it: switching a new file to WAL, or two connections that both read
+        # before writing, fail with SQLITE_BUSY at once (4 processes opening one new file: 18 of 200 rounds
+        # failed so), so the whole setup is retried until busy_timeout_s. Autocommit (isolation_level None):
+        # the transactions here are explicit. Any thread: the store may be built in another thread than the
+        # event loop's that uses it.
+        deadline, pause = time.monotonic() + self.busy_timeout_s, 0.001
+        while True:
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
+                                 check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(_SCHEMA)
+                db.execute("PRAGMA busy_timeout=0")
+                break
+            except sqlite3.OperationalError as exc:
+                db.close()
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise
+            except BaseException:
+                db.close()
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
         self._db, self._pid = db, os.getpid()
         return db
 
