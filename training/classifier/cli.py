@@ -39,6 +39,9 @@ FIELD_HELP = {"cell": "rnn | gru | lstm", "pooling": "'+'-joined subset of last,
               "bf16": "bfloat16 autocast for the training steps (fast on CPUs with AVX512-BF16)",
               "crop": "share of training articles replaced each epoch by a random window of 30..all of their tokens "
                       "(augmentation; 0 = off)",
+              "pretrain_epochs": "epochs of language-model pretraining (next and previous token) of the embedding "
+                                 "and RNNs on the train and val texts before the classifier trains (0 = off)",
+              "pretrain_lr": "peak learning rate of the language-model pretraining (one-cycle)",
               "ema": "decay per step of an exponential moving average of the weights, which is validated and kept "
                      "(0 = off; e.g. 0.99)"}
 
@@ -151,9 +154,19 @@ def fit(cfg: dict, articles, split: dict, device, **train_kw):
     source = vocab_texts([a.text for a in articles], split, cfg["data"])  # the vocabulary's and the LSA vectors'
     vocab, data = encode_splits(articles, split, cfg["data"], source)
     model_cfg = ClassifierConfig(vocab_size=len(vocab), num_classes=len(bbc.LABELS), **cfg["model"])
+    train_cfg = TrainConfig.from_dict(cfg["train"])
     t0 = time.time()
     init = initial_embeddings(cfg, source, vocab)
-    model, history = train(model_cfg, TrainConfig.from_dict(cfg["train"]), data, device=device, embeddings=init,
+    init_state = None
+    if train_cfg.pretrain_epochs > 0:  # on the texts of train and val (never test), labels unused
+        from training.classifier.pretrain import pretrain_lm
+
+        run_dir = train_kw.get("run_dir")
+        cache = Path(run_dir) / "pretrained.pt" if run_dir else None  # a resumed run does not pretrain again
+        init_state, _ = pretrain_lm(model_cfg, data["train"].ids + data["val"].ids, train_cfg.pretrain_epochs,
+                                    train_cfg.pretrain_lr, train_cfg.seed, init, device,
+                                    train_kw.get("progress", True), cache)
+    model, history = train(model_cfg, train_cfg, data, device=device, embeddings=init, init_state=init_state,
                            **train_kw)
     return model, history, vocab, data, time.time() - t0
 

@@ -40,6 +40,8 @@ class TrainConfig:
     bf16: bool = False            # bfloat16 autocast for the training steps on CPU (evaluation stays float32)
     ema: float = 0.0              # > 0: evaluate and keep an exponential moving average of the weights (decay/step)
     crop: float = 0.0             # share of training articles replaced, each epoch, by a random window of them
+    pretrain_epochs: int = 0      # > 0: first pretrain embedding + RNNs as language models on the non-test texts
+    pretrain_lr: float = 3e-3     # peak learning rate of that pretraining (one-cycle schedule)
     seed: int = 0
 
     @classmethod
@@ -126,15 +128,20 @@ def evaluate(model: TextClassifier, data: Encoded, device="cpu", smoothing: floa
 def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, Encoded],
           on_epoch_end: Callable[[int, dict], None] | None = None, run_dir: str | Path | None = None,
           device: str | torch.device = "cpu", progress: bool = True,
-          embeddings=None) -> tuple[TextClassifier, list[dict]]:
+          embeddings=None, init_state: dict | None = None) -> tuple[TextClassifier, list[dict]]:
     """Train on data["train"], early-stop on data["val"]; returns (model with best weights, history).
-    ``embeddings`` (V, E), when given, initialises the embedding table (e.g. LSA vectors)."""
+    ``embeddings`` (V, E), when given, initialises the embedding table (e.g. LSA vectors); ``init_state``, a
+    state_dict without the head (pretrain.pretrain_lm), then replaces the embedding and RNN weights."""
     seed_everything(config.seed)
     rng = random.Random(config.seed)
     device = torch.device(device)
     model = TextClassifier(model_config)
     if embeddings is not None:
         model.embedding.weight.data.copy_(torch.as_tensor(embeddings))
+    if init_state is not None:
+        missing, unexpected = model.load_state_dict(init_state, strict=False)
+        if unexpected or any(not k.startswith("head.") for k in missing):
+            raise ValueError(f"init_state does not fit the model: missing {missing}, unexpected {unexpected}")
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=config.lr_patience)
