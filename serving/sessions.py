@@ -200,6 +200,21 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return code & 0xFF == 5 if code is not None else str(exc).startswith("database is locked")   # SQLITE_BUSY
 
 
+class _BusyRetry:
+    """Tries of one operation that found the database locked: ``retry(exc)`` whether to try again (SQLITE_BUSY,
+    and ``timeout_s`` not yet over), ``pause()`` the wait before it, doubling from ``first`` up to ``cap``."""
+
+    def __init__(self, timeout_s: float, first: float, cap: float):
+        self.deadline, self.next_pause, self.cap = time.monotonic() + timeout_s, first, cap
+
+    def retry(self, exc: sqlite3.OperationalError) -> bool:
+        return _is_busy(exc) and time.monotonic() <= self.deadline
+
+    def pause(self) -> float:
+        pause, self.next_pause = self.next_pause, min(self.next_pause * 2, self.cap)
+        return pause
+
+
 class SqliteStore:
     """Sessions in one SQLite file shared by every worker process on this machine, surviving restarts.
 
@@ -251,7 +266,7 @@ class SqliteStore:
         # failed so), so the whole setup is retried until busy_timeout_s. Autocommit (isolation_level None):
         # the transactions here are explicit. Any thread: the store may be built in another thread than the
         # event loop's that uses it.
-        deadline, pause = time.monotonic() + self.busy_timeout_s, 0.001
+        busy = _BusyRetry(self.busy_timeout_s, 0.001, 0.05)
         while True:
             db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
                                  check_same_thread=False)
@@ -263,31 +278,29 @@ class SqliteStore:
                 break
             except sqlite3.OperationalError as exc:
                 db.close()
-                if not _is_busy(exc) or time.monotonic() > deadline:
+                if not busy.retry(exc):
                     raise
             except BaseException:
                 db.close()
                 raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
+            time.sleep(busy.pause())
         self._db, self._pid = db, os.getpid()
         return db
 
     async def _run(self, op, *args):
         """``op(connection, *args)``, retried while another process holds the write lock."""
-        deadline, pause = time.monotonic() + self.busy_timeout_s, 0.0005
+        busy = _BusyRetry(self.busy_timeout_s, 0.0005, 0.01)
         while True:
             try:
                 return op(self._connect(), *args)
             except sqlite3.ProgrammingError:    # misuse (a bug here), not a store problem
                 raise
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() > deadline:
+                if not busy.retry(exc):
                     raise StoreUnavailable(f"session store {self.path}: {exc}") from None
             except (sqlite3.DatabaseError, OSError) as exc:     # disk I/O, not a database, ...
                 raise StoreUnavailable(f"session store {self.path}: {exc}") from None
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.01)
+            await asyncio.sleep(busy.pause())
 
     # Each op reads the clock inside the function given to _run: a retried op must not use a time from before
     # its wait.

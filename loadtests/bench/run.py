@@ -162,7 +162,7 @@ def report_session(r: dict) -> None:
     print(f"\n== session continuation: {r['new_chars']} new chars ==")
     print(f"fresh request {r['fresh_ms']:.0f} ms, after {r['history_chars']:,} chars of history "
           f"{r['continued_ms']:.0f} ms: ratio {r['ratio']:.2f} (medians; fastest vs fastest "
-          f"{r.get('ratio_best', float('nan')):.2f})")
+          f"{r['ratio_best']:.2f})")
 
 
 def report_service(svc: dict) -> None:
