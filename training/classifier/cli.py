@@ -148,9 +148,9 @@ def initial_embeddings(cfg: dict, texts: list[str], vocab: Vocab):
     return lsa_embeddings(texts, vocab, cfg["model"]["embed_dim"])
 
 
-def fit(cfg: dict, articles, split: dict, device, **train_kw):
-    """Encode the splits, build the model config, initialise the embedding, train: what train-classifier, the
-    search and cross-validation share. -> (model, history, vocab, data, seconds)."""
+def fit(cfg: dict, articles, split: dict, device, run_dir: Path | None = None, progress: bool = True, **train_kw):
+    """Encode the splits, build the model config, initialise the embedding (and pretrain), train: what
+    train-classifier, the search and cross-validation share. -> (model, history, vocab, data, seconds)."""
     source = vocab_texts([a.text for a in articles], split, cfg["data"])  # the vocabulary's and the LSA vectors'
     vocab, data = encode_splits(articles, split, cfg["data"], source)
     model_cfg = ClassifierConfig(vocab_size=len(vocab), num_classes=len(bbc.LABELS), **cfg["model"])
@@ -161,13 +161,11 @@ def fit(cfg: dict, articles, split: dict, device, **train_kw):
     if train_cfg.pretrain_epochs > 0:  # on the texts of train and val (never test), labels unused
         from training.classifier.pretrain import pretrain_lm
 
-        run_dir = train_kw.get("run_dir")
         cache = Path(run_dir) / "pretrained.pt" if run_dir else None  # a resumed run does not pretrain again
         init_state, _ = pretrain_lm(model_cfg, data["train"].ids + data["val"].ids, train_cfg.pretrain_epochs,
-                                    train_cfg.pretrain_lr, train_cfg.seed, init, device,
-                                    train_kw.get("progress", True), cache)
-    model, history = train(model_cfg, train_cfg, data, device=device, embeddings=init, init_state=init_state,
-                           **train_kw)
+                                    train_cfg.pretrain_lr, train_cfg.seed, init, device, progress, cache)
+    model, history = train(model_cfg, train_cfg, data, run_dir=run_dir, device=device, progress=progress,
+                           embeddings=init, init_state=init_state, **train_kw)
     return model, history, vocab, data, time.time() - t0
 
 

@@ -22,7 +22,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from training.classifier.model import ClassifierConfig, TextClassifier
-from training.classifier.train import collate, length_batches
+from training.classifier.train import collate, initial_model, length_batches
 from training.common.devices import seed_everything
 
 log = logging.getLogger(__name__)
@@ -67,22 +67,21 @@ def pretrain_lm(config: ClassifierConfig, seqs: list[list[int]], epochs: int, lr
     seed_everything(seed)
     rng = random.Random(seed)
     device = torch.device(device)
-    model = TextClassifier(config)
-    if embeddings is not None:
-        model.embedding.weight.data.copy_(torch.as_tensor(embeddings))
+    model = initial_model(config, embeddings)
     heads = lm_heads(config)
     model.to(device).train()
     heads.to(device).train()
     params = [*model.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    batches_per_epoch = len(length_batches([len(s) for s in seqs], BATCH_SIZE, None))
+    seq_lengths = [len(s) for s in seqs]
+    batches_per_epoch = len(length_batches(seq_lengths, BATCH_SIZE, None))
     # one-cycle: warm up over the first 10% of steps, then anneal (ULMFiT's slanted triangular schedule)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * batches_per_epoch),
                                                 pct_start=0.1)
     history = []
     for epoch in range(1, epochs + 1):
         total, n = 0.0, 0
-        batches = length_batches([len(s) for s in seqs], BATCH_SIZE, rng)
+        batches = length_batches(seq_lengths, BATCH_SIZE, rng)
         for batch in tqdm(batches, desc=f"LM pretraining {epoch}/{epochs}", disable=not progress, leave=False):
             ids, lengths = collate([seqs[i] for i in batch])
             loss = lm_loss(model, heads, ids.to(device), lengths.to(device))

@@ -125,6 +125,14 @@ def evaluate(model: TextClassifier, data: Encoded, device="cpu", smoothing: floa
             "nll": F.cross_entropy(logits, y).item(), "acc": (logits.argmax(1) == y).float().mean().item()}
 
 
+def initial_model(model_config: ClassifierConfig, embeddings=None) -> TextClassifier:
+    """A fresh model (its weights are drawn here: seed before); ``embeddings`` (V, E) replaces the embedding table."""
+    model = TextClassifier(model_config)
+    if embeddings is not None:
+        model.embedding.weight.data.copy_(torch.as_tensor(embeddings))
+    return model
+
+
 def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, Encoded],
           on_epoch_end: Callable[[int, dict], None] | None = None, run_dir: str | Path | None = None,
           device: str | torch.device = "cpu", progress: bool = True,
@@ -135,9 +143,7 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
     seed_everything(config.seed)
     rng = random.Random(config.seed)
     device = torch.device(device)
-    model = TextClassifier(model_config)
-    if embeddings is not None:
-        model.embedding.weight.data.copy_(torch.as_tensor(embeddings))
+    model = initial_model(model_config, embeddings)
     if init_state is not None:
         missing, unexpected = model.load_state_dict(init_state, strict=False)
         if unexpected or any(not k.startswith("head.") for k in missing):
