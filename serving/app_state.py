@@ -25,6 +25,7 @@ from typing import Any, Callable
 from .config import Settings, usable_cores
 from .generation import Generation
 from .metrics import Metrics
+from .quotas import make_quotas
 from .sessions import make_store
 from .stepper import Stepper
 
@@ -122,7 +123,10 @@ class AppState:
         if not s.redis_url and not s.session_db and s.workers > 1:
             raise RuntimeError("no RNNTEXT_SESSION_DB: the workers would not share their sessions")
         self.store = make_store(s.redis_url, s.session_db or None, s.session_ttl_s, s.max_sessions,
-                                lease_s=s.session_lease_s)
+                                lease_s=s.session_lease_s, redis_prefix=s.redis_prefix)
+        # the clients' rates and stream slots, beside the sessions (serving/quotas.py); the gate reads them too
+        self.quotas = make_quotas(self.store, None, s.session_lease_s)
+        self.directory = s.directory()
         # what this worker is doing, for the other workers (serving/board.py) and for the choice of step session
         self.board = board
         self._busy_lock = threading.Lock()
@@ -130,7 +134,8 @@ class AppState:
         self.stepper = Stepper(self.generator, s.max_streams, on_tick=self._on_tick, wide=self._wide,
                                busy=lambda: self._classifying > 0)
         self.generation = Generation(self.generator, self.store, self.stepper,
-                                     model_tag(self.generator.manifest, self.generator.files), self.metrics)
+                                     model_tag(self.generator.manifest, self.generator.files), self.metrics,
+                                     quotas=self.quotas)
         # ONNX Runtime's first runs of each shape allocate and pick kernels: do them before the first client
         self._warm_texts = self._make_warm_texts()
         self.classifier.predict_proba(self._warm_texts)
@@ -191,11 +196,12 @@ class AppState:
     async def _warm_batcher(self, get_proxy: Callable[[], Any]) -> None:
         while get_proxy() is None:
             await asyncio.sleep(0.05)
+        from .gate import INTERNAL_HEADER, INTERNAL_TOKEN
+
         client = get_proxy().to_async
-        if self.settings.api_key:
-            # the in-process client passes the same API-key gate as everyone; its connection is opened on the
-            # first call with these (shared, mutable) default headers
-            client.default_headers["Authorization"] = f"Bearer {self.settings.api_key}"
+        # the in-process client passes the gate as this worker itself (no key, no client quota); its connection
+        # is opened on the first call with these (shared, mutable) default headers
+        client.default_headers[INTERNAL_HEADER.decode()] = INTERNAL_TOKEN.decode()
         texts = self._warm_texts
         for i in range(WARM_SEQUENTIAL):
             await client.classify(texts=[texts[i % len(texts)]])
@@ -206,15 +212,24 @@ class AppState:
         log.info("/classify path warmed up with %d requests", WARM_SEQUENTIAL + sum(WARM_BURSTS))
 
     async def _refresh_gauges(self) -> None:
-        """Sessions also end by expiry, which no request sees: re-count them now and then."""
+        """Sessions also end by expiry, which no request sees: re-count them now and then. Nothing that the
+        store does may end this task (update_session_gauge swallows store faults; anything else is logged)."""
         while True:
-            await self.generation.update_session_gauge()
+            try:
+                await self.generation.update_session_gauge()
+            except Exception:
+                log.exception("session gauge update failed")
             await asyncio.sleep(5)
 
     async def ready(self) -> bool:
+        """Ready to classify: warmed up. The session store is not asked (/readyz/sessions is): a load balancer
+        must not stop sending /classify, which needs no store, because Redis is down."""
+        return self._ready
+
+    async def sessions_ready(self) -> bool:
         return self._ready and await self.store.ping()
 
-    async def info(self) -> dict:
+    async def info(self, client: str = "") -> dict:
         def model(kind: str, m: dict) -> dict:
             keys = ("created", "metrics", "versions", "config", "corpus_fingerprint", "parity", "files", "ensemble")
             rt = self.classifier if kind == "classifier" else self.generator
@@ -224,8 +239,11 @@ class AppState:
 
         try:
             sessions = await self.store.count()
+            store_ok = True
         except Exception:
-            sessions = None
+            sessions, store_ok = None, False
+        caller = self.directory.lookup(client) if client else None
+        s = self.settings
         return {
             "ready": self._ready,
             "batcher_warm": self.batcher_warm,
@@ -238,15 +256,30 @@ class AppState:
             "models": {"classifier": {**model("classifier", self.classifier.manifest),
                                       "labels": self.classifier.labels},
                        "generator": model("generator", self.generator.manifest)},
-            "sessions": {"store": self.store.kind, "active": sessions, "evicted": self.store.evicted,
-                         "ttl_s": self.settings.session_ttl_s, "max": self.settings.max_sessions},
+            "sessions": {"store": self.store.kind, "available": store_ok, "active": sessions,
+                         "evicted": self.store.evicted, "ttl_s": s.session_ttl_s, "max": s.max_sessions},
+            "client": None if caller is None else {
+                "name": caller.name, "identified_by": "api_key" if caller.keyed else "address",
+                "limits": {"rate": caller.limits.rate, "burst": caller.limits.burst,
+                           "streams": caller.limits.streams, "sessions": caller.limits.sessions},
+                "sessions": await self._count_own(caller.tag)},
+            "clients": {"keyed": self.directory.keyed, "keys": len(self.directory.names()),
+                        "trusted_proxies": s.trusted_proxies or None, "quota_store": self.quotas.kind,
+                        "max_connections_per_address": s.client_max_connections},
             "streams": {"active": self.stepper.active, "max": self.stepper.max_streams, "ticks": self.stepper.ticks},
             "settings": self.settings.public(),
         }
+
+    async def _count_own(self, tag: str) -> int | None:
+        try:
+            return await self.store.count(tag)
+        except Exception:
+            return None
 
     async def aclose(self) -> None:
         for task in (self._warm_task, self._gauge_task):    # a server stopped while warming up, too
             if task is not None:
                 task.cancel()
         await self.stepper.aclose()
+        await self.quotas.close()
         await self.store.close()

@@ -90,7 +90,24 @@ class Settings(BaseModel):
     session_db: str = Field("", alias="RNNTEXT_SESSION_DB",
                             description="SQLite file shared by the workers; empty = a new one per server start")
     redis_url: str = Field("", alias="RNNTEXT_REDIS_URL", description="e.g. redis://host:6379/0; replaces SQLite")
-    api_key: str = Field("", alias="RNNTEXT_API_KEY")
+    api_key: str | None = Field(None, alias="RNNTEXT_API_KEY",
+                                description="one key, the client 'default'; set but blank is an error")
+    api_keys: str = Field("", alias="RNNTEXT_API_KEYS", description="name:key[:option=value,...], comma-separated")
+    api_keys_file: str = Field("", alias="RNNTEXT_API_KEYS_FILE", description="one name:key[:options] per line")
+    trusted_proxies: str = Field("", alias="RNNTEXT_TRUSTED_PROXIES",
+                                 description="CIDRs whose X-Forwarded-For names the client (without keys)")
+    client_rate: float = Field(100.0, ge=0, allow_inf_nan=False, alias="RNNTEXT_CLIENT_RATE",
+                               description="API requests per second per client (token bucket); 0 = unlimited")
+    client_burst: int = Field(200, ge=1, alias="RNNTEXT_CLIENT_BURST")
+    client_max_streams: int = Field(0, ge=0, alias="RNNTEXT_CLIENT_MAX_STREAMS",
+                                    description="0 = a quarter of RNNTEXT_MAX_STREAMS")
+    client_max_sessions: int = Field(0, ge=0, alias="RNNTEXT_CLIENT_MAX_SESSIONS",
+                                     description="0 = a tenth of RNNTEXT_MAX_SESSIONS")
+    client_max_connections: int = Field(0, ge=0, alias="RNNTEXT_CLIENT_MAX_CONNECTIONS",
+                                        description="per address and worker; 0 = a quarter of RNNTEXT_MAX_CONNECTIONS")
+    redis_prefix: str = Field("rnntext:", min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$",
+                              alias="RNNTEXT_REDIS_PREFIX",
+                              description="key prefix, so that deployments can share one Redis database")
     warmup: bool = Field(True, alias="RNNTEXT_WARMUP")
     read_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False, alias="RNNTEXT_READ_TIMEOUT_S")
     max_connections: int = Field(1000, ge=1, alias="RNNTEXT_MAX_CONNECTIONS")
@@ -106,6 +123,10 @@ class Settings(BaseModel):
             self.models = ROOT / self.models
         if self.workers == 0:
             self.workers = default_workers(self.provider)
+        # per-client shares of the global caps (docs/serving.md "Clients, quotas and limits")
+        self.client_max_streams = self.client_max_streams or max(1, self.max_streams // 4)
+        self.client_max_sessions = self.client_max_sessions or max(1, self.max_sessions // 10)
+        self.client_max_connections = self.client_max_connections or max(1, self.max_connections // 4)
         if self.threads == 0:
             # each worker runs two models at once (a classifier batch and a generation step), each with its own
             # intra-op pool: more threads than cores in total makes ONNX Runtime's spinning pools fight
@@ -118,12 +139,30 @@ class Settings(BaseModel):
         names = {f.alias for f in cls.model_fields.values()}
         raw = {k: v.strip() for k, v in env.items() if k in names}
         try:
-            return cls.model_validate(raw)
+            settings = cls.model_validate(raw)
         except ValidationError as exc:
             err = exc.errors()[0]
             name = err["loc"][0] if err["loc"] else ""
-            value = f"={raw[name]!r}" if name in raw else ""
+            value = f"={raw[name]!r}" if name in raw and "KEY" not in name else ""
             raise ConfigError(f"{name}{value}: {err['msg']}".lstrip(": ")) from None
+        settings.directory()    # a key list it cannot use stops the service here, with its one line
+        return settings
+
+    def limits(self):
+        from .clients import Limits
+
+        return Limits(rate=self.client_rate, burst=self.client_burst, streams=self.client_max_streams,
+                      sessions=self.client_max_sessions)
+
+    def directory(self):
+        """The clients (serving/clients.py): named keys, or addresses behind the trusted proxies."""
+        from .clients import Directory, KeysError, load_keys, parse_proxies
+
+        try:
+            return Directory(load_keys(self.api_key, self.api_keys, self.api_keys_file), self.limits(),
+                             parse_proxies(self.trusted_proxies))
+        except KeysError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def session_store(self) -> str:
@@ -131,7 +170,7 @@ class Settings(BaseModel):
 
     def public(self) -> dict:
         """The settings as /info reports them (no secrets)."""
-        out = self.model_dump(mode="json", exclude={"api_key", "redis_url"})
+        out = self.model_dump(mode="json", exclude={"api_key", "api_keys", "api_keys_file", "redis_url"})
         out["session_store"] = self.session_store
-        out["api_key_required"] = bool(self.api_key)
+        out["api_key_required"] = self.directory().keyed
         return out

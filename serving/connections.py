@@ -8,6 +8,10 @@ protocol class that uvicorn picks with two checks:
 
 * a connection over ``max_connections`` open ones in this worker gets ``503 {"error", "kind": "overloaded"}``
   and is closed at once, before anything is read;
+* a connection from an address that already holds ``per_address`` of them in this worker (default: a quarter
+  of ``max_connections``) gets ``429 {"error", "kind": "quota_exceeded"}`` and is closed the same way, so one
+  client cannot take every connection; the trusted proxies (RNNTEXT_TRUSTED_PROXIES) carry many clients and
+  are exempt;
 * a connection with no request in flight (just opened, or between keep-alive requests) must deliver a whole
   request head within ``read_timeout_s``, or it is closed. Bodies have their own deadline (serving/gate.py).
 
@@ -38,18 +42,31 @@ def _refusal(max_connections: int) -> bytes:
     return head.encode() + body
 
 
+def _quota_refusal(per_address: int) -> bytes:
+    body = json.dumps({"error": f"too many open connections from this address (limit {per_address} per worker); "
+                                "retry later", "kind": "quota_exceeded"}).encode()
+    head = (f"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n")
+    return head.encode() + body
+
+
 def _count(open_connections: int) -> None:
     board = _installed.get("board")
     if board is not None:
         board.set_connections(open_connections)
 
 
-def guarded(protocol: type, max_connections: int, read_timeout_s: float) -> type:
-    """A subclass of one of uvicorn's HTTP protocols (h11 or httptools) with the two checks above."""
+def guarded(protocol: type, max_connections: int, read_timeout_s: float, per_address: int | None = None,
+            directory: Any = None) -> type:
+    """A subclass of one of uvicorn's HTTP protocols (h11 or httptools) with the checks above."""
     refusal = _refusal(max_connections)
+    per_address = per_address or max_connections
+    quota_refusal = _quota_refusal(per_address)
+    by_address: dict[str, int] = {}     # this worker's open connections per peer address (trusted proxies: none)
 
     class Guarded(protocol):
         _head_timer = None
+        _address: str | None = None
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -58,6 +75,15 @@ def guarded(protocol: type, max_connections: int, read_timeout_s: float) -> type
                 transport.write(refusal)
                 transport.close()       # connection_lost then removes it from ``connections``
                 return
+            peer = transport.get_extra_info("peername")
+            address = peer[0] if isinstance(peer, tuple) and peer else None
+            if address is not None and not (directory is not None and directory.is_trusted(address)):
+                if by_address.get(address, 0) >= per_address:
+                    transport.write(quota_refusal)
+                    transport.close()
+                    return
+                by_address[address] = by_address.get(address, 0) + 1
+                self._address = address
             self._arm()
 
         def on_response_complete(self) -> None:
@@ -66,6 +92,13 @@ def guarded(protocol: type, max_connections: int, read_timeout_s: float) -> type
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._address is not None:
+                left = by_address.get(self._address, 1) - 1
+                if left > 0:
+                    by_address[self._address] = left
+                else:
+                    by_address.pop(self._address, None)
+                self._address = None
             super().connection_lost(exc)
             _count(len(self.connections))
 
@@ -88,11 +121,13 @@ def guarded(protocol: type, max_connections: int, read_timeout_s: float) -> type
     return Guarded
 
 
-def install(max_connections: int, read_timeout_s: float) -> None:
+def install(max_connections: int, read_timeout_s: float, per_address: int | None = None,
+            directory: Any = None) -> None:
     """Make every uvicorn server started in this process use the guarded protocol (idempotent)."""
     import uvicorn
 
-    _installed.update(max_connections=max_connections, read_timeout_s=read_timeout_s)
+    _installed.update(max_connections=max_connections, read_timeout_s=read_timeout_s, per_address=per_address,
+                      directory=directory)
     if "load" in _installed:
         return
     load = _installed["load"] = uvicorn.Config.load
@@ -100,7 +135,8 @@ def install(max_connections: int, read_timeout_s: float) -> None:
     def guarded_load(config: Any) -> None:
         load(config)
         config.http_protocol_class = guarded(config.http_protocol_class, _installed["max_connections"],
-                                             _installed["read_timeout_s"])
+                                             _installed["read_timeout_s"], _installed["per_address"],
+                                             _installed["directory"])
 
     uvicorn.Config.load = guarded_load
 

@@ -7,20 +7,24 @@ report, a refused media type) are rewritten into the same shape by ``normalize``
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Callable
 
 from starlette.responses import JSONResponse
 
 
 class ClientError(Exception):
-    def __init__(self, status: int, kind: str, message: str):
+    def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.kind, self.message = status, kind, message
+        self._headers = headers
 
     def body(self) -> dict[str, str]:
         return {"error": self.message, "kind": self.kind}
 
     def headers(self) -> dict[str, str] | None:
+        if self._headers is not None:
+            return self._headers
         if self.status == 401:
             return {"WWW-Authenticate": "Bearer"}
         if self.status == 503:
@@ -40,6 +44,19 @@ def session_busy() -> ClientError:
 
 def store_down() -> ClientError:
     return ClientError(503, "store_unavailable", "session store unavailable")
+
+
+def rate_limited(client: Any, wait_s: float) -> ClientError:
+    """429 for a client over its request rate; ``Retry-After`` is the wait for its next token, in whole seconds."""
+    retry = max(1, math.ceil(wait_s))
+    return ClientError(429, "rate_limited", f"client {client.name!r} is over its rate of {client.limits.rate:g} "
+                                            f"requests/s (burst {client.limits.burst}); retry in {retry} s",
+                       headers={"Retry-After": str(retry)})
+
+
+def quota_exceeded(message: str, retry_after: int = 1) -> ClientError:
+    """429 for a client at one of its quotas (concurrent streams)."""
+    return ClientError(429, "quota_exceeded", message, headers={"Retry-After": str(retry_after)})
 
 
 def overloaded(message: str) -> ClientError:

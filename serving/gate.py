@@ -1,7 +1,16 @@
 """ASGI middleware in front of every route: what BentoML does not do for us.
 
-* the API key (``Authorization: Bearer <key>`` or ``X-API-Key``), except on the health probes and the static
-  pages (the demo and the API docs, serving/pages.py), which hold no data and ask for the key themselves;
+* who is calling (serving/clients.py): the API key's name (``Authorization: Bearer <key>`` or ``X-API-Key``),
+  required on every route but the health probes and the static pages (the demo and the API docs,
+  serving/pages.py), which hold no data and ask for the key themselves; without keys, the client's address. The
+  name reaches the endpoints as the ``X-Rnntext-Client`` request header (a client's own is dropped);
+* the client's request rate (serving/quotas.py): an API request over it gets 429 ``rate_limited`` with
+  ``Retry-After``, before its body is read;
+* only API routes read a body: any other route (probes, pages, metrics, unknown paths) answers a request with
+  a body ``405`` (a method other than GET/HEAD/OPTIONS) or ``413`` (a GET announcing a body) at once, unread, and
+  closes the connection;
+* security headers on the pages (``Content-Security-Policy`` with ``'self'`` sources and
+  ``frame-ancestors 'none'``, ``X-Frame-Options``) and ``X-Content-Type-Options: nosniff`` on every response;
 * a deadline and a size limit for the request body: the gate reads the body itself, within ``read_timeout_s``
   of the request head (a client that sends its body a byte a second gets 408 and its connection closed) and up
   to ``max_body_bytes`` (413), then replays it to BentoML in one message;
@@ -16,18 +25,40 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
+import logging
+import secrets
+import time
 from typing import Any, Callable
 
-from .errors import ClientError, error_response, normalize
+from .clients import Client, Directory
+from .errors import ClientError, error_response, normalize, rate_limited
 from .pages import is_page
 
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz"})      # probes never need the key
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/readyz/sessions", "/healthz"})      # probes never need the key
 API_METHODS = {"/classify": "POST", "/generate": "POST", "/end_session": "POST", "/info": "POST"}
 ALIASES = {"/info": "GET"}      # GET /info is served too (curl, browsers): serving/service.py
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 JSON_HEADERS = ((b"content-type", b"application/json"),)
+CLIENT_HEADER = b"x-rnntext-client"
+# the worker's own in-process client (the batcher's warm-up) proves itself with this, made anew in each process
+INTERNAL_HEADER, INTERNAL_TOKEN = b"x-rnntext-internal", secrets.token_urlsafe(24).encode()
+INTERNAL = "internal"
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+PAGE_HEADERS = (
+    # Swagger UI sets styles from its script and uses data: images for its icons; nothing else is allowed
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                                 b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+access_log = logging.getLogger("rnntext.access")
+
+
+def client_of(headers) -> str:
+    """The client name the gate put on a request (``X-Rnntext-Client``), for the endpoints."""
+    return headers.get(CLIENT_HEADER.decode(), "")
 
 
 async def read_body(receive: Callable, max_bytes: int) -> bytes:
@@ -47,51 +78,106 @@ async def read_body(receive: Callable, max_bytes: int) -> bytes:
 
 
 class Gate:
-    def __init__(self, app: Any, api_key: str, max_body_bytes: int, read_timeout_s: float,
-                 on_error: Callable[[str], None] | None = None, worker: Callable[[], Any] | None = None):
+    def __init__(self, app: Any, directory: Directory, max_body_bytes: int, read_timeout_s: float,
+                 on_error: Callable[[str, str], None] | None = None, worker: Callable[[], Any] | None = None,
+                 quotas: Callable[[], Any] | None = None, access_log: bool = False):
         self.app = app
-        self.api_key = api_key.encode()
+        self.directory = directory
         self.max_body_bytes, self.read_timeout_s = max_body_bytes, read_timeout_s
-        self.on_error = on_error        # counts errors by kind (metrics)
+        self.on_error = on_error        # counts errors by kind and client (metrics)
         self._worker = worker           # the worker index, looked up once it is known
         self._worker_header: tuple[bytes, bytes] | None = None
+        self._quotas = quotas           # the worker's Quotas once it is built (None before)
+        self.access_log = access_log
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        send = self._tag(send, scope["path"] in API_METHODS)
+        path = scope["path"]
+        client: Client | None = None
+        t0 = time.perf_counter() if self.access_log else 0.0
+        send = self._tag(send, path in API_METHODS, is_page(path), lambda: client, scope, t0)
         try:
-            self._check(scope)
-            if scope["method"] in BODY_METHODS:
-                body = await self._read(receive)
-                if scope["path"] in API_METHODS:
+            self._refuse_unread(scope)
+            client = self._identify(scope)
+            if path in API_METHODS:
+                self._method(scope)
+                await self._rate(client)
+                if scope["method"] in BODY_METHODS:
+                    body = await self._read(receive)
                     scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
                     scope["headers"].extend(JSON_HEADERS)
-                receive = _replay(body, receive)
+                    receive = _replay(body, receive)
         except ClientError as err:
-            return await error_response(err, self.on_error)(scope, receive, send)
+            on_error = None if self.on_error is None else (lambda kind: self.on_error(kind, _label(client)))
+            return await error_response(err, on_error)(scope, receive, send)
         await self.app(scope, receive, send)
 
-    def _check(self, scope: dict) -> None:
-        path = scope["path"]
-        if self.api_key and path not in OPEN_PATHS and not is_page(path) and not self._authorized(scope):
-            raise ClientError(401, "unauthorized", "missing or wrong API key "
-                                                   "(send 'Authorization: Bearer <key>' or 'X-API-Key: <key>')")
-        wanted = API_METHODS.get(path)
-        if wanted and scope["method"] != wanted and scope["method"] != ALIASES.get(path):
-            allowed = " or ".join(filter(None, (wanted, ALIASES.get(path))))
-            raise ClientError(405, "method_not_allowed", f"{path} accepts {allowed} only")
+    def _refuse_unread(self, scope: dict) -> None:
+        """A route that takes no body gets none read: 405 for a body method, 413 for a GET that announces one."""
+        if scope["path"] in API_METHODS:
+            return
+        announced = False
+        for k, v in scope["headers"]:
+            if (k == b"content-length" and v.strip() not in (b"", b"0")) or k == b"transfer-encoding":
+                announced = True
+        if scope["method"] not in READ_METHODS:
+            raise ClientError(405, "method_not_allowed", f"{scope['path']} accepts GET and HEAD only",
+                              headers={"Allow": "GET, HEAD", **({"Connection": "close"} if announced else {})})
+        if announced:
+            raise ClientError(413, "payload_too_large", f"{scope['path']} takes no request body",
+                              headers={"Connection": "close"})
 
-    def _authorized(self, scope: dict) -> bool:
-        given = auth = b""
+    def _identify(self, scope: dict) -> Client:
+        """The client; 401 on a path that needs a key and has none (or a wrong one). Sets X-Rnntext-Client."""
+        given = auth = forwarded = internal = None
+        headers = []
         for k, v in scope["headers"]:
             if k == b"x-api-key":
                 given = v
             elif k == b"authorization":
                 auth = v
-        if auth[:7].lower() == b"bearer ":
+            elif k == b"x-forwarded-for":
+                forwarded = v if forwarded is None else forwarded + b"," + v
+            elif k == INTERNAL_HEADER:
+                internal = v
+                continue
+            elif k == CLIENT_HEADER:
+                continue        # only the gate says who the client is
+            headers.append((k, v))
+        if auth is not None and auth[:7].lower() == b"bearer ":
             given = auth[7:].strip()
-        return hmac.compare_digest(given, self.api_key)
+        client = None
+        if internal is not None and internal == INTERNAL_TOKEN:
+            client = Client(INTERNAL, True, self.directory.unlimited)
+        elif self.directory.keyed:
+            client = self.directory.by_key(given) if given else None
+            path = scope["path"]
+            if client is None and path not in OPEN_PATHS and not is_page(path):
+                raise ClientError(401, "unauthorized", "missing or wrong API key "
+                                                       "(send 'Authorization: Bearer <key>' or 'X-API-Key: <key>')")
+        if client is None:
+            peer = (scope.get("client") or ("unknown", 0))[0]
+            client = self.directory.by_address(self.directory.address_of(peer, forwarded))
+        headers.append((CLIENT_HEADER, client.tag.encode()))
+        scope["headers"] = headers
+        return client
+
+    def _method(self, scope: dict) -> None:
+        path = scope["path"]
+        wanted = API_METHODS[path]
+        if scope["method"] != wanted and scope["method"] != ALIASES.get(path):
+            allowed = ", ".join(filter(None, (wanted, ALIASES.get(path))))
+            raise ClientError(405, "method_not_allowed", f"{path} accepts {allowed.replace(', ', ' or ')} only",
+                              headers={"Allow": allowed})
+
+    async def _rate(self, client: Client) -> None:
+        quotas = self._quotas() if self._quotas else None
+        if quotas is None or client.name == INTERNAL:
+            return
+        wait = await quotas.take(client.tag, client.limits.rate, client.limits.burst)
+        if wait > 0:
+            raise rate_limited(client, wait)
 
     async def _read(self, receive: Callable) -> bytes:
         try:
@@ -109,15 +195,21 @@ class Gate:
             self._worker_header = (b"x-rnntext-worker", str(index).encode())
         return self._worker_header
 
-    def _tag(self, send: Callable, api: bool) -> Callable:
-        """``send`` that adds the worker header and, on API paths, rewrites BentoML's own 4xx bodies."""
+    def _tag(self, send: Callable, api: bool, page: bool, client: Callable[[], Client | None], scope: dict,
+             t0: float) -> Callable:
+        """``send`` that adds the worker and security headers, logs the request (RNNTEXT_ACCESS_LOG) and, on API
+        paths, rewrites BentoML's own 4xx bodies."""
         held: dict | None = None
         chunks: list[bytes] = []
+        extra = (self._header(), NOSNIFF, *(PAGE_HEADERS if page else ()))
 
         async def tagged(message: dict) -> None:
             nonlocal held
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), self._header()]
+                message["headers"] = [*message.get("headers", ()), *extra]
+                if self.access_log:
+                    access_log.info("%s %s %s %d %.1fms", _label(client(), full=True), scope["method"],
+                                    scope["path"], message["status"], 1000 * (time.perf_counter() - t0))
                 if api and 400 <= message["status"] < 500:
                     held = message          # the body decides whether it needs rewriting
                     return
@@ -129,7 +221,7 @@ class Gate:
                 doc = normalize(start["status"], body)
                 if doc is not None:
                     if self.on_error:
-                        self.on_error(doc["kind"])
+                        self.on_error(doc["kind"], _label(client()))
                     body = json.dumps(doc).encode()
                     start["headers"] = [(k, v) for k, v in start["headers"]
                                         if k.lower() not in (b"content-length", b"content-type")]
@@ -153,3 +245,10 @@ def _replay(body: bytes, receive: Callable) -> Callable:
         return await receive()      # after the body: wait for the disconnect, as the server would
 
     return replay
+
+
+def _label(client: Client | None, full: bool = False) -> str:
+    """The client as metrics (key names only: addresses would be unbounded) or the access log (both) name it."""
+    if client is None:
+        return "-"
+    return client.name if full else client.label

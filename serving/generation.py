@@ -1,9 +1,13 @@
 """One /generate request from start to end: session hand-out, prompt prefill, the event stream, saving.
 
-``begin`` does everything that can fail with a client error (unknown session 404, busy session 409, no free
-slot 503) before the first byte is sent, so those get a JSON reply with the right status; ``events`` then
-yields the server-sent events. Whatever happens to the stream (end, error, client gone), ``release`` gives
-the slot and the session back.
+``begin`` does everything that can fail with a client error (unknown session 404, busy session 409, the client
+at its stream quota 429, no free slot 503, the store down 503) before the first byte is sent, and before any
+prefill, so those get a JSON reply with the right status; ``events`` then yields the server-sent events. Whatever
+happens to the stream (end, error, client gone), ``release`` gives the slot, the client's stream quota and the
+session back.
+
+Sessions belong to the client that made them (``Client.tag``): another client's id is answered exactly as an
+unknown one (404), busy or not, so an id reveals nothing to anyone but its owner.
 """
 from __future__ import annotations
 
@@ -16,9 +20,12 @@ from typing import Any, AsyncIterator
 
 import anyio
 
-from .errors import overloaded, session_busy, store_down, unknown_session
+from .clients import Client
+from .errors import overloaded, quota_exceeded, session_busy, store_down, unknown_session
 from .schemas import GenerateFields
 from .sessions import SessionBusy, StoreUnavailable, decode_state, encode_state, new_session_id
+
+ANONYMOUS = Client("local", False, None)        # unit tests and callers without clients: no quotas
 from .stepper import Stepper, StepperFull, Stream
 
 log = logging.getLogger(__name__)
@@ -35,25 +42,37 @@ class Ticket:
     req: GenerateFields
     stream: Stream
     token: str | None           # the session's lock token when continuing a session
+    client: Client = ANONYMOUS
+    slot: str | None = None     # the client's stream-quota slot
     released: bool = False
 
 
 class Generation:
-    def __init__(self, runtime: Any, store: Any, stepper: Stepper, model_tag: str, metrics: Any = None):
+    def __init__(self, runtime: Any, store: Any, stepper: Stepper, model_tag: str, metrics: Any = None,
+                 quotas: Any = None):
         self.runtime, self.store, self.stepper = runtime, store, stepper
         self.model_tag, self.metrics = model_tag, metrics
+        self.quotas = quotas        # serving/quotas.py: the clients' stream slots (None: no per-client quota)
 
-    async def begin(self, req: GenerateFields) -> Ticket:
+    async def begin(self, req: GenerateFields, client: Client = ANONYMOUS) -> Ticket:
         if self.stepper.active >= self.stepper.max_streams:    # fail fast, before any work
             raise overloaded(f"all {self.stepper.max_streams} generation slots are busy")
-        token, state, sid = None, None, req.session_id
+        token, state, sid, slot = None, None, req.session_id, None
         try:
+            if self.quotas is not None and client.limits is not None:
+                slot = new_session_id()
+                if not await self.quotas.open_stream(client.tag, slot, client.limits.streams):
+                    slot = None
+                    raise quota_exceeded(f"client {client.name!r} already has {client.limits.streams} "
+                                         "generation streams running (its quota); retry when one has finished")
             if sid is not None:
                 try:
                     token = await self.store.acquire(sid)
                 except SessionBusy:
+                    if await self.store.owner_of(sid) != client.tag:
+                        raise unknown_session() from None
                     raise session_busy() from None
-                blob = await self.store.load(sid)
+                blob = await self.store.load(sid, client.tag)
                 state = None if blob is None else decode_state(blob, self.runtime.state_class, self.model_tag)
                 if state is None:
                     raise unknown_session()
@@ -62,16 +81,16 @@ class Generation:
             if self.metrics is not None:
                 self.metrics.chars.inc()
         except StoreUnavailable:
-            await self._release(sid, token)
+            await self._release(sid, token, client, slot)
             raise store_down() from None
         except StepperFull as exc:
-            await self._release(sid, token)
+            await self._release(sid, token, client, slot)
             raise overloaded(str(exc)) from None
         except BaseException:
-            await self._release(sid, token)
+            await self._release(sid, token, client, slot)
             raise
         self._gauge_streams()
-        return Ticket(req, stream, token)
+        return Ticket(req, stream, token, client, slot)
 
     def _start(self, req: GenerateFields, state: Any) -> tuple[Any, Any, str]:
         """The prompt and the first character, in a pool thread: the stepping thread runs at a lower CPU
@@ -110,15 +129,18 @@ class Generation:
                     return
                 if None in items:
                     break
-                if t.token and time.monotonic() - last_refresh > self.store.LOCK_TTL_S / 3:
+                if (t.token or t.slot) and time.monotonic() - last_refresh > self.store.LOCK_TTL_S / 3:
                     try:
-                        await self.store.refresh(req.session_id, t.token)
+                        if t.token:
+                            await self.store.refresh(req.session_id, t.token)
+                        if t.slot:
+                            await self.quotas.refresh_stream(t.client.tag, t.slot)
                     except StoreUnavailable:    # keep streaming; saving at the end will say so
                         log.warning("could not extend a session lock (store unavailable)")
                     last_refresh = time.monotonic()
             done: dict[str, Any] = {"done": True, "chars": stream.produced}
             try:
-                kept = await self._finish(req, stream)
+                kept = await self._finish(req, stream, t.client)
             except StoreUnavailable:
                 self._error("store_unavailable")
                 yield sse({"error": "session store unavailable", "kind": "store_unavailable", **done})
@@ -140,14 +162,16 @@ class Generation:
         t.released = True
         self.stepper.close(t.stream)
         self._gauge_streams()
-        await self._release(t.req.session_id, t.token)
+        await self._release(t.req.session_id, t.token, t.client, t.slot)
 
-    async def _finish(self, req: GenerateFields, stream: Stream) -> str | None:
+    async def _finish(self, req: GenerateFields, stream: Stream, client: Client) -> str | None:
         """Save (keep_session) or drop the session; returns the kept id."""
         if req.keep_session:
             self.runtime.save_rng(stream.state, stream.rng)
             sid = req.session_id or new_session_id()
-            await self.store.save(sid, encode_state(stream.state, self.model_tag))
+            # at its session quota, the client's own least recently saved idle session makes room (docs/serving.md)
+            owner_max = client.limits.sessions if client.limits is not None else 0
+            await self.store.save(sid, encode_state(stream.state, self.model_tag), client.tag, owner_max)
             await self.update_session_gauge()
             return sid
         if req.session_id is not None:      # continued without keep_session: this was its last request
@@ -155,8 +179,10 @@ class Generation:
             await self.update_session_gauge()
         return None
 
-    async def end_session(self, sid: str) -> None:
+    async def end_session(self, sid: str, client: Client = ANONYMOUS) -> None:
         try:
+            if await self.store.owner_of(sid) != client.tag:
+                raise unknown_session()
             token = await self.store.acquire(sid)
         except SessionBusy:
             raise session_busy() from None
@@ -171,15 +197,18 @@ class Generation:
             await self._release(sid, token)
         await self.update_session_gauge()
 
-    async def _release(self, sid: str | None, token: str | None) -> None:
-        if sid is None or token is None:
-            return
-        try:
-            # the client may be gone (cancelled task): shield so that the session is really given back
-            with anyio.CancelScope(shield=True):
+    async def _release(self, sid: str | None, token: str | None, client: Client = ANONYMOUS,
+                       slot: str | None = None) -> None:
+        # the client may be gone (cancelled task): shield so that the session and slot are really given back
+        with anyio.CancelScope(shield=True):
+            if slot is not None:
+                await self.quotas.close_stream(client.tag, slot)      # never raises: a lapsed lease frees it
+            if sid is None or token is None:
+                return
+            try:
                 await self.store.release(sid, token)
-        except StoreUnavailable:    # the lock's own TTL frees it
-            log.warning("could not release session lock (store unavailable)")
+            except StoreUnavailable:    # the lock's own TTL frees it
+                log.warning("could not release session lock (store unavailable)")
 
     async def update_session_gauge(self) -> None:
         if self.metrics is not None:

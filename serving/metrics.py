@@ -24,7 +24,10 @@ class Metrics:
                                    multiprocess_mode="livemax")
         self.streams = prom.Gauge("rnntext_active_streams", "Generation streams running now",
                                   multiprocess_mode="livesum")
-        self.errors = prom.Counter("rnntext_errors", "Requests answered with an error, by kind", ["kind"])
+        # client: the API key's name, "anonymous" for clients known by address (one series per address would be
+        # unbounded), "-" before the client is known (a 401)
+        self.errors = prom.Counter("rnntext_errors", "Requests answered with an error, by kind and client",
+                                   ["kind", "client"])
 
     def on_tick(self, streams: int, chars: int) -> None:
         self.step_batch.observe(streams)
@@ -35,8 +38,8 @@ class Metrics:
         self.classify_batch.observe(texts)
         self.classified.inc(texts)
 
-    def error(self, kind: str) -> None:
-        self.errors.labels(kind=kind).inc()
+    def error(self, kind: str, client: str = "-") -> None:
+        self.errors.labels(kind=kind, client=client).inc()
 
 
 def _buckets(top: int) -> list[float]:

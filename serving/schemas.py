@@ -51,6 +51,9 @@ class Info(BaseModel):
     models: dict[str, Any]
     sessions: dict[str, Any]
     streams: dict[str, Any]
+    client: dict[str, Any] | None = Field(None, description="you, as this server knows you: name, how you were "
+                                                              "identified, your limits and kept sessions")
+    clients: dict[str, Any] = Field(default_factory=dict, description="how clients are identified (no keys shown)")
     settings: dict[str, Any]
 
 

@@ -5,6 +5,7 @@
     POST /end_session  {"session_id"}                 -> {"ended": id}
     POST /info  (GET /info too)                       -> readiness, worker, providers, precision, models, settings
     /livez /readyz /healthz /metrics                  -> BentoML's probes and Prometheus metrics
+    GET /readyz/sessions                              -> 200 while the session store answers, else 503
     GET /demo, GET /                                  -> the demo page and the API docs (serving/pages.py)
 
 Request and response models are in serving/schemas.py (Swagger UI at ``/``, the schema at ``/docs.json``);
@@ -26,7 +27,7 @@ from . import batching, connections, model_store, overhead, pages, upstream
 from .board import WorkerBoard
 from .config import Settings
 from .errors import ClientError, error_response
-from .gate import Gate
+from .gate import Gate, client_of
 from .schemas import EndSessionRequest, EndSessionResponse, GenerateFields, Info, Prediction, Schemas
 
 SETTINGS = Settings.from_env()      # the decorators below need the limits, the batching and worker settings
@@ -44,7 +45,8 @@ if not SETTINGS.tracing:
 overhead.cache_api_callers()
 upstream.install()
 batching.install()
-connections.install(SETTINGS.max_connections, SETTINGS.read_timeout_s)
+connections.install(SETTINGS.max_connections, SETTINGS.read_timeout_s, SETTINGS.client_max_connections,
+                    SETTINGS.directory())
 BOARD = None
 if os.environ.get("RNNTEXT_RUN_DIR") and bentoml.server_context.worker_index:
     # in a worker (the main process imports this module too), with the folder made by _preflight
@@ -58,20 +60,44 @@ def _svc():
     return bentoml.get_current_service()
 
 
-def _count_error(kind: str) -> None:
+def _count_error(kind: str, client: str = "-") -> None:
     try:
-        _svc().metrics.error(kind)
+        _svc().metrics.error(kind, client)
     except Exception:   # before the service is up: nothing to count into yet
         pass
 
 
+def _quotas():
+    try:
+        return _svc().state.quotas
+    except Exception:   # before the service is up: the gate checks no rate yet
+        return None
+
+
+def _client(ctx: bentoml.Context):
+    """The caller, as the gate identified it (serving/gate.py, serving/clients.py)."""
+    return _svc().state.directory.lookup(client_of(ctx.request.headers))
+
+
 async def info_get(request) -> JSONResponse:
     """GET /info for curl and browsers; the typed API is POST /info."""
-    return JSONResponse(await _svc().state.info())
+    return JSONResponse(await _svc().state.info(client_of(request.headers)))
 
 
-# GET /info, the demo page (/demo) and the API docs page (/) in place of BentoML's index (serving/pages.py)
-aliases = Starlette(routes=[Route("/info", info_get, methods=["GET"]), *pages.ROUTES])
+async def sessions_ready(request) -> JSONResponse:
+    """GET /readyz/sessions: whether kept sessions can be served now (the store answers). /readyz itself says
+    whether the worker can classify, and stays 200 while only the session store is down."""
+    try:
+        ok = await _svc().state.sessions_ready()
+    except Exception:
+        ok = False
+    return JSONResponse({"sessions": "ok" if ok else "unavailable"}, status_code=200 if ok else 503,
+                        headers=None if ok else {"Retry-After": "1"})
+
+
+# GET /info, the session probe, the demo page (/demo) and the API docs page (/) in place of BentoML's index
+aliases = Starlette(routes=[Route("/info", info_get, methods=["GET"]),
+                            Route("/readyz/sessions", sessions_ready, methods=["GET", "HEAD"]), *pages.ROUTES])
 
 
 @bentoml.service(
@@ -117,10 +143,11 @@ class RnnText:
         """Sherlock Holmes-style text, streamed as server-sent events: ``data: {"text": ...}`` chunks, then
         ``data: {"done": true, "chars": N}`` (with ``session_id`` when ``keep_session``). With a kept session
         the next request continues exactly where this one stopped."""
+        client = _client(ctx)
         try:
-            ticket = await self.generation.begin(GenerateFields.model_construct(**request))
+            ticket = await self.generation.begin(GenerateFields.model_construct(**request), client)
         except ClientError as err:      # before the first byte: a JSON error with its own status
-            _count_error(err.kind)
+            _count_error(err.kind, client.label)
             ctx.response.status_code = err.status
             ctx.response.headers.update({"content-type": "application/json", **(err.headers() or {})})
             yield json.dumps(err.body())
@@ -130,18 +157,21 @@ class RnnText:
             yield event
 
     @bentoml.api(input_spec=EndSessionRequest)
-    async def end_session(self, session_id: str) -> EndSessionResponse:
-        """End a kept session now (it would otherwise expire after RNNTEXT_SESSION_TTL_S idle seconds)."""
+    async def end_session(self, ctx: bentoml.Context, session_id: str) -> EndSessionResponse:
+        """End one of your kept sessions now (it would otherwise expire after RNNTEXT_SESSION_TTL_S idle
+        seconds). Another client's session is unknown to you (404)."""
+        client = _client(ctx)
         try:
-            await self.generation.end_session(session_id)
+            await self.generation.end_session(session_id, client)
         except ClientError as err:
-            return error_response(err, _count_error)
+            return error_response(err, lambda kind: _count_error(kind, client.label))
         return EndSessionResponse(ended=session_id)
 
     @bentoml.api
-    async def info(self) -> Info:
-        """This worker: readiness, providers and precision, model versions and metrics, sessions, settings."""
-        return Info(**await self.state.info())
+    async def info(self, ctx: bentoml.Context) -> Info:
+        """This worker: readiness, providers and precision, model versions and metrics, sessions, settings, and
+        who you are to it (your client name and limits)."""
+        return Info(**await self.state.info(client_of(ctx.request.headers)))
 
     @bentoml.on_startup
     async def _start(self) -> None:
@@ -156,6 +186,7 @@ class RnnText:
         return await self.state.ready()
 
 
-RnnText.add_asgi_middleware(Gate, api_key=SETTINGS.api_key, max_body_bytes=SETTINGS.max_body_bytes,
+RnnText.add_asgi_middleware(Gate, directory=SETTINGS.directory(), max_body_bytes=SETTINGS.max_body_bytes,
                             read_timeout_s=SETTINGS.read_timeout_s, on_error=_count_error,
-                            worker=lambda: bentoml.server_context.worker_index)
+                            worker=lambda: bentoml.server_context.worker_index, quotas=_quotas,
+                            access_log=SETTINGS.access_log)
