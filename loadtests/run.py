@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from loadtests import ROOT
-from loadtests.server import RssSampler, Server
+from loadtests.server import ONE_CLIENT_LIMITS, RssSampler, Server, announce
 
 PROFILES = ("default", "capacity")
 
@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             url = args.url.rstrip("/")
         else:
-            env = dict(kv.split("=", 1) for kv in args.env)
+            env = {**ONE_CLIENT_LIMITS, **dict(kv.split("=", 1) for kv in args.env)}
+            print(announce(env), flush=True)
             server = Server(env=env, service=args.service, log_path=out / "server.log")
             print(f"starting the server on {server.url} (log: {out / 'server.log'}) ...", flush=True)
             print(f"ready after {server.wait_ready():.1f} s", flush=True)

@@ -309,14 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     from tqdm import tqdm
 
-    from loadtests.server import Server
+    from loadtests.server import ONE_CLIENT_LIMITS, Server, announce
 
     server = None
     try:
         if args.url:
             url = args.url.rstrip("/")
         else:
-            server = Server(env=dict(kv.split("=", 1) for kv in args.env), log_path=out / "server.log")
+            env = {**ONE_CLIENT_LIMITS, **dict(kv.split("=", 1) for kv in args.env)}
+            print(announce(env), flush=True)
+            server = Server(env=env, log_path=out / "server.log")
             print(f"starting the server on {server.url} (log: {out / 'server.log'}) ...", flush=True)
             try:
                 print(f"ready after {server.wait_ready():.1f} s", flush=True)

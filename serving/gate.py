@@ -97,36 +97,36 @@ class Gate:
         client: Client | None = None
         t0 = time.perf_counter() if self.access_log else 0.0
         send = self._tag(send, path in API_METHODS, is_page(path), lambda: client, scope, t0)
+        unread = _announces_body(scope)
         try:
-            self._refuse_unread(scope)
+            self._refuse_unread(scope, unread)
             client = self._identify(scope)
             if path in API_METHODS:
                 self._method(scope)
                 await self._rate(client)
                 if scope["method"] in BODY_METHODS:
                     body = await self._read(receive)
+                    unread = False
                     scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
                     scope["headers"].extend(JSON_HEADERS)
                     receive = _replay(body, receive)
         except ClientError as err:
             on_error = None if self.on_error is None else (lambda kind: self.on_error(kind, _label(client)))
-            return await error_response(err, on_error)(scope, receive, send)
+            reply = error_response(err, on_error)
+            if unread:      # the body is still on its way: it must not be read as the next request
+                reply.headers["connection"] = "close"
+            return await reply(scope, receive, send)
         await self.app(scope, receive, send)
 
-    def _refuse_unread(self, scope: dict) -> None:
+    def _refuse_unread(self, scope: dict, announced: bool) -> None:
         """A route that takes no body gets none read: 405 for a body method, 413 for a GET that announces one."""
         if scope["path"] in API_METHODS:
             return
-        announced = False
-        for k, v in scope["headers"]:
-            if (k == b"content-length" and v.strip() not in (b"", b"0")) or k == b"transfer-encoding":
-                announced = True
         if scope["method"] not in READ_METHODS:
             raise ClientError(405, "method_not_allowed", f"{scope['path']} accepts GET and HEAD only",
-                              headers={"Allow": "GET, HEAD", **({"Connection": "close"} if announced else {})})
+                              headers={"Allow": "GET, HEAD"})
         if announced:
-            raise ClientError(413, "payload_too_large", f"{scope['path']} takes no request body",
-                              headers={"Connection": "close"})
+            raise ClientError(413, "payload_too_large", f"{scope['path']} takes no request body")
 
     def _identify(self, scope: dict) -> Client:
         """The client; 401 on a path that needs a key and has none (or a wrong one). Sets X-Rnntext-Client."""
@@ -231,6 +231,13 @@ class Gate:
             await send(message)
 
         return tagged
+
+
+def _announces_body(scope: dict) -> bool:
+    for k, v in scope["headers"]:
+        if (k == b"content-length" and v.strip() not in (b"", b"0")) or k == b"transfer-encoding":
+            return True
+    return False
 
 
 def _replay(body: bytes, receive: Callable) -> Callable:

@@ -114,7 +114,8 @@ class RedisStore:
     async def save(self, sid: str, blob: bytes, owner: str = "", owner_max: int = 0) -> None:
         keys = [self._key(sid), self.prefix + "lru", f"{self.prefix}own:{owner}"]
         args = [sid, blob, owner, self.ttl_ms, self.max_sessions, owner_max, self.prefix]
-        self.evicted += int(await redis_call(self._save(keys=keys, args=args)))
+        evicted = int(await redis_call(self._save(keys=keys, args=args)))
+        self.evicted += evicted      # after the await: saves in flight together must not overwrite each other's count
 
     async def delete(self, sid: str) -> bool:
         return bool(await redis_call(self._delete(keys=[self._key(sid), self.prefix + "lru"],

@@ -164,6 +164,8 @@ class RnnText:
         try:
             await self.generation.end_session(session_id, client)
         except ClientError as err:
+            # with a ctx parameter BentoML gives every response ctx's status (_bentoml_impl/server/app.py)
+            ctx.response.status_code = err.status
             return error_response(err, lambda kind: _count_error(kind, client.label))
         return EndSessionResponse(ended=session_id)
 

@@ -237,7 +237,8 @@ class SqliteStore(SqliteFile):
     async def save(self, sid: str, blob: bytes, owner: str = "", owner_max: int = 0) -> None:
         """Keeps ``blob`` as ``owner``'s; above ``owner_max`` of the owner's (0: no cap) or ``max_sessions`` in
         all, the least recently saved idle sessions go (the owner's own first)."""
-        self.evicted += await self._run(self._save, sid, blob, owner, owner_max)
+        evicted = await self._run(self._save, sid, blob, owner, owner_max)
+        self.evicted += evicted      # after the await (a retried save may wait): concurrent saves add up
 
     async def delete(self, sid: str) -> bool:
         cur = await self._run(lambda db: db.execute("DELETE FROM sessions WHERE sid = ? AND used > ?",

@@ -367,12 +367,13 @@ def describe_service(info: dict) -> dict:
 def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None:
     from loadtests.bench import ceiling as ceil
     from loadtests.bench import http_load as bh
-    from loadtests.server import RssSampler, Server
+    from loadtests.server import ONE_CLIENT_LIMITS, RssSampler, Server, announce
 
     texts = [t for _, t in articles(limit=500, seed=2)]
-    env = {"RNNTEXT_MODELS": str(args.models), **({"RNNTEXT_PRECISION": args.precision} if args.precision else {}),
-           **dict(kv.split("=", 1) for kv in args.env)}
+    env = {**ONE_CLIENT_LIMITS, "RNNTEXT_MODELS": str(args.models),
+           **({"RNNTEXT_PRECISION": args.precision} if args.precision else {}), **dict(kv.split("=", 1) for kv in args.env)}
     res["server_env"] = env
+    print(announce(env), flush=True)
     top = max(args.concurrency)
 
     def classify_levels(url: str) -> list[dict]:

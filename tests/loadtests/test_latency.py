@@ -16,7 +16,7 @@ import pytest
 from loadtests.bench import ceiling
 from loadtests.bench import http_load as bh
 from loadtests.bench.run import BATCHING_OFF_ENV, describe_service, service_info
-from loadtests.server import Server
+from loadtests.server import ONE_CLIENT_LIMITS, Server
 from loadtests.texts import articles
 
 pytestmark = [pytest.mark.latency, pytest.mark.slow]
@@ -36,7 +36,7 @@ def servers(exported, tmp_path_factory):
     assert (exported / "classifier" / "manifest.json").is_file(), "no exported classifier"
     assert (exported / "generator" / "manifest.json").is_file(), "no exported generator"
     logs = tmp_path_factory.mktemp("servers")
-    env = {"RNNTEXT_MODELS": str(exported)}
+    env = {"RNNTEXT_MODELS": str(exported), **ONE_CLIENT_LIMITS}     # the whole load comes from one address
     on = Server(env=env, log_path=logs / "on.log")
     off = Server(env={**env, **BATCHING_OFF_ENV}, log_path=logs / "off.log")
     try:

@@ -100,3 +100,53 @@ def test_a_request_in_flight_is_not_cut_by_the_head_deadline(port):
     with connect(port) as s:
         time.sleep(DEADLINE / 2)                    # inside the deadline: the request head arrives in time
         assert get(s, "/slow").startswith(b"HTTP/1.1 200 ")     # answered after 3 x the deadline
+
+
+def _serve(protocol) -> tuple[uvicorn.Server, threading.Thread, int]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    return server, thread, port
+
+
+def test_one_address_gets_its_share_of_connections_and_trusted_proxies_are_exempt():
+    from serving.clients import Directory, Limits, parse_proxies
+
+    directory = Directory({}, Limits(0, 1, 1, 1), parse_proxies("127.0.0.2/32"))
+    server, thread, port = _serve(guarded(H11Protocol, 10, 5.0, per_address=2, directory=directory))
+    socks = []
+    try:
+        socks = [connect(port) for _ in range(2)]
+        extra = connect(port)
+        status, headers, body = response(read_all(extra))      # refused at once, then closed
+        extra.close()
+        assert status == "HTTP/1.1 429 Too Many Requests" and headers["retry-after"] == "1"
+        assert json.loads(body) == {"error": "too many open connections from this address (limit 2 per worker); "
+                                             "retry later", "kind": "quota_exceeded"}
+        assert all(get(s).endswith(b"ok") for s in socks)      # the address's own connections go on
+        # a proxy carries many clients: no per-address cap (the worker's cap of 10 still holds)
+        proxied = []
+        for _ in range(4):
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.settimeout(5)
+            s.connect(("127.0.0.1", port))
+            proxied.append(s)
+        time.sleep(0.05)
+        assert all(get(s).endswith(b"ok") for s in proxied)
+        socks += proxied
+        socks[0].close()                                        # a freed connection is the address's again
+        time.sleep(0.1)
+        socks[0] = connect(port)
+        assert get(socks[0]).endswith(b"ok")
+    finally:
+        for s in socks:
+            s.close()
+        server.should_exit = True
+        thread.join(10)

@@ -53,6 +53,17 @@ def browser():
         b.close()
 
 
+def until(page, expr: str, timeout_s: float = 60.0) -> None:
+    """Waits until the JavaScript expression is true. Playwright's wait_for_function evaluates its predicate with
+    eval() inside the page, which the pages' Content-Security-Policy (no 'unsafe-eval') refuses; evaluate() goes
+    through the DevTools protocol, which the policy does not apply to, so the page runs under its real policy."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(f"() => Boolean({expr})"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true after {timeout_s:g} s: {expr}")
+        time.sleep(0.02)
+
+
 class Watched:
     """A page with its console messages and requests recorded."""
 
@@ -68,7 +79,7 @@ class Watched:
 
     def open(self, path: str = "/demo"):
         self.page.goto(path)
-        self.page.wait_for_function(LOADED)
+        until(self.page, LOADED)
         return self.page
 
     def check(self, allowed_statuses: tuple[int, ...] = ()) -> None:
@@ -171,7 +182,7 @@ def test_greedy_generation_equals_the_api_and_streams_in_several_steps(watched, 
     set_generation(page, PROMPT, "0", n)
     record_growth(page)
     page.get_by_test_id("generate-button").click()
-    page.wait_for_function(FINISHED)
+    until(page, FINISHED)
     assert output(page) == expected
     lengths = page.evaluate("window.lengths")
     assert len(set(lengths)) >= 3 and lengths == sorted(lengths) and lengths[-1] == n
@@ -185,13 +196,13 @@ def test_continue_gives_exactly_the_greedy_continuation(watched, client):
     page = watched.open()
     set_generation(page, PROMPT, "0", 300)
     page.get_by_test_id("generate-button").click()
-    page.wait_for_function(FINISHED)
+    until(page, FINISHED)
     assert output(page) == expected[:300]
     page.get_by_test_id("generate-continue").click()
-    page.wait_for_function(FINISHED + " && document.querySelector('#generate-meta').textContent.includes('done')")
+    until(page, FINISHED + " && document.querySelector('#generate-meta').textContent.includes('done')")
     assert output(page) == expected
     page.get_by_test_id("generate-continue").click()     # and again: the session moved on
-    page.wait_for_function("document.querySelector('[data-testid=generate-output]').textContent.length === 900")
+    until(page, "document.querySelector('[data-testid=generate-output]').textContent.length === 900")
     assert output(page)[:600] == expected
     watched.check()
 
@@ -201,7 +212,7 @@ def test_stop_freezes_the_output_and_frees_the_stream_slot(watched, server):
     assert page.get_by_test_id("generate-max-chars").get_attribute("max") == "20000"   # the service's bound
     start_long_stream(page)
     page.get_by_test_id("generate-stop").click()
-    page.wait_for_function(FINISHED)
+    until(page, FINISHED)
     stopped = output(page)
     page.wait_for_timeout(1000)
     assert output(page) == stopped and 0 < len(stopped) < 20_000
@@ -214,7 +225,7 @@ def test_stop_freezes_the_output_and_frees_the_stream_slot(watched, server):
 def start_long_stream(page) -> None:
     set_generation(page, PROMPT, "0.8", 20_000)
     page.get_by_test_id("generate-button").click()
-    page.wait_for_function("document.querySelector('[data-testid=generate-output]').textContent.length > 0")
+    until(page, "document.querySelector('[data-testid=generate-output]').textContent.length > 0")
 
 
 def test_reloading_or_closing_the_tab_mid_stream_frees_the_stream_slot(browser, server):
@@ -223,7 +234,7 @@ def test_reloading_or_closing_the_tab_mid_stream_frees_the_stream_slot(browser, 
     start_long_stream(page)
     assert active_streams(server) >= 1
     page.reload()
-    page.wait_for_function(LOADED)
+    until(page, LOADED)
     assert wait_streams_zero(server) == 0
     start_long_stream(page)
     assert active_streams(server) >= 1
@@ -254,7 +265,7 @@ def test_layout_fits_the_width_and_is_screenshotted(browser, server, width, heig
     set_generation(page, "To Sherlock Holmes she is always ", "0.6", 400)
     page.get_by_test_id("generate-seed").fill("7")
     page.get_by_test_id("generate-button").click()
-    page.wait_for_function(FINISHED)
+    until(page, FINISHED)
     assert len(output(page)) == 400
     assert page.evaluate("document.documentElement.scrollWidth") <= width     # no sideways scrolling
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -320,7 +331,7 @@ def test_the_api_docs_page_describes_this_service_and_loads_nothing_from_outside
     assert page.title() == "rnntext API"
     assert page.locator("#swagger-ui .opblock").count() >= 8
     page.get_by_role("link", name="Try it in the demo page").click()
-    page.wait_for_function(LOADED)
+    until(page, LOADED)
     watched.check()
 
 
@@ -351,11 +362,11 @@ def test_with_an_api_key_the_page_asks_for_it_and_sends_it(browser, keyed_server
     page.get_by_test_id("api-key").fill("wrong")
     page.get_by_role("button", name="Use key").click()
     page.get_by_test_id("classify-button").click()
-    page.wait_for_function("document.querySelector('#error-title').textContent === 'Classify failed'")
+    until(page, "document.querySelector('#error-title').textContent === 'Classify failed'")
     assert "missing or wrong API key" in error.text_content() and "(401, unauthorized)" in error.text_content()
     page.get_by_test_id("api-key").fill("demo-secret")
     page.get_by_role("button", name="Use key").click()
-    page.wait_for_function(LOADED)
+    until(page, LOADED)
     assert page.evaluate("sessionStorage.getItem('rnntext-api-key')") == "demo-secret"
     page.get_by_test_id("classify-button").click()
     page.get_by_test_id("classify-result").locator("[data-label]").first.wait_for()

@@ -15,10 +15,11 @@ import time
 import httpx
 import pytest
 
+from loadtests.server import ONE_CLIENT_LIMITS
 from serving_helpers import client, generated_text, server, sse_events  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
-SERVER_ENV = {"RNNTEXT_WORKERS": "1"}
+SERVER_ENV = {"RNNTEXT_WORKERS": "1", **ONE_CLIENT_LIMITS}   # 16 clients flat out from one address
 LABELS = {"business", "entertainment", "politics", "sport", "tech"}
 ARTICLE = ("Shares in the telecoms group rose sharply on Monday after it reported profits above forecasts.\n\n"
            "The company said strong demand for broadband and mobile contracts had lifted revenue, and the chief "
@@ -246,7 +247,7 @@ def test_metrics_endpoint_has_custom_metrics(client):
     text = client.get("/metrics").text
     for name in ("rnntext_classify_batch_texts_bucket", "rnntext_generate_step_streams_bucket",
                  "rnntext_generated_chars_total", "rnntext_active_sessions", "rnntext_active_streams",
-                 'rnntext_errors_total{kind="invalid_request"}'):
+                 'rnntext_errors_total{client="anonymous",kind="invalid_request"}'):   # a client known by address
         assert name in text, name
     chars = re.search(r"^rnntext_generated_chars_total (\S+)$", text, re.M)
     assert float(chars.group(1)) >= 3

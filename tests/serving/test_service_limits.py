@@ -11,7 +11,9 @@ from serving_helpers import client, generated_text, server, sse_events  # noqa: 
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-0123456789"
+# the one client's session quota is lifted to the global cap, which is what the eviction tests here reach
 SERVER_ENV = {"RNNTEXT_API_KEY": KEY, "RNNTEXT_SESSION_TTL_S": "4", "RNNTEXT_MAX_SESSIONS": "3",
+       "RNNTEXT_CLIENT_MAX_SESSIONS": "3",
        "RNNTEXT_MAX_TEXTS": "4", "RNNTEXT_MAX_TEXT_CHARS": "1000", "RNNTEXT_MAX_BODY_BYTES": "20000",
        "RNNTEXT_MAX_PROMPT_CHARS": "200", "RNNTEXT_MAX_CHARS": "300", "RNNTEXT_DEFAULT_CHARS": "20"}
 CLIENT_HEADERS = AUTH = {"Authorization": f"Bearer {KEY}"}

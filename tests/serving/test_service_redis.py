@@ -63,12 +63,17 @@ def test_busy_session_is_409_on_the_other_replica(replicas):
         assert (r.status_code, r.json()["kind"]) == (409, "session_busy")
 
 
-def test_redis_down_is_503_not_500_and_readyz_says_so(redis_server, replicas):
+def test_redis_down_is_503_not_500_and_only_the_sessions_probe_says_so(redis_server, replicas):
     a, _ = replicas
     sid = gen(a.url, prompt=PROMPT, max_chars=5, keep_session=True)[-1]["session_id"]
     redis_server.stop()
     r = httpx.post(a.url + "/generate", json={"session_id": sid, "max_chars": 5}, timeout=60)
     assert (r.status_code, r.json()) == (503, {"error": "session store unavailable", "kind": "store_unavailable"})
-    assert httpx.get(a.url + "/readyz", timeout=30).status_code == 503
+    # /readyz is about classifying, which needs no store: a load balancer keeps sending /classify here
+    assert httpx.get(a.url + "/readyz", timeout=30).status_code == 200
+    r = httpx.get(a.url + "/readyz/sessions", timeout=30)
+    assert (r.status_code, r.json(), r.headers["retry-after"]) == (503, {"sessions": "unavailable"}, "1")
+    info = httpx.get(a.url + "/info", timeout=30).json()
+    assert info["sessions"]["available"] is False and info["sessions"]["active"] is None
     r = httpx.post(a.url + "/classify", json={"texts": ["Shares fell"]}, timeout=60)
     assert r.status_code == 200         # classification does not need the store
