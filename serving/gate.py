@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 import time
 from typing import Any, Callable
@@ -40,6 +41,7 @@ API_METHODS = {"/classify": "POST", "/generate": "POST", "/end_session": "POST",
 ALIASES = {"/info": "GET"}      # GET /info is served too (curl, browsers): serving/service.py
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+KEEP_ALIVE_UNREAD = 64 * 1024   # a refused request whose unread body is larger gets its connection closed
 JSON_HEADERS = ((b"content-type", b"application/json"),)
 CLIENT_HEADER = b"x-rnntext-client"
 # the worker's own in-process client (the batcher's warm-up) proves itself with this, made anew in each process
@@ -97,23 +99,26 @@ class Gate:
         client: Client | None = None
         t0 = time.perf_counter() if self.access_log else 0.0
         send = self._tag(send, path in API_METHODS, is_page(path), lambda: client, scope, t0)
-        unread = _announces_body(scope)
+        unread = _announced_body(scope)       # bytes (chunked: unknown, counted as large)
         try:
-            self._refuse_unread(scope, unread)
+            self._refuse_unread(scope, unread > 0)
             client = self._identify(scope)
             if path in API_METHODS:
                 self._method(scope)
                 await self._rate(client)
                 if scope["method"] in BODY_METHODS:
                     body = await self._read(receive)
-                    unread = False
+                    unread = 0
                     scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
                     scope["headers"].extend(JSON_HEADERS)
                     receive = _replay(body, receive)
         except ClientError as err:
             on_error = None if self.on_error is None else (lambda kind: self.on_error(kind, _label(client)))
             reply = error_response(err, on_error)
-            if unread:      # the body is still on its way: it must not be read as the next request
+            if unread > KEEP_ALIVE_UNREAD:
+                # a large body is still on its way: closing spares both sides sending and discarding it. A small
+                # one is discarded by uvicorn's parser as the rest of this request, and the connection lives on
+                # (a client refused for its rate keeps its connection: refusals cost half as much so)
                 reply.headers["connection"] = "close"
             return await reply(scope, receive, send)
         await self.app(scope, receive, send)
@@ -233,11 +238,17 @@ class Gate:
         return tagged
 
 
-def _announces_body(scope: dict) -> bool:
+def _announced_body(scope: dict) -> float:
+    """The body's announced size: Content-Length, infinity for a chunked body, 0 for none."""
     for k, v in scope["headers"]:
-        if (k == b"content-length" and v.strip() not in (b"", b"0")) or k == b"transfer-encoding":
-            return True
-    return False
+        if k == b"transfer-encoding":
+            return math.inf
+        if k == b"content-length":
+            try:
+                return int(v)
+            except ValueError:
+                return math.inf
+    return 0
 
 
 def _replay(body: bytes, receive: Callable) -> Callable:

@@ -29,18 +29,22 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-@pytest.fixture(scope="module")
-def port():
+def _serve(protocol) -> tuple[uvicorn.Server, threading.Thread, int]:
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=guarded(H11Protocol, CAP, DEADLINE),
-                            log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol, log_level="warning",
+                                           lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
+    return server, thread, port
+
+
+@pytest.fixture(scope="module")
+def port():
+    server, thread, port = _serve(guarded(H11Protocol, CAP, DEADLINE))
     yield port
     server.should_exit = True
     thread.join(10)
@@ -100,19 +104,6 @@ def test_a_request_in_flight_is_not_cut_by_the_head_deadline(port):
     with connect(port) as s:
         time.sleep(DEADLINE / 2)                    # inside the deadline: the request head arrives in time
         assert get(s, "/slow").startswith(b"HTTP/1.1 200 ")     # answered after 3 x the deadline
-
-
-def _serve(protocol) -> tuple[uvicorn.Server, threading.Thread, int]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    return server, thread, port
 
 
 def test_one_address_gets_its_share_of_connections_and_trusted_proxies_are_exempt():
