@@ -90,6 +90,7 @@ class Gate:
         self._worker = worker           # the worker index, looked up once it is known
         self._worker_header: tuple[bytes, bytes] | None = None
         self._quotas = quotas           # the worker's Quotas once it is built (None before)
+        self._quotas_now = None
         self.access_log = access_log
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -177,8 +178,12 @@ class Gate:
                               headers={"Allow": allowed})
 
     async def _rate(self, client: Client) -> None:
-        quotas = self._quotas() if self._quotas else None
-        if quotas is None or client.name == INTERNAL:
+        if client.limits.rate <= 0 or client.name == INTERNAL:
+            return
+        if self._quotas_now is None and self._quotas is not None:
+            self._quotas_now = self._quotas()     # looked up until the worker has built it, then kept
+        quotas = self._quotas_now
+        if quotas is None:
             return
         wait = await quotas.take(client.tag, client.limits.rate, client.limits.burst)
         if wait > 0:
