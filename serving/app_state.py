@@ -125,8 +125,8 @@ class AppState:
         self.store = make_store(s.redis_url, s.session_db or None, s.session_ttl_s, s.max_sessions,
                                 lease_s=s.session_lease_s, redis_prefix=s.redis_prefix)
         # the clients' rates and stream slots, beside the sessions (serving/quotas.py); the gate reads them too
-        self.quotas = make_quotas(self.store, None, s.session_lease_s)
-        self.directory = s.directory()
+        self.quotas = make_quotas(self.store, s.session_lease_s)
+        self.directory = s.directory
         # what this worker is doing, for the other workers (serving/board.py) and for the choice of step session
         self.board = board
         self._busy_lock = threading.Lock()

@@ -133,10 +133,12 @@ class Directory:
 
     def __init__(self, keys: dict[str, tuple[str, dict]], defaults: Limits, trusted_proxies: tuple = ()):
         self.defaults = defaults
-        self.unlimited = Limits(rate=0, burst=1, streams=1 << 30, sessions=1 << 30)     # the worker itself
         self.trusted = trusted_proxies
         self._keys = [(key.encode(), Client(name, True, replace(defaults, **opts)))
                       for name, (key, opts) in keys.items()]
+        # the worker's own in-process client (its warm-up): no limits, and a name no key can have (NAME)
+        self.internal = Client("(worker)", True, Limits(rate=0, burst=1, streams=1 << 30, sessions=1 << 30))
+        self._by_name = {c.name: c for _, c in self._keys} | {self.internal.name: self.internal}
         self._anonymous: dict[str, Client] = {}
 
     @property
@@ -176,10 +178,7 @@ class Directory:
         """The client from the gate's ``X-Rnntext-Client`` value (``k:<name>`` or ``a:<address>``)."""
         kind, _, name = tagged.partition(":")
         if kind == "k":
-            for _, client in self._keys:
-                if client.name == name:
-                    return client
-            return Client(name, True, self.unlimited if name == "internal" else self.defaults)
+            return self._by_name[name]      # only the gate writes the header, with a name it found here
         return self.by_address(name or "unknown")
 
     def by_address(self, address: str) -> Client:

@@ -10,6 +10,7 @@ import math
 import os
 import shutil
 import subprocess
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -145,7 +146,7 @@ class Settings(BaseModel):
             name = err["loc"][0] if err["loc"] else ""
             value = f"={raw[name]!r}" if name in raw and "KEY" not in name else ""
             raise ConfigError(f"{name}{value}: {err['msg']}".lstrip(": ")) from None
-        settings.directory()    # a key list it cannot use stops the service here, with its one line
+        settings.directory      # a key list it cannot use stops the service here, with its one line
         return settings
 
     def limits(self):
@@ -154,8 +155,10 @@ class Settings(BaseModel):
         return Limits(rate=self.client_rate, burst=self.client_burst, streams=self.client_max_streams,
                       sessions=self.client_max_sessions)
 
+    @cached_property
     def directory(self):
-        """The clients (serving/clients.py): named keys, or addresses behind the trusted proxies."""
+        """The clients (serving/clients.py): named keys, or addresses behind the trusted proxies. Built once
+        per Settings, so the gate, the connection guard and the endpoints share one (and its address cache)."""
         from .clients import Directory, KeysError, load_keys, parse_proxies
 
         try:
@@ -172,5 +175,5 @@ class Settings(BaseModel):
         """The settings as /info reports them (no secrets)."""
         out = self.model_dump(mode="json", exclude={"api_key", "api_keys", "api_keys_file", "redis_url"})
         out["session_store"] = self.session_store
-        out["api_key_required"] = self.directory().keyed
+        out["api_key_required"] = self.directory.keyed
         return out

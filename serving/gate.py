@@ -46,7 +46,6 @@ JSON_HEADERS = ((b"content-type", b"application/json"),)
 CLIENT_HEADER = b"x-rnntext-client"
 # the worker's own in-process client (the batcher's warm-up) proves itself with this, made anew in each process
 INTERNAL_HEADER, INTERNAL_TOKEN = b"x-rnntext-internal", secrets.token_urlsafe(24).encode()
-INTERNAL = "internal"
 NOSNIFF = (b"x-content-type-options", b"nosniff")
 PAGE_HEADERS = (
     # Swagger UI sets styles from its script and uses data: images for its icons; nothing else is allowed
@@ -100,19 +99,18 @@ class Gate:
         client: Client | None = None
         t0 = time.perf_counter() if self.access_log else 0.0
         send = self._tag(send, path in API_METHODS, is_page(path), lambda: client, scope, t0)
-        unread = _announced_body(scope)       # bytes (chunked: unknown, counted as large)
+        api_body = path in API_METHODS and scope["method"] in BODY_METHODS
+        head = _Head(scope, as_json=api_body)
+        unread = head.announced        # bytes of body still to come (chunked: unknown, counted as large)
         try:
             self._refuse_unread(scope, unread > 0)
-            client = self._identify(scope)
+            client = self._identify(scope, head)
             if path in API_METHODS:
                 self._method(scope)
                 await self._rate(client)
-                if scope["method"] in BODY_METHODS:
-                    body = await self._read(receive)
+                if api_body:
+                    receive = _replay(await self._read(receive), receive)
                     unread = 0
-                    scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-                    scope["headers"].extend(JSON_HEADERS)
-                    receive = _replay(body, receive)
         except ClientError as err:
             on_error = None if self.on_error is None else (lambda kind: self.on_error(kind, _label(client)))
             reply = error_response(err, on_error)
@@ -134,39 +132,21 @@ class Gate:
         if announced:
             raise ClientError(413, "payload_too_large", f"{scope['path']} takes no request body")
 
-    def _identify(self, scope: dict) -> Client:
-        """The client; 401 on a path that needs a key and has none (or a wrong one). Sets X-Rnntext-Client."""
-        given = auth = forwarded = internal = None
-        headers = []
-        for k, v in scope["headers"]:
-            if k == b"x-api-key":
-                given = v
-            elif k == b"authorization":
-                auth = v
-            elif k == b"x-forwarded-for":
-                forwarded = v if forwarded is None else forwarded + b"," + v
-            elif k == INTERNAL_HEADER:
-                internal = v
-                continue
-            elif k == CLIENT_HEADER:
-                continue        # only the gate says who the client is
-            headers.append((k, v))
-        if auth is not None and auth[:7].lower() == b"bearer ":
-            given = auth[7:].strip()
+    def _identify(self, scope: dict, head: "_Head") -> Client:
+        """The client; 401 on a path that needs a key and has none (or a wrong one)."""
         client = None
-        if internal is not None and internal == INTERNAL_TOKEN:
-            client = Client(INTERNAL, True, self.directory.unlimited)
+        if head.internal is not None and head.internal == INTERNAL_TOKEN:
+            client = self.directory.internal
         elif self.directory.keyed:
-            client = self.directory.by_key(given) if given else None
+            client = self.directory.by_key(head.key) if head.key else None
             path = scope["path"]
             if client is None and path not in OPEN_PATHS and not is_page(path):
                 raise ClientError(401, "unauthorized", "missing or wrong API key "
                                                        "(send 'Authorization: Bearer <key>' or 'X-API-Key: <key>')")
         if client is None:
             peer = (scope.get("client") or ("unknown", 0))[0]
-            client = self.directory.by_address(self.directory.address_of(peer, forwarded))
-        headers.append((CLIENT_HEADER, client.tag.encode()))
-        scope["headers"] = headers
+            client = self.directory.by_address(self.directory.address_of(peer, head.forwarded))
+        scope["headers"].append((CLIENT_HEADER, client.tag.encode()))
         return client
 
     def _method(self, scope: dict) -> None:
@@ -178,7 +158,7 @@ class Gate:
                               headers={"Allow": allowed})
 
     async def _rate(self, client: Client) -> None:
-        if client.limits.rate <= 0 or client.name == INTERNAL:
+        if client.limits.rate <= 0:     # unlimited, the worker's own client among them
             return
         if self._quotas_now is None and self._quotas is not None:
             self._quotas_now = self._quotas()     # looked up until the worker has built it, then kept
@@ -243,17 +223,42 @@ class Gate:
         return tagged
 
 
-def _announced_body(scope: dict) -> float:
-    """The body's announced size: Content-Length, infinity for a chunked body, 0 for none."""
-    for k, v in scope["headers"]:
-        if k == b"transfer-encoding":
-            return math.inf
-        if k == b"content-length":
-            try:
-                return int(v)
-            except ValueError:
-                return math.inf
-    return 0
+class _Head:
+    """What the gate needs from a request's headers, in one pass over them. The pass also rewrites them for the
+    route: a client's own ``X-Rnntext-Client`` and ``X-Rnntext-Internal`` are dropped (only the gate says who the
+    client is), and an API body is declared JSON whatever its ``Content-Type`` said."""
+
+    __slots__ = ("key", "forwarded", "internal", "announced")
+
+    def __init__(self, scope: dict, as_json: bool):
+        self.key = auth = self.forwarded = self.internal = None
+        self.announced: float = 0       # the body's announced size: Content-Length, infinity when chunked
+        kept = []
+        for k, v in scope["headers"]:
+            if k == b"x-api-key":
+                self.key = v
+            elif k == b"authorization":
+                auth = v
+            elif k == b"x-forwarded-for":
+                self.forwarded = v if self.forwarded is None else self.forwarded + b"," + v
+            elif k == b"content-length" and self.announced != math.inf:
+                try:
+                    self.announced = int(v)
+                except ValueError:
+                    self.announced = math.inf
+            elif k == b"transfer-encoding":
+                self.announced = math.inf
+            elif k == INTERNAL_HEADER:
+                self.internal = v
+                continue
+            elif k == CLIENT_HEADER or (as_json and k == b"content-type"):
+                continue
+            kept.append((k, v))
+        if auth is not None and auth[:7].lower() == b"bearer ":
+            self.key = auth[7:].strip()
+        if as_json:
+            kept.extend(JSON_HEADERS)
+        scope["headers"] = kept
 
 
 def _replay(body: bytes, receive: Callable) -> Callable:

@@ -16,7 +16,6 @@ then get up to one quota per worker) instead of failing requests that do not nee
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sqlite3
 import time
@@ -226,16 +225,12 @@ class Quotas:
             await self.shared.close()
 
 
-def retry_after(seconds: float) -> int:
-    """Whole seconds for a ``Retry-After`` header, at least 1."""
-    return max(1, math.ceil(seconds))
-
-
-def make_quotas(store, run_dir: str | None, lease_s: float) -> Quotas:
-    """Beside the session store: Redis' when sessions are in Redis, else a file in the server's run folder."""
+def make_quotas(store, lease_s: float) -> Quotas:
+    """Beside the session store: Redis' when sessions are in Redis, else a file in the server's run folder (made
+    by the main process for its workers), else this process's memory."""
     if store is not None and store.kind == "redis":
         return Quotas(RedisQuotas(store.redis, store.prefix), lease_s)
-    run_dir = run_dir or os.environ.get("RNNTEXT_RUN_DIR")
+    run_dir = os.environ.get("RNNTEXT_RUN_DIR")
     if run_dir:
         return Quotas(SqliteQuotas(Path(run_dir) / "quotas.db"), lease_s)
     return Quotas(None, lease_s)

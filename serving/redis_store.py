@@ -15,6 +15,7 @@ ACL, ...) is ``StoreUnavailable``: a 503, never a 500.
 from __future__ import annotations
 
 import secrets
+import time
 
 from .sessions import LEASE_S, SessionBusy, StoreUnavailable
 
@@ -122,8 +123,6 @@ class RedisStore:
                                                   args=[sid, self.prefix])))
 
     async def count(self, owner: str | None = None) -> int:
-        import time
-
         z = self.prefix + ("lru" if owner is None else f"own:{owner}")
         pipe = self.redis.pipeline(transaction=True)
         pipe.zremrangebyscore(z, "-inf", int(time.time() * 1000) - self.ttl_ms)

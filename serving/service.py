@@ -46,7 +46,7 @@ overhead.cache_api_callers()
 upstream.install()
 batching.install()
 connections.install(SETTINGS.max_connections, SETTINGS.read_timeout_s, SETTINGS.client_max_connections,
-                    SETTINGS.directory())
+                    SETTINGS.directory)
 BOARD = None
 if os.environ.get("RNNTEXT_RUN_DIR") and bentoml.server_context.worker_index:
     # in a worker (the main process imports this module too), with the folder made by _preflight
@@ -188,7 +188,7 @@ class RnnText:
         return await self.state.ready()
 
 
-RnnText.add_asgi_middleware(Gate, directory=SETTINGS.directory(), max_body_bytes=SETTINGS.max_body_bytes,
+RnnText.add_asgi_middleware(Gate, directory=SETTINGS.directory, max_body_bytes=SETTINGS.max_body_bytes,
                             read_timeout_s=SETTINGS.read_timeout_s, on_error=_count_error,
                             worker=lambda: bentoml.server_context.worker_index, quotas=_quotas,
                             access_log=SETTINGS.access_log)

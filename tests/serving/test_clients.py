@@ -144,3 +144,12 @@ def test_quotas_fall_back_to_the_worker_when_the_shared_store_fails(tmp_path):
         assert await q.open_stream("a", "s3", 1)
         assert q.fallbacks == 6
     asyncio.run(go())
+
+
+def test_the_workers_own_client_cannot_be_named_by_a_key():
+    """The warm-up's client is unlimited; a key that happens to be named like it must still get its limits."""
+    d = Directory(load_keys(None, "internal:K1", ""), LIMITS)
+    assert d.by_key(b"K1").limits == LIMITS and d.lookup("k:internal").limits == LIMITS
+    assert d.internal.limits.rate == 0 and d.lookup(d.internal.tag) is d.internal
+    with pytest.raises(KeysError, match="name '\\(worker\\)' must be"):
+        parse_keys(f"{d.internal.name}:K2")

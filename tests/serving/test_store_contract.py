@@ -168,6 +168,40 @@ async def test_lru_order_is_by_save_not_by_load(env, store):
     assert store.evicted == 2 and await store.count() == 3
 
 
+@contract(max_sessions=3)
+async def test_leased_sessions_are_never_evicted(env, store):
+    for sid in "abc":
+        await store.save(sid, sid.encode())
+        await env.advance(0.01)
+    token = await store.acquire("a")
+    for sid in "de":
+        await store.save(sid, sid.encode())
+        await env.advance(0.01)
+    # a is the oldest, but a stream holds it: b and c went instead
+    assert [await store.load(k) for k in "abcde"] == [b"a", None, None, b"d", b"e"]
+    assert await store.count() == 3 and store.evicted == 2
+    await store.release("a", token)         # released, it is the oldest again and goes next
+    await store.save("f", b"f")
+    assert [await store.load(k) for k in "adef"] == [None, b"d", b"e", b"f"]
+    assert await store.count() == 3 and store.evicted == 3
+
+
+@contract()
+async def test_an_owner_quota_evicts_only_the_owners_oldest_sessions(env, store):
+    await store.save("alice0", b"alice", "k:alice", 2)      # the oldest of all
+    await env.advance(0.01)
+    bob = [f"bob{i}" for i in range(5)]
+    for sid in bob:
+        await store.save(sid, sid.encode(), "k:bob", 2)
+        await env.advance(0.01)
+    assert [await store.count("k:bob"), await store.count("k:alice"), await store.count()] == [2, 1, 3]
+    assert store.evicted == 3
+    assert [await store.load(sid) for sid in bob] == [None, None, None, b"bob3", b"bob4"]
+    assert [await store.load("alice0", "k:alice"), await store.load("bob4", "k:bob")] == [b"alice", b"bob4"]
+    assert [await store.load("bob4", "k:alice"), await store.load("alice0", "k:bob")] == [None, None]
+    assert [await store.owner_of(k) for k in ("bob4", "alice0", "bob0")] == ["k:bob", "k:alice", None]
+
+
 @contract()
 async def test_delete_and_count(env, store):
     for sid in ("x", "y", "z"):

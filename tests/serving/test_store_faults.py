@@ -6,8 +6,9 @@ or keys (NOPERM) or a wrong password, and a server that is gone. ``ping`` answer
 quotas (``Quotas`` over ``RedisQuotas``) never raise at all: while Redis fails they fall back to the worker's
 own limiter.
 
-Then what the save script's atomic eviction guarantees: workers saving at once evict exactly the surplus, never
-a leased session, an owner's quota evicts only that owner's sessions, and prefixes keep deployments apart.
+Then what the save script's atomic eviction guarantees: workers saving at once evict exactly the surplus, and
+prefixes keep deployments apart (that leased sessions are never evicted, and that an owner's quota evicts only that
+owner's sessions, is in the contract every store passes: tests/serving/test_store_contract.py).
 
 This module runs its own redis-server (not the shared ``redis_server`` fixture), so CONFIG / ACL / REPLICAOF
 changes cannot leak into other modules; every test also undoes its own changes, and the database is flushed
@@ -336,67 +337,6 @@ def test_concurrent_saves_evict_exactly_the_surplus(rserver, admin, per_worker):
         finally:
             for s in stores:
                 await s.close()
-
-    run(main())
-
-
-def test_leased_sessions_are_never_evicted(rserver, admin):
-    async def main():
-        store = make_store(rserver.url, max_sessions=3)
-        try:
-            for sid in "abc":
-                await store.save(sid, sid.encode())
-                await asyncio.sleep(0.003)      # distinct save times
-            token = await store.acquire("a")
-            with pytest.raises(SessionBusy):
-                await store.acquire("a")
-            for sid in "de":
-                await store.save(sid, sid.encode())
-                await asyncio.sleep(0.003)
-            assert await store.load("a") == b"a"        # the oldest, but leased
-            assert await store.load("b") is None
-            assert await store.load("c") is None
-            assert await store.load("d") == b"d"
-            assert await store.load("e") == b"e"
-            assert await store.count() == 3
-            assert store.evicted == 2
-            # released, it is the oldest again and goes next
-            await store.release("a", token)
-            await store.save("f", b"f")
-            assert await store.load("a") is None
-            assert [await store.load(s) for s in "def"] == [b"d", b"e", b"f"]
-            assert await store.count() == 3
-            assert store.evicted == 3
-        finally:
-            await store.close()
-
-    run(main())
-
-
-def test_owner_quota_evicts_only_the_owners_sessions(rserver, admin):
-    async def main():
-        store = make_store(rserver.url, max_sessions=100)
-        try:
-            await store.save("alice0", b"alice", "k:alice", 2)     # the oldest of all
-            await asyncio.sleep(0.003)
-            bob = [f"bob{i}" for i in range(5)]
-            for sid in bob:
-                await store.save(sid, sid.encode(), "k:bob", 2)
-                await asyncio.sleep(0.003)
-            assert await store.count("k:bob") == 2
-            assert await store.count("k:alice") == 1
-            assert await store.count() == 3
-            assert store.evicted == 3
-            assert [await store.load(sid) for sid in bob] == [None, None, None, b"bob3", b"bob4"]
-            assert await store.load("alice0", "k:alice") == b"alice"
-            assert await store.load("bob4", "k:bob") == b"bob4"
-            assert await store.load("bob4", "k:alice") is None
-            assert await store.load("alice0", "k:bob") is None
-            assert await store.owner_of("bob4") == "k:bob"
-            assert await store.owner_of("alice0") == "k:alice"
-            assert await store.owner_of("bob0") is None
-        finally:
-            await store.close()
 
     run(main())
 
