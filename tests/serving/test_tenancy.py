@@ -78,8 +78,15 @@ def test_another_clients_session_is_unknown_even_while_it_streams(server):
         assert (r.status_code, r.json()) == (404, GONE)     # not 409: busy says the id exists
         r = post(server, "/generate", {"session_id": sid, "max_chars": 5}, BOB)
         assert (r.status_code, r.json()["kind"]) == (409, "session_busy")
-    # bob's stream was cut by the client: his session is as it was, and still his
-    more, _, _ = generate(server, BOB, session_id=sid, max_chars=5, temperature=0)
+    # bob's stream was cut by the client: his session is as it was, and still his, once the server has seen the
+    # disconnect and released the lease (it notices at its next write: 409 until then, for a few ms)
+    deadline = time.monotonic() + 10
+    again = {"session_id": sid, "max_chars": 5, "temperature": 0}
+    while (r := post(server, "/generate", again, BOB)).status_code == 409:
+        assert time.monotonic() < deadline, "the cut stream's lease was never released"
+        time.sleep(0.05)
+    assert r.status_code == 200, r.text
+    more = generated_text(sse_events(r))
     assert len(more) == 5 and post(server, "/end_session", {"session_id": sid}, BOB).status_code == 404
 
 
