@@ -22,7 +22,6 @@ import asyncio
 import datetime as dt
 import json
 import random
-import re
 import sys
 import time
 import warnings
@@ -98,9 +97,13 @@ def memory_verdict(samples: list[tuple[int, float, int]], n_requests: int, warmu
 
 
 def gauge(metrics_text: str, name: str) -> float | None:
-    """Sum of a Prometheus gauge over its label sets, None when absent."""
-    vals = re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", metrics_text, re.M)
-    return sum(float(v) for v in vals) if vals else None
+    """Sum of a Prometheus gauge's samples over its label sets (the exposition text parsed by prometheus_client),
+    None when absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    vals = [s.value for family in text_string_to_metric_families(metrics_text) for s in family.samples
+            if s.name == name]
+    return sum(vals) if vals else None
 
 
 class Bad(Exception):

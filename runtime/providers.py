@@ -5,15 +5,10 @@ import logging
 import os
 from pathlib import Path
 
+from runtime.hardware import available_providers
 from runtime.manifest import ArtifactError
 
 log = logging.getLogger(__name__)
-
-
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return ort.get_available_providers()
 
 
 def resolve_provider(provider: str = "auto") -> str:

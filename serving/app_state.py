@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import random
 import shutil
 import tempfile
@@ -22,7 +21,9 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import Settings, usable_cores
+from runtime.hardware import available_providers, device_name, usable_cores
+
+from .config import Settings
 from .generation import Generation
 from .metrics import Metrics
 from .quotas import make_quotas
@@ -32,7 +33,7 @@ from .stepper import Stepper
 log = logging.getLogger("rnntext.service")
 
 # the whole /classify path (validation, dispatcher, thread pool, serialization) once alone and in bursts, so
-# that the first clients do not pay for first-call set-up; serving/batching.py needs no training phase
+# that the first clients do not pay for first-call set-up; serving/patches/dispatcher.py needs no training phase
 WARM_SEQUENTIAL = 3
 WARM_BURSTS = (4, 16)
 
@@ -40,7 +41,6 @@ WARM_BURSTS = (4, 16)
 def preflight(settings: Settings, model_dirs: dict[str, Path] | None = None) -> None:
     """What would make every worker fail: artifacts that do not match their manifests, no CUDA for 'cuda'."""
     from runtime.manifest import ArtifactError, load_manifest
-    from runtime.providers import available_providers
 
     try:
         for kind, folder in (model_dirs or default_dirs(settings)).items():
@@ -51,7 +51,7 @@ def preflight(settings: Settings, model_dirs: dict[str, Path] | None = None) -> 
     except ArtifactError as exc:
         raise SystemExit(f"rnntext refuses to start: {exc}") from None
     # a folder per server start, shared by its workers (they inherit the environment) and removed when the
-    # server exits: the workers' connection counts (serving/connections.py) and, unless Redis or a file of one's
+    # server exits: the workers' connection counts (serving/patches/connections.py) and, unless Redis or a file of one's
     # own is configured, the SQLite session store (sessions then last as long as the server, as in memory)
     folder = tempfile.mkdtemp(prefix="rnntext-run-")
     atexit.register(shutil.rmtree, folder, True)
@@ -64,28 +64,6 @@ def default_dirs(settings: Settings) -> dict[str, Path]:
     from runtime.manifest import model_dir
 
     return {kind: model_dir(settings.models, kind) for kind in ("classifier", "generator")}
-
-
-def device_name(providers: list[str]) -> str:
-    """The GPU's name on CUDA (nvidia-smi), else the CPU model from /proc/cpuinfo."""
-    if providers and providers[0] == "CUDAExecutionProvider":
-        import subprocess
-
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=10).stdout.strip().splitlines()
-            if out:
-                return out[0]
-        except (OSError, subprocess.SubprocessError):
-            pass
-        return "CUDA GPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
 
 
 def model_tag(manifest: dict, files: dict[str, str]) -> str:

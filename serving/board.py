@@ -5,7 +5,7 @@ by every worker: two int32 slots per worker. Advisory only: each worker writes i
 without locks, and a stale value (a worker killed with SIGKILL keeps its last counts until its replacement
 starts) only makes the others a little more careful.
 
-* ``connections``: serving/connections.py lets a worker that holds more connections than another leave new
+* ``connections``: serving/patches/accept.py lets a worker that holds more connections than another leave new
   connections to the others, so keep-alive clients spread evenly.
 * ``busy``: streams stepping plus classifier batches running. A lone stream on an otherwise idle CPU steps with
   a session that uses every core (serving/stepper.py): 2.1x faster here, identical numbers; with any other

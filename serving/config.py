@@ -6,51 +6,20 @@ module. A value the service cannot use stops it with one line naming the variabl
 """
 from __future__ import annotations
 
-import math
 import os
-import shutil
-import subprocess
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from runtime.hardware import cuda_available, gpu_count, usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class ConfigError(ValueError):
     """A setting has a value the service cannot use."""
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on: its affinity mask, capped by a cgroup v2 CPU quota (containers)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
-
-
-def gpu_count() -> int:
-    """GPUs that ``nvidia-smi -L`` lists (0 without the tool or a driver)."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return 0
-    try:
-        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
-
-
-def cuda_available() -> bool:
-    from runtime.providers import available_providers
-
-    return "CUDAExecutionProvider" in available_providers() and gpu_count() > 0
 
 
 def default_workers(provider: str = "auto") -> int:
@@ -115,6 +84,21 @@ class Settings(BaseModel):
     tracing: bool = Field(False, alias="RNNTEXT_TRACING")
     access_log: bool = Field(False, alias="RNNTEXT_ACCESS_LOG",
                              description="BentoML's log line per request (costs ~3% of /classify throughput here)")
+    patches_off: tuple[str, ...] = Field((), alias="RNNTEXT_PATCHES_OFF",
+                                         description="patches of dependencies to leave out, comma-separated "
+                                                     "(serving/patches; docs/serving.md)")
+
+    @field_validator("patches_off", mode="before")
+    @classmethod
+    def _patch_names(cls, value: object) -> tuple[str, ...]:
+        from .patches import NAMES     # the names only: serving.patches imports neither BentoML nor uvicorn
+
+        names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
+        names = [n for n in names if n]
+        unknown = [n for n in names if n not in NAMES]
+        if unknown:
+            raise ValueError(f"unknown patch {unknown[0]!r} (the patches: {', '.join(NAMES)})")
+        return tuple(dict.fromkeys(names))
 
     @model_validator(mode="after")
     def _resolve(self) -> "Settings":

@@ -45,6 +45,7 @@ class Ticket:
     client: Client = ANONYMOUS
     slot: str | None = None     # the client's stream-quota slot
     released: bool = False
+    kept: str | None = None     # with keep_session: the id the session is saved under (known before the stream)
 
 
 class Generation:
@@ -90,7 +91,8 @@ class Generation:
             await self._release(sid, token, client, slot)
             raise
         self._gauge_streams()
-        return Ticket(req, stream, token, client, slot)
+        kept = (req.session_id or new_session_id()) if req.keep_session else None
+        return Ticket(req, stream, token, client, slot, kept=kept)
 
     def _start(self, req: GenerateFields, state: Any) -> tuple[Any, Any, str]:
         """The prompt and the first character, in a pool thread: the stepping thread runs at a lower CPU
@@ -140,7 +142,7 @@ class Generation:
                     last_refresh = time.monotonic()
             done: dict[str, Any] = {"done": True, "chars": stream.produced}
             try:
-                kept = await self._finish(req, stream, t.client)
+                kept = await self._finish(req, stream, t.client, t.kept)
             except StoreUnavailable:
                 self._error("store_unavailable")
                 yield sse({"error": "session store unavailable", "kind": "store_unavailable", **done})
@@ -164,11 +166,10 @@ class Generation:
         self._gauge_streams()
         await self._release(t.req.session_id, t.token, t.client, t.slot)
 
-    async def _finish(self, req: GenerateFields, stream: Stream, client: Client) -> str | None:
-        """Save (keep_session) or drop the session; returns the kept id."""
-        if req.keep_session:
+    async def _finish(self, req: GenerateFields, stream: Stream, client: Client, sid: str | None) -> str | None:
+        """Save (keep_session, under ``sid``) or drop the session; returns the kept id."""
+        if req.keep_session and sid is not None:
             self.runtime.save_rng(stream.state, stream.rng)
-            sid = req.session_id or new_session_id()
             # at its session quota, the client's own least recently saved idle session makes room (docs/serving.md)
             owner_max = client.limits.sessions if client.limits is not None else 0
             await self.store.save(sid, encode_state(stream.state, self.model_tag), client.tag, owner_max)

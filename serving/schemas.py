@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, create_model
 
 from .config import Settings
 
@@ -18,6 +18,18 @@ MAX_SEED = 2**63 - 1
 STRICT = ConfigDict(extra="forbid", strict=True)
 ARTICLE = ("Shares in BT rose after profits beat forecasts, helped by strong broadband sales and lower costs, "
            "the company said on Thursday.")
+
+
+def _whole(value: Any) -> Any:
+    """1307.0 is the integer 1307 in JSON (and JSON Schema's "integer" type); strict pydantic would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# an integer field: JSON numbers without a fraction (7, 7.0, 7e0) are accepted, "7", true and 7.5 are not
+Int = Annotated[int, BeforeValidator(_whole)]
+# the validator outside the union: inside it, pydantic 2.14 writes a Field's ge/le into the JSON schema as "ge"/"le"
+# (not minimum/maximum), which no client or fuzzer understands (tests/serving/test_openapi.py looks for them)
+OptionalInt = Annotated[int | None, BeforeValidator(_whole)]
 
 
 class Prediction(BaseModel):
@@ -88,15 +100,15 @@ class Schemas:
             "GenerateRequest", __base__=GenerateFields, __doc__="One streamed generation (server-sent events).",
             prompt=(str, Field("", max_length=s.max_prompt_chars, examples=["To Sherlock Holmes she is always "],
                                description="read before generating; empty = continue the session as it stopped")),
-            max_chars=(int, Field(s.default_chars, ge=1, le=s.max_chars, examples=[200],
+            max_chars=(Int, Field(s.default_chars, ge=1, le=s.max_chars, examples=[200],
                                   description="characters to generate")),
             temperature=(float, Field(1.0, ge=0, allow_inf_nan=False, examples=[0.8],
                                       description="0 = greedy (argmax)")),
-            top_k=(int | None, Field(None, ge=1, le=1_000_000, examples=[20],
+            top_k=(OptionalInt, Field(None, ge=1, le=1_000_000, examples=[20],
                                      description="keep the k most likely characters; null = no cut")),
             top_p=(float, Field(1.0, gt=0, le=1, allow_inf_nan=False, examples=[0.95],
                                 description="nucleus sampling")),
-            seed=(int | None, Field(None, ge=0, le=MAX_SEED, examples=[7],
+            seed=(OptionalInt, Field(None, ge=0, le=MAX_SEED, examples=[7],
                                     description="seeds the sampler; null = random for a new session")),
             session_id=(str | None, Field(None, max_length=256, description="continue this kept session")),
             keep_session=(bool, Field(False, description="keep the state; the done event then has session_id")),

@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from . import batching, connections, model_store, overhead, pages, upstream
+from . import __version__, model_store, openapi, pages, patches
 from .board import WorkerBoard
 from .config import Settings
 from .errors import ClientError, error_response
@@ -41,19 +41,14 @@ MODELS = model_store.declared_models(SETTINGS.models)
 # to BentoML's tracing config and the OTEL_* variables.
 if not SETTINGS.tracing:
     os.environ["OTEL_SDK_DISABLED"] = "true"
-    overhead.drop_tracing_middleware()
-overhead.cache_api_callers()
-upstream.install()
-batching.install()
-connections.install(SETTINGS.max_connections, SETTINGS.read_timeout_s, SETTINGS.client_max_connections,
-                    SETTINGS.directory)
 BOARD = None
 if os.environ.get("RNNTEXT_RUN_DIR") and bentoml.server_context.worker_index:
     # in a worker (the main process imports this module too), with the folder made by _preflight
     BOARD = WorkerBoard(os.path.join(os.environ["RNNTEXT_RUN_DIR"], "workers.bin"), SETTINGS.workers,
                         bentoml.server_context.worker_index - 1)
-    if SETTINGS.workers > 1:
-        connections.fair_accept(BOARD)
+# every change to BentoML's, uvicorn's and asyncio's behaviour (serving/patches/): checked against the versions
+# they were verified on (else the server refuses to start, in the main process already), then installed
+patches.install(SETTINGS, board=BOARD)
 
 
 def _svc():
@@ -107,7 +102,12 @@ aliases = Starlette(routes=[Route("/info", info_get, methods=["GET"]),
     # the body deadline; it also bounds how long anything BentoML keeps per request lives
     traffic={"timeout": 60},
     logging={"access": {"enabled": SETTINGS.access_log}},
-    service_class=pages.DocumentedService,
+    service_class=openapi.documented_service(
+        __version__, keyed=SETTINGS.directory.keyed,
+        request_models={"classify": SCHEMAS.ClassifyRequest, "generate": SCHEMAS.GenerateRequest,
+                        "end_session": EndSessionRequest},
+        response_models={"classify": list[Prediction], "generate": None, "end_session": EndSessionResponse,
+                         "info": Info}),
 )
 @bentoml.asgi_app(aliases, path="/")   # matched only for its own paths, after BentoML's routes
 class RnnText:
@@ -135,7 +135,7 @@ class RnnText:
                  max_latency_ms=SETTINGS.max_latency_ms, input_spec=SCHEMAS.ClassifyRequest)
     def classify(self, texts: list[str]) -> Annotated[list[Prediction], ContentType("application/json")]:
         """Topic of each text (business, entertainment, politics, sport, tech) with every topic's probability,
-        in input order. Requests are merged by BentoML's adaptive batcher (serving/batching.py's policy)."""
+        in input order. Requests are merged by BentoML's adaptive batcher (its timing: serving/patches/dispatcher.py)."""
         return self.state.classify(texts)
 
     @bentoml.api(input_spec=SCHEMAS.GenerateRequest)
@@ -153,6 +153,8 @@ class RnnText:
             yield json.dumps(err.body())
             return
         ctx.response.headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
+        if ticket.kept:     # the kept session's id before the stream ends (serving/openapi.py links to it)
+            ctx.response.headers[openapi.SESSION_HEADER] = ticket.kept
         async for event in self.generation.events(ticket):
             yield event
 

@@ -61,8 +61,9 @@ def violations(g: dict[str, set[str]], importer: str, forbidden: tuple[str, ...]
 
 def test_the_graph_covers_every_layer():
     g = graph()
-    for mod in ("training.classifier.model", "training.generator.train", "training.common.study",
-                "runtime.manifest", "runtime.providers", "runtime.classifier", "runtime.generator",
+    for mod in ("training.classifier.model", "training.classifier.pipeline", "training.generator.train",
+                "training.common.study", "runtime.manifest", "runtime.providers", "runtime.hardware",
+                "runtime.classifier", "runtime.generator",
                 "serving.service", "serving.app_state", "loadtests.bench.run", "loadtests.server"):
         assert mod in g, mod
     # the parser sees what the rule is about: the edges that must exist do
@@ -70,6 +71,13 @@ def test_the_graph_covers_every_layer():
     assert "runtime.generator" in g["training.generator.generate"]       # an import inside a function
     assert "runtime.manifest" in g["runtime.providers"]
     assert "training.common.cli" in g["training.classifier.search"]
+    # one pipeline behind train-, search- and cv-classifier; one hardware probe behind the service and the bench
+    assert {"training.classifier.pipeline.fit", "training.classifier.pipeline.run_training"} <= \
+        g["training.classifier.search"]
+    assert "training.classifier.pipeline.fit" in g["training.classifier.cv"]
+    assert "training.classifier.pipeline" in g["training.classifier.cli"]
+    assert "runtime.hardware" in g["serving.config"] and "runtime.hardware" in g["serving.app_state"]
+    assert "runtime.hardware" in g["runtime.providers"] and "runtime.hardware" in g["loadtests.bench.run"]
 
 
 def test_every_folder_of_code_is_a_regular_package():
@@ -125,7 +133,7 @@ def loaded_by(statements: str, watched: tuple[str, ...]) -> list[str]:
     return out.stdout.split()
 
 
-RUNTIME = "import runtime.manifest, runtime.providers, runtime.classifier, runtime.generator"
+RUNTIME = "import runtime.manifest, runtime.providers, runtime.hardware, runtime.classifier, runtime.generator"
 
 
 def test_service_and_runtime_load_without_torch_or_training():

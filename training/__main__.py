@@ -42,11 +42,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if only is None or name == only:
-            try:
-                importlib.import_module(module).add_arguments(p)
-            except ModuleNotFoundError as exc:  # a command whose module is not there yet
-                if exc.name != module:
-                    raise
+            importlib.import_module(module).add_arguments(p)
     return parser
 
 

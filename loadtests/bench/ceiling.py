@@ -1,6 +1,6 @@
 """In-process ceilings: what the service's own runtimes do with no HTTP in between, measured in the same run.
 
-``classify_ceiling``: one process per usable core (``os.sched_getaffinity``), each with its own
+``classify_ceiling``: one process per usable core (``runtime.hardware.usable_cores``), each with its own
 ``ClassifierRuntime`` (same models folder, provider and precision as the server, 1 intra-op thread), all
 started together and each calling ``predict_proba`` on batches of ``batch`` (32 = the service's
 ``max_batch_size``) real articles back to back for a fixed duration, tokenizing included. The total
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from loadtests.server import tree_total
+from runtime.hardware import usable_cores
 from runtime.manifest import model_dir
-from serving.config import usable_cores
 
 
 def tree_cpu_seconds(pid: int) -> float:

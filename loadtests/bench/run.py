@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import shutil
 import sys
@@ -53,39 +52,15 @@ BATCHING_OFF_ENV = {"RNNTEXT_BATCHING": "0"}
 
 
 def machine() -> dict:
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The machine this run measured (runtime.hardware), with the Python and ONNX Runtime versions."""
     import onnxruntime
 
-    from serving.config import usable_cores
+    from runtime.hardware import describe
 
-    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "usable_cores": usable_cores(),
+    hw = describe()
+    return {"cpu": hw["cpu"], "cores": hw["cores"], "usable_cores": hw["usable_cores"],
             "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-            "platform": platform.platform(), "gpu": _gpu_name()}
-
-
-def _gpu_name() -> str | None:
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return None
-    try:
-        import subprocess
-
-        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
-                             timeout=10).stdout.strip().splitlines()
-    except (OSError, ValueError):
-        return None
-    return out[0] if out else None
-
-
-def _f(x: float, nd: int = 1) -> str:
-    return f"{x:.{nd}f}"
+            "platform": platform.platform(), "gpu": hw["gpu"]}
 
 
 def report_models(r: dict) -> None:

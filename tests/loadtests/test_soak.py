@@ -74,6 +74,30 @@ def test_gauge_sums_label_sets_and_reports_absence():
     assert gauge(text, "rnntext_missing") is None
 
 
+def test_gauge_reads_what_prometheus_client_writes():
+    """The exposition text of a real registry: TYPE lines, a label value holding '}' and spaces, a counter's
+    _total and _created samples, histogram buckets; the gauge's label sets summed, other metrics left alone."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    reg = CollectorRegistry()
+    g = Gauge("rnntext_active_streams", "Generation streams running now", ["worker", "route"], registry=reg)
+    g.labels("1", "/generate").set(4)
+    g.labels("2", "a } b {c}").set(2.5)
+    g.labels("3", "/x").set(-1)
+    Counter("rnntext_requests", "Requests", ["route"], registry=reg).labels("/classify").inc(7)
+    h = Histogram("rnntext_latency_seconds", "Latency", buckets=(0.1, 1.0), registry=reg)
+    for v in (0.05, 0.5, 3.0):
+        h.observe(v)
+    text = generate_latest(reg).decode()
+    assert 'route="a } b {c}"' in text           # the case a one-line regex over {...} reads wrong
+    assert gauge(text, "rnntext_active_streams") == 5.5
+    assert gauge(text, "rnntext_requests_total") == 7.0
+    assert gauge(text, "rnntext_latency_seconds_count") == 3.0
+    assert gauge(text, "rnntext_latency_seconds_sum") == 3.55
+    assert gauge(text, "rnntext_latency_seconds_bucket") == 1 + 2 + 3      # le=0.1, le=1.0, le=+Inf
+    assert gauge(text, "rnntext_latency_seconds") is None and gauge(text, "rnntext_requests") is None
+
+
 @pytest.mark.slow
 def test_short_soak_run_has_no_failures_and_flat_memory(tmp_path, capsys):
     """30,000 requests (~70 s on 2 cores), judged after the first half. The server's RSS rises by ~18 MB over

@@ -1,6 +1,6 @@
-"""The batching policy (serving/batching.py) on BentoML's own dispatcher class, without a server: a lone request
-runs at once, requests that arrive while a batch runs go together in the next one, and one that waits past
-max_latency_ms is cancelled (BentoML answers it 503)."""
+"""The batching policy of the ``dispatcher`` patch (serving/patches/dispatcher.py) on BentoML's own dispatcher
+class, without a server: a lone request runs at once, requests that arrive while a batch runs go together in the
+next one, and one that waits past max_latency_ms is cancelled (BentoML answers it 503)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from serving.batching import ContinuousDispatcher
+from serving.patches.dispatcher import ContinuousDispatcher
 
 
 def make(max_latency_ms: int = 5000, max_batch_size: int = 32, delay: float = 0.0):

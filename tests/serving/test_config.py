@@ -34,17 +34,18 @@ def test_one_worker_per_gpu_on_cuda(monkeypatch):
 
 
 def test_usable_cores_respects_a_cgroup_quota(monkeypatch, tmp_path):
-    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
-    real = config.Path
+    """usable_cores is runtime.hardware's (tests/runtime/test_hardware.py tests it); the defaults follow it."""
+    from runtime import hardware
 
-    def fake(p):
-        return real(tmp_path / "cpu.max") if str(p) == "/sys/fs/cgroup/cpu.max" else real(p)
-
-    monkeypatch.setattr(config, "Path", fake)
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    monkeypatch.setattr(hardware, "CGROUP_CPU_MAX", str(tmp_path / "cpu.max"))
+    monkeypatch.setattr(config, "cuda_available", lambda: False)
     (tmp_path / "cpu.max").write_text("250000 100000\n")      # 2.5 CPUs -> 3 workers
     assert config.usable_cores() == 3
+    assert Settings.from_env({}).workers == 3
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert config.usable_cores() == 6
+    assert Settings.from_env({}).workers == 6
 
 
 @pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("0", False), ("off", False)])

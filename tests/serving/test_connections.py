@@ -1,5 +1,6 @@
-"""The per-worker connection cap and request-head deadline (serving/connections.py) on a real uvicorn server
-in a thread, with a trivial app: refusals are JSON 503s, slow heads are cut, requests in flight are not."""
+"""The per-worker connection cap and request-head deadline (the ``connections`` patch,
+serving/patches/connections.py) on a real uvicorn server in a thread, with a trivial app: refusals are JSON 503s,
+slow heads are cut, requests in flight are not."""
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from loadtests.server import free_port
-from serving.connections import guarded
+from serving.patches.connections import guarded
 
 from serving_helpers import read_all, response
 

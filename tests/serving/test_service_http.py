@@ -302,7 +302,8 @@ def test_bentoml_clients_have_every_endpoint_and_stream_generate(server):
 def test_openapi_lists_every_endpoint_with_its_schema(client):
     doc = client.get("/docs.json").json()
     assert {"/classify", "/generate", "/end_session", "/info"} <= set(doc["paths"])
-    body = doc["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    ref = doc["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    body = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
     assert body["properties"]["max_chars"]["maximum"] == 2000 and body["additionalProperties"] is False
     assert "text/event-stream" in doc["paths"]["/generate"]["post"]["responses"]["200"]["content"]
     assert client.get("/").status_code == 200 and "swagger" in client.get("/").text.lower()

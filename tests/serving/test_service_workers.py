@@ -159,7 +159,7 @@ def test_a_worker_killed_mid_stream_loses_only_its_request(server, two):
 
 def test_a_burst_of_connections_is_spread_over_the_workers(server):
     """asyncio would let the first worker to wake accept the whole burst (31:1 of 32 measured before the fix);
-    serving/connections.py lets a worker ahead of the others leave new connections to them."""
+    serving/patches/accept.py lets a worker ahead of the others leave new connections to them."""
     import concurrent.futures as cf
 
     clients = [httpx.Client(base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=1))

@@ -1,5 +1,5 @@
-"""The fix for BentoML's TimeoutMiddleware (serving/upstream.py), in-process: what it must keep (504 on time-out)
-and what it must stop (the request's context kept alive by a timer after the response)."""
+"""The ``timeout`` patch of BentoML's TimeoutMiddleware (serving/patches/timeout.py), in-process: what it must
+keep (504 on time-out) and what it must stop (the request's context kept alive by a timer after the response)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,9 +11,9 @@ import weakref
 import pytest
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-from serving import upstream
+from serving.patches import timeout as patch
 
-upstream.install()
+patch.install()
 REQUEST_DATA: contextvars.ContextVar = contextvars.ContextVar("request_data")
 
 
@@ -59,14 +59,14 @@ def held_after_response(middleware_call) -> bool:
 
 
 def test_installed_and_idempotent():
-    assert TimeoutMiddleware.__call__ is upstream._timeout_call
-    assert upstream.install() is True
-    assert upstream._leaks(upstream.ORIGINAL["call"]) and not upstream._leaks(upstream._timeout_call)
+    assert TimeoutMiddleware.__call__ is patch._timeout_call
+    assert patch.install() is True
+    assert patch._leaks(patch.ORIGINAL["call"]) and not patch._leaks(patch._timeout_call)
 
 
 def test_bentoml_middleware_keeps_the_request_context_until_its_timer_fires():
     """The defect, reproduced on BentoML's own method: the payload outlives the response."""
-    assert held_after_response(upstream.ORIGINAL["call"]) is True
+    assert held_after_response(patch.ORIGINAL["call"]) is True
 
 
 def test_fixed_middleware_frees_the_request_context_with_the_response():

@@ -199,3 +199,46 @@ def test_train_from_the_kaggle_csv(bbc_dir, tmp_path):
     assert [len(split[k]) for k in ("train", "val", "test")] == [50, 5, 5]
     assert all(i.startswith("row") for i in split["test"])
     assert read_json(run / "metrics.json")["test"]["n"] == 5
+
+
+@pytest.mark.parametrize("cmd", ["train-classifier", "search-classifier", "cv-classifier"])
+def test_flag_defaults_are_the_config_dataclasses_defaults(cmd):
+    """Every ClassifierConfig and TrainConfig field is a flag whose default is the field's (nothing restated)."""
+    import dataclasses
+
+    from training.__main__ import build_parser
+    from training.classifier.cli import DATA_DEFAULTS, MODEL_SKIP, config_from_args
+    from training.classifier.model import ClassifierConfig
+    from training.classifier.train import TrainConfig
+
+    args = build_parser(cmd).parse_args([cmd])
+    checked = 0
+    for cls in (ClassifierConfig, TrainConfig):
+        for f in dataclasses.fields(cls):
+            if f.name in MODEL_SKIP:
+                assert not hasattr(args, f.name), f.name      # vocab_size, num_classes come from the data
+                continue
+            assert getattr(args, f.name) == f.default and type(getattr(args, f.name)) is type(f.default), f.name
+            checked += 1
+    assert checked == len(dataclasses.fields(ClassifierConfig)) - 2 + len(dataclasses.fields(TrainConfig)) == 23
+    assert (args.dropout, args.embed_dropout, args.hidden_size, args.bidirectional, args.epochs) == (0.4, 0.4, 96,
+                                                                                                      True, 20)
+    cfg = config_from_args(args)
+    assert ClassifierConfig(vocab_size=7, num_classes=5, **cfg["model"]) == ClassifierConfig(vocab_size=7,
+                                                                                              num_classes=5)
+    assert TrainConfig.from_dict(cfg["train"]) == TrainConfig()
+    assert {k: cfg["data"][k] for k in DATA_DEFAULTS} == DATA_DEFAULTS
+
+
+def test_the_pipeline_lives_in_its_own_module_and_the_commands_share_it():
+    """train-, search- and cv-classifier call the one pipeline; cli.py holds the flags and the command."""
+    import training.classifier.cli as cli_module
+    import training.classifier.pipeline as pipeline
+
+    for name in ("fit", "run_training", "load_split", "encode_splits", "vocab_texts", "initial_embeddings",
+                 "checkpoint"):
+        assert callable(getattr(pipeline, name)), name
+        assert name not in vars(cli_module) or getattr(cli_module, name) is getattr(pipeline, name), name
+    assert cli_module.run_training is pipeline.run_training and cli_module.VOCAB_FROM is pipeline.VOCAB_FROM
+    for name in ("add_config_flags", "add_run_flags", "add_arguments", "config_from_args", "validate", "main"):
+        assert callable(getattr(cli_module, name)), name

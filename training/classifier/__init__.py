@@ -7,6 +7,7 @@
     train       the training loop (knows nothing of Optuna)
     baseline    TF-IDF + linear SVM, the bar to beat
     report      metrics and plots of a run
+    pipeline    load_split, fit, run_training: what train-, search- and cv-classifier share
     cli         train-classifier          search      search-classifier
     export      export-classifier         evaluate    evaluate-classifier
     predict     predict-classifier

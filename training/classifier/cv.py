@@ -99,7 +99,7 @@ def run_unit(cfg: dict, texts: list[str], labels: list[int], split: dict, thread
     """Train one candidate member on one fold -> val and test logits (lists), epochs, seconds."""
     import torch
 
-    from training.classifier.cli import fit
+    from training.classifier.pipeline import fit
     from training.classifier.train import predict
 
     torch.set_num_threads(threads)

@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def objective_fn(base: dict, prepared, args, device):
     import random
 
-    from training.classifier.cli import fit
+    from training.classifier.pipeline import fit
 
     articles, split, _ = prepared
     if args.train_fraction < 1:  # a fixed random share of the training split, the same for every trial
@@ -106,7 +106,8 @@ def objective_fn(base: dict, prepared, args, device):
 def main(args) -> int:
     import optuna
 
-    from training.classifier.cli import config_from_args, load_split, run_training, validate
+    from training.classifier.cli import config_from_args, validate
+    from training.classifier.pipeline import load_split, run_training
 
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)

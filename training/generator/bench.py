@@ -19,11 +19,17 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p) -> None:
+    # the generator's own defaults (CharConfig, TrainConfig), as train-generator's flags take them
+    from training.generator.cli import config_defaults
+    from training.generator.model import CharConfig
+    from training.generator.train import TrainConfig
+
+    m, t = config_defaults(CharConfig), config_defaults(TrainConfig)
     p.add_argument("--shapes", default="2x512,2x640,2x768,3x512", help="comma-separated LAYERSxHIDDEN")
-    p.add_argument("--embed-dim", type=int, default=64)
+    p.add_argument("--embed-dim", type=int, default=m["embed_dim"])
     p.add_argument("--vocab-size", type=int, default=93)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--bptt", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=t["batch_size"])
+    p.add_argument("--bptt", type=int, default=t["bptt"])
     p.add_argument("--train-steps", type=int, default=4, help="timed training steps per precision (after 1 warm-up)")
     p.add_argument("--serve-steps", type=int, default=2000, help="timed int8 steps per thread count")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the training steps")
@@ -102,7 +108,7 @@ def main(args) -> int:
     rows = []
     for layers, hidden in shapes:
         model = CharRNN(CharConfig(vocab_size=args.vocab_size, embed_dim=args.embed_dim, hidden_size=hidden,
-                                   num_layers=layers, dropout=0.2))
+                                   num_layers=layers))
         step = train_step_seconds(model.train(), args.batch_size, args.bptt, args.train_steps)
         served = served_steps_per_second(model.eval(), args.serve_steps)
         chars = args.batch_size * args.bptt

@@ -6,7 +6,7 @@ metrics.json, curves.png (train and validation bits/char over time) and samples.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 from training.common.cli import UserError, data_path, make_run_dir
@@ -16,30 +16,49 @@ log = logging.getLogger(__name__)
 CANON = "sherlock/canon.txt"
 
 
+def config_defaults(cls) -> dict:
+    """A config dataclass's field defaults by name (fields without one left out): the flags' defaults."""
+    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+
+def flag_values(args, cls) -> dict:
+    """The values of the flags named after ``cls``'s fields (a field without a flag keeps its default)."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+
+
 def add_arguments(p) -> None:
+    # the model's and the loop's own defaults (model.py, train.py), never restated here: they cannot drift
+    from training.generator.model import CELLS, CharConfig
+    from training.generator.train import TrainConfig
+
+    m, t = config_defaults(CharConfig), config_defaults(TrainConfig)
     p.add_argument("--text", help=f"training text (default $DATA_DIR/{CANON})")
     p.add_argument("--val-frac", type=float, default=0.05, help="last fraction of the text held out")
     p.add_argument("--min-count", type=int, default=2, help="rarer characters map to <unk>")
     g = p.add_argument_group("model")
-    g.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"])
-    g.add_argument("--embed-dim", type=int, default=64)
-    g.add_argument("--hidden-size", type=int, default=512)
-    g.add_argument("--num-layers", type=int, default=2)
-    g.add_argument("--dropout", type=float, default=0.15)
+    g.add_argument("--cell", default=m["cell"], choices=list(CELLS))
+    g.add_argument("--embed-dim", type=int, default=m["embed_dim"])
+    g.add_argument("--hidden-size", type=int, default=m["hidden_size"])
+    g.add_argument("--num-layers", type=int, default=m["num_layers"])
+    g.add_argument("--dropout", type=float, default=m["dropout"],
+                   help="on the embeddings, between layers and before the decoder")
     g = p.add_argument_group("training")
-    g.add_argument("--batch-size", type=int, default=64, help="parallel streams")
-    g.add_argument("--bptt", type=int, default=128, help="characters per truncated-BPTT chunk")
-    g.add_argument("--lr", type=float, default=2e-3)
-    g.add_argument("--min-lr-frac", type=float, default=0.05)
-    g.add_argument("--warmup-steps", type=int, default=100)
-    g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--clip", type=float, default=1.0)
-    g.add_argument("--epochs", type=float, default=10.0, help="upper bound on passes over the text")
-    g.add_argument("--time-budget-min", type=float, help="stop after this many minutes (cosine follows the clock)")
-    g.add_argument("--eval-every", type=int, default=200, help="steps between validations")
-    g.add_argument("--patience", type=int, default=4, help="validations without improvement before stopping")
-    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fast on AVX512-BF16 CPUs)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=int, default=t["batch_size"], help="parallel streams")
+    g.add_argument("--bptt", type=int, default=t["bptt"], help="characters per truncated-BPTT chunk")
+    g.add_argument("--lr", type=float, default=t["lr"])
+    g.add_argument("--min-lr-frac", type=float, default=t["min_lr_frac"])
+    g.add_argument("--warmup-steps", type=int, default=t["warmup_steps"])
+    g.add_argument("--weight-decay", type=float, default=t["weight_decay"])
+    g.add_argument("--clip", type=float, default=t["clip"])
+    g.add_argument("--epochs", type=float, default=t["epochs"], help="upper bound on passes over the text")
+    g.add_argument("--time-budget-min", type=float, default=t["time_budget_min"],
+                   help="stop after this many minutes (cosine follows the clock)")
+    g.add_argument("--eval-every", type=int, default=t["eval_every"], help="steps between validations")
+    g.add_argument("--patience", type=int, default=t["patience"],
+                   help="validations without improvement before stopping")
+    g.add_argument("--bf16", action="store_true", default=t["bf16"],
+                   help="bfloat16 autocast (fast on AVX512-BF16 CPUs)")
+    g.add_argument("--seed", type=int, default=t["seed"])
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default="runs", help="root folder for new run folders")
     p.add_argument("--run-dir", help="use this run folder (with --resume: continue its last.pt)")
@@ -77,12 +96,8 @@ def main(args) -> int:
         model_cfg, cfg = CharConfig(**doc["model"]), TrainConfig(**doc["train"])
     else:
         vocab = CharVocab.build(train_text, args.min_count)
-        model_cfg = CharConfig(vocab_size=len(vocab), cell=args.cell, embed_dim=args.embed_dim,
-                               hidden_size=args.hidden_size, num_layers=args.num_layers, dropout=args.dropout)
-        cfg = TrainConfig(batch_size=args.batch_size, bptt=args.bptt, lr=args.lr, min_lr_frac=args.min_lr_frac,
-                          warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, clip=args.clip,
-                          epochs=args.epochs, time_budget_min=args.time_budget_min, eval_every=args.eval_every,
-                          patience=args.patience, bf16=args.bf16, seed=args.seed)
+        model_cfg = CharConfig(vocab_size=len(vocab), **flag_values(args, CharConfig))
+        cfg = TrainConfig(**flag_values(args, TrainConfig))
         write_json(run / "vocab.json", vocab.to_json())
     fp = fingerprint(text)
     write_json(run / "config.json", {"model": model_cfg.to_dict(), "train": asdict(cfg), "text": str(path.resolve()),

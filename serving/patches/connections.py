@@ -1,10 +1,13 @@
-"""Connection limits for each worker's uvicorn server: a cap on open connections and a deadline for headers.
+"""Patch ``connections``: uvicorn's ``Config.load`` wrapped, so that each worker's HTTP protocol has connection limits.
 
-BentoML 1.4 builds its workers' ``uvicorn.Config`` itself and exposes neither uvicorn's ``limit_concurrency`` nor
-any header timeout, and uvicorn arms no timer before a connection's first request: a client that connects and
-then sends its request line one byte a second holds a socket for ever. ``install()`` (called when the service
-module is imported, which happens in the worker before BentoML builds its uvicorn server) wraps the HTTP
-protocol class that uvicorn picks with two checks:
+Upstream: BentoML 1.4 builds its workers' ``uvicorn.Config`` itself (``_bentoml_impl/worker/service.py``) and
+exposes neither uvicorn's ``limit_concurrency`` nor any header timeout, and uvicorn 0.54 arms no timer before a
+connection's first request (``timeout_keep_alive`` runs only between requests): a client that connects and then
+sends its request line one byte a second holds a socket for ever.
+
+This patch: ``install()`` wraps ``uvicorn.Config.load`` so that the HTTP protocol class it picks (h11 or
+httptools) is replaced by a subclass, ``guarded()``, that relies on the protocol's ``connections`` set, its
+``cycle`` (``response_complete``), ``transport``, ``loop`` and ``on_response_complete``, and adds:
 
 * a connection over ``max_connections`` open ones in this worker gets ``503 {"error", "kind": "overloaded"}``
   and is closed at once, before anything is read;
@@ -15,22 +18,24 @@ protocol class that uvicorn picks with two checks:
 * a connection with no request in flight (just opened, or between keep-alive requests) must deliver a whole
   request head within ``read_timeout_s``, or it is closed. Bodies have their own deadline (serving/gate.py).
 
-``fair_accept()`` spreads connections over the workers. Every worker waits on the same listening socket, and
-asyncio accepts up to ``backlog`` (BentoML: 2048) pending connections per wake-up, so the first worker to wake
-takes a whole burst: 32 clients connecting at once split 31:1 here, and a keep-alive connection stays with its
-worker for good. So each worker accepts one connection per event-loop turn, and lets a new connection wait
-(up to 50 ms, for another worker to take it) while it holds more open connections than the least loaded other
-worker; the counts are on the server's WorkerBoard (serving/board.py). The kernel's listen
-queue is unchanged (it is set by ``listen()``, not here).
+It also reports the worker's open connections to ``count`` (the ``accept`` patch's WorkerBoard).
+
+Measured: no throughput figure; the reason is limits that do not exist otherwise (RNNTEXT_MAX_CONNECTIONS,
+RNNTEXT_CLIENT_MAX_CONNECTIONS, the head deadline of RNNTEXT_READ_TIMEOUT_S), shown by
+tests/serving/test_connections.py and tests/serving/test_service_slow_clients.py.
+
+Upstream issues: Kludex/uvicorn#157 ("Further timeouts and resource limiting": a request-start timeout, never
+added) and Kludex/uvicorn#160 (keep-alive timeout for the first request too); none in BentoML. Switched off
+(``RNNTEXT_PATCHES_OFF=connections``): uvicorn's own protocol, correct answers, but none of those three limits
+(and the ``accept`` patch gets no connection counts: it still accepts one connection per turn).
 """
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Callable
 from typing import Any
 
-from .board import WorkerBoard
-
+ORIGINAL: dict[str, Any] = {}
 _installed: dict[str, Any] = {}
 
 
@@ -51,9 +56,9 @@ def _quota_refusal(per_address: int) -> bytes:
 
 
 def _count(open_connections: int) -> None:
-    board = _installed.get("board")
-    if board is not None:
-        board.set_connections(open_connections)
+    count = _installed.get("count")
+    if count is not None:
+        count(open_connections)
 
 
 def guarded(protocol: type, max_connections: int, read_timeout_s: float, per_address: int | None = None,
@@ -122,15 +127,16 @@ def guarded(protocol: type, max_connections: int, read_timeout_s: float, per_add
 
 
 def install(max_connections: int, read_timeout_s: float, per_address: int | None = None,
-            directory: Any = None) -> None:
-    """Make every uvicorn server started in this process use the guarded protocol (idempotent)."""
+            directory: Any = None, count: Callable[[int], None] | None = None) -> None:
+    """Make every uvicorn server started in this process use the guarded protocol (idempotent; the latest
+    settings win). ``count`` is told this worker's open connections whenever they change."""
     import uvicorn
 
     _installed.update(max_connections=max_connections, read_timeout_s=read_timeout_s, per_address=per_address,
-                      directory=directory)
-    if "load" in _installed:
+                      directory=directory, count=count)
+    if "load" in ORIGINAL:
         return
-    load = _installed["load"] = uvicorn.Config.load
+    load = ORIGINAL["load"] = uvicorn.Config.load
 
     def guarded_load(config: Any) -> None:
         load(config)
@@ -139,39 +145,3 @@ def install(max_connections: int, read_timeout_s: float, per_address: int | None
                                              _installed["directory"])
 
     uvicorn.Config.load = guarded_load
-
-
-DEFER_S = 0.002         # a worker ahead of the others looks again after this...
-MAX_DEFER_S = 0.05      # ...and accepts anyway once a connection has waited this long (the others may be stuck)
-
-
-def fair_accept(board: WorkerBoard | None = None, per_turn: int = 1) -> None:
-    """Accept at most ``per_turn`` connections per event-loop turn in this process, and none while this worker
-    holds more connections than another worker of the server (``board``), for up to MAX_DEFER_S (idempotent)."""
-    from asyncio import selector_events
-
-    _installed["board"] = board
-    loop_cls = selector_events.BaseSelectorEventLoop
-    if "accept" in _installed:
-        return
-    accept = _installed["accept"] = loop_cls._accept_connection
-    deferred: dict[int, float] = {}         # listening fd -> when this worker first let a connection wait
-
-    def accept_few(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args):
-        fd, board = sock.fileno(), _installed.get("board")
-        if board is not None and board.connections_ahead():
-            now = time.monotonic()
-            if now - deferred.setdefault(fd, now) < MAX_DEFER_S:
-                self._remove_reader(fd)
-
-                def resume() -> None:
-                    if sock.fileno() != -1 and (server is None or server.is_serving()):
-                        self._add_reader(fd, self._accept_connection, protocol_factory, sock, sslcontext, server,
-                                         backlog, *args)
-
-                self.call_later(DEFER_S, resume)
-                return None
-        deferred.pop(fd, None)
-        return accept(self, protocol_factory, sock, sslcontext, server, min(backlog, per_turn), *args)
-
-    loop_cls._accept_connection = accept_few
