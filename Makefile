@@ -23,7 +23,7 @@ else
 ORT_KIND := $(ORT)
 endif
 
-.PHONY: setup register lock test test-fast serve train-classifier search-classifier train-generator export loadtest soak bench clean
+.PHONY: setup register lock lint test test-fast serve train-classifier search-classifier train-generator export loadtest soak bench clean
 
 setup: $(VENV)/.installed $(VENV)/.ort-$(ORT_KIND)
 
@@ -75,6 +75,15 @@ lock:
 	# requirements/serve-gpu.lock (the CUDA Bento, bentofile-cuda.yaml): the same set, onnxruntime-gpu for onnxruntime
 	{ echo "# serve.lock with onnxruntime-gpu instead of onnxruntime, same version and pins (make lock)"; \
 	  sed 's/^onnxruntime==/onnxruntime-gpu==/' requirements/serve.lock; } > requirements/serve-gpu.lock
+
+# ruff (lint rules and format, [tool.ruff]) and deptry ([tool.deptry]); CI runs it before the tests (.ci/run).
+# deptry's second pass sees the shipped code only, with `test` as dev dependencies: it fails (DEP004) when
+# training/, runtime/ or serving/ imports a package that only the `test` extra declares.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/deptry .
+	$(VENV)/bin/deptry training runtime serving --optional-dependencies-dev-groups test --ignore DEP001,DEP002,DEP003
 
 test: setup
 	$(PY) -m pytest

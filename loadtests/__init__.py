@@ -10,6 +10,7 @@ Benchmarks (``loadtests/bench/``: speed against a ceiling measured in the same r
 Shared: ``texts`` (what the clients send), ``sse`` (the event-stream parser), ``server`` (``bentoml serve`` as a
 subprocess). Nothing here imports torch except the model benchmarks that time TorchScript and eager PyTorch.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -11,9 +11,10 @@ Reported names: ``/classify``, ``/classify [8]``, ``/generate`` (time to the las
 Think times (1-3 s classify, 1-4 s generate) model users, not a closed-loop flood: 50 users offer roughly
 15 /classify requests (~30 articles) and 5 generation streams per second; the closed-loop maximum-throughput
 figures are in loadtests/bench/run.py, and load near capacity is ``python -m loadtests.run --profile capacity``
-(an open-loop asyncio driver, not locust: a locust user waits for its reply, so it cannot hold an arrival rate). Texts come from $DATA_DIR (BBC articles, Sherlock Holmes prose) when
-present, else generated ones.
+(an open-loop asyncio driver, not locust: a locust user waits for its reply, so it cannot hold an arrival rate).
+Texts come from $DATA_DIR (BBC articles, Sherlock Holmes prose) when present, else generated ones.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ from locust import HttpUser, between, task
 from loadtests.sse import sse_events
 from loadtests.texts import articles, prose_slice
 
-GEN_CHARS = (80, 300)      # new characters per generation request (uniform)
+GEN_CHARS = (80, 300)  # new characters per generation request (uniform)
 
 
 def _results(doc) -> list:
@@ -41,7 +42,7 @@ def _results(doc) -> list:
 
 class ClassifyUser(HttpUser):
     weight = 3
-    wait_time = between(1.0, 3.0)      # think time: 50 users are a busy service, not a flood
+    wait_time = between(1.0, 3.0)  # think time: 50 users are a busy service, not a flood
 
     def on_start(self):
         self.rng = random.Random()
@@ -89,9 +90,13 @@ class GenerateUser(HttpUser):
                 for ev in sse_events(resp.iter_lines(decode_unicode=True)):
                     if n_events == 0:
                         self.environment.events.request.fire(
-                            request_type="SSE", name="/generate first chunk",
-                            response_time=(time.perf_counter() - t0) * 1000, response_length=0,
-                            exception=None, context={})
+                            request_type="SSE",
+                            name="/generate first chunk",
+                            response_time=(time.perf_counter() - t0) * 1000,
+                            response_length=0,
+                            exception=None,
+                            context={},
+                        )
                     n_events += 1
                     if ev.get("error"):
                         resp.failure(f"error event: {ev['error']}")
@@ -99,7 +104,7 @@ class GenerateUser(HttpUser):
                     chars += len(ev.get("text") or "")
                     last = ev
                     if abandon_after is not None and n_events >= abandon_after:
-                        resp.close()        # walk away mid-stream: the server must notice and clean up
+                        resp.close()  # walk away mid-stream: the server must notice and clean up
                         break
             except (ValueError, json.JSONDecodeError) as exc:
                 resp.failure(f"bad event stream: {exc}")
@@ -122,8 +127,12 @@ class GenerateUser(HttpUser):
             return last
 
     def _body(self, **extra) -> dict:
-        body = {"prompt": prose_slice(self.rng, self.rng.randint(20, 400)),
-                "max_chars": self.rng.randint(*GEN_CHARS), "temperature": 0.8, "top_k": 20}
+        body = {
+            "prompt": prose_slice(self.rng, self.rng.randint(20, 400)),
+            "max_chars": self.rng.randint(*GEN_CHARS),
+            "temperature": 0.8,
+            "top_k": 20,
+        }
         body.update(extra)
         return body
 
@@ -142,8 +151,9 @@ class GenerateUser(HttpUser):
             body["prompt"] = self.rng.choice(["", " ", "\n\n", ' "Holmes," said I, '])
             last = self._stream(body, "/generate (continue)")
         if last and self.rng.random() < 2 / 3:
-            with self.client.post("/end_session", json={"session_id": last["session_id"]},
-                                  name="/end_session", catch_response=True) as resp:
+            with self.client.post(
+                "/end_session", json={"session_id": last["session_id"]}, name="/end_session", catch_response=True
+            ) as resp:
                 if resp.status_code != 200:
                     resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
 

@@ -2,6 +2,7 @@
 
 Shared by the locust load test, the soak, the benchmarks and the HTTP tests.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,12 +18,15 @@ from pathlib import Path
 
 from loadtests import ROOT
 
-
 # The load tests, the soak and the benchmarks send a whole server's load from one address, which the service sees
 # as one client and would hold to one client's share (docs/serving.md "Clients, quotas and limits"). They measure
 # the server, not the quotas, so they lift the per-client limits, and print that they do (announce()).
-ONE_CLIENT_LIMITS = {"RNNTEXT_CLIENT_RATE": "0", "RNNTEXT_CLIENT_MAX_STREAMS": "1000000",
-                     "RNNTEXT_CLIENT_MAX_SESSIONS": "1000000", "RNNTEXT_CLIENT_MAX_CONNECTIONS": "1000000"}
+ONE_CLIENT_LIMITS = {
+    "RNNTEXT_CLIENT_RATE": "0",
+    "RNNTEXT_CLIENT_MAX_STREAMS": "1000000",
+    "RNNTEXT_CLIENT_MAX_SESSIONS": "1000000",
+    "RNNTEXT_CLIENT_MAX_CONNECTIONS": "1000000",
+}
 
 
 def announce(env: dict[str, str]) -> str:
@@ -30,8 +34,9 @@ def announce(env: dict[str, str]) -> str:
     lifted = {k: v for k, v in ONE_CLIENT_LIMITS.items() if env.get(k) == v}
     if not lifted:
         return "per-client limits: the service's defaults"
-    return ("per-client limits lifted (all load comes from one address): "
-            + " ".join(f"{k}={'0 (no limit)' if v == '0' else v}" for k, v in lifted.items()))
+    return "per-client limits lifted (all load comes from one address): " + " ".join(
+        f"{k}={'0 (no limit)' if v == '0' else v}" for k, v in lifted.items()
+    )
 
 
 def free_port() -> int:
@@ -60,20 +65,35 @@ def tree_total(pid: int, value) -> float:
 class Server:
     """A ``bentoml serve`` subprocess in its own process group; ``rss()`` sums its whole process tree."""
 
-    def __init__(self, env: dict[str, str] | None = None, port: int | None = None, service: str | None = None,
-                 log_path: Path | None = None):
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        service: str | None = None,
+        log_path: Path | None = None,
+    ):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "bentoml", "serve", *([service] if service else []),
-               "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            *([service] if service else []),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         # own BENTOML_HOME: a starting `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir, which
         # would wipe the metrics of any other server on this host (see docs/serving.md)
         self._home = tempfile.TemporaryDirectory(prefix="rnntext-loadtest-bentoml-")
         full_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": self._home.name, **(env or {})}
         self.log_path = log_path
         self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def wait_ready(self, timeout: float = 180.0) -> float:
         import httpx
@@ -81,8 +101,10 @@ class Server:
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with code {self.proc.returncode} before it was ready"
-                                   + (f" (log: {self.log_path})" if self.log_path else ""))
+                raise RuntimeError(
+                    f"server exited with code {self.proc.returncode} before it was ready"
+                    + (f" (log: {self.log_path})" if self.log_path else "")
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return time.perf_counter() - t0

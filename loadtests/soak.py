@@ -15,6 +15,7 @@
 Memory after warm-up (samples at >= warmup-frac x N requests): growth = mean RSS of the last 5 % of those samples
 minus the mean of their first 5 %; slope = least-squares fit of RSS (KB = 1024 bytes) against the request count.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,15 +34,26 @@ from loadtests import ROOT
 # kind: (share of all requests, HTTP requests per operation). A 16-character stream costs the server ~9 ms of
 # CPU against ~1 ms for a headline and ~0.4 ms for /livez, so at twice these generation shares streams took
 # 70 % of the run; here they take about half, and 100,000 requests fit in a few minutes on 2 cores.
-MIX = {"classify": (0.38, 1), "classify_article": (0.08, 1), "livez": (0.34, 1), "metrics": (0.03, 1),
-       "generate": (0.04, 1), "session": (0.06, 3), "abandon": (0.02, 1), "bad": (0.05, 1)}
+MIX = {
+    "classify": (0.38, 1),
+    "classify_article": (0.08, 1),
+    "livez": (0.34, 1),
+    "metrics": (0.03, 1),
+    "generate": (0.04, 1),
+    "session": (0.06, 3),
+    "abandon": (0.02, 1),
+    "bad": (0.05, 1),
+}
 LABELS = {"business", "entertainment", "politics", "sport", "tech"}
 GEN = {"max_chars": 16, "temperature": 0.8}
 PROMPT_CHARS = (4, 16)
 # (path, body, expected kind): not JSON, an empty texts list, an unknown field
-BAD = [("/classify", b'{"texts": ["a"', "malformed_json"), ("/classify", b'{"texts": []}', "invalid_request"),
-       ("/generate", b'{"prompt": "x", "colour": "red"}', "invalid_request")]
-MB = 2 ** 20
+BAD = [
+    ("/classify", b'{"texts": ["a"', "malformed_json"),
+    ("/classify", b'{"texts": []}', "invalid_request"),
+    ("/generate", b'{"prompt": "x", "colour": "red"}', "invalid_request"),
+]
+MB = 2**20
 
 
 def traffic_plan(n_requests: int, seed: int) -> list[tuple[str, int]]:
@@ -53,7 +65,7 @@ def traffic_plan(n_requests: int, seed: int) -> list[tuple[str, int]]:
     while total < n_requests:
         kind = rng.choices(kinds, weights)[0]
         if total + MIX[kind][1] > n_requests:
-            kind = "livez"          # a session flow would overshoot the count: fill with one request
+            kind = "livez"  # a session flow would overshoot the count: fill with one request
         plan.append((kind, rng.getrandbits(32)))
         total += MIX[kind][1]
     return plan
@@ -75,8 +87,13 @@ def fit_slope(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
 
 
-def memory_verdict(samples: list[tuple[int, float, int]], n_requests: int, warmup_frac: float,
-                   max_growth_mb: float, max_kb_per_request: float) -> dict | None:
+def memory_verdict(
+    samples: list[tuple[int, float, int]],
+    n_requests: int,
+    warmup_frac: float,
+    max_growth_mb: float,
+    max_kb_per_request: float,
+) -> dict | None:
     """Judge (requests, seconds, rss bytes) samples; None when there are too few after the warm-up."""
     after = [(n, rss) for n, _, rss in samples if n >= warmup_frac * n_requests]
     if len(after) < 3:
@@ -91,9 +108,17 @@ def memory_verdict(samples: list[tuple[int, float, int]], n_requests: int, warmu
         missed.append(f"memory grew {growth:.1f} MB after warm-up (limit {max_growth_mb:g} MB)")
     if not slope <= max_kb_per_request:
         missed.append(f"memory slope {slope:.3f} KB/request (limit {max_kb_per_request:g})")
-    return {"baseline_mb": base / MB, "final_mb": final / MB, "peak_mb": max(r for _, r in after) / MB,
-            "growth_mb": growth, "slope_kb_per_request": slope, "samples_used": len(after),
-            "window_samples": k, "warmup_requests": after[0][0], "missed": missed}
+    return {
+        "baseline_mb": base / MB,
+        "final_mb": final / MB,
+        "peak_mb": max(r for _, r in after) / MB,
+        "growth_mb": growth,
+        "slope_kb_per_request": slope,
+        "samples_used": len(after),
+        "window_samples": k,
+        "warmup_requests": after[0][0],
+        "missed": missed,
+    }
 
 
 def gauge(metrics_text: str, name: str) -> float | None:
@@ -101,8 +126,9 @@ def gauge(metrics_text: str, name: str) -> float | None:
     None when absent."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    vals = [s.value for family in text_string_to_metric_families(metrics_text) for s in family.samples
-            if s.name == name]
+    vals = [
+        s.value for family in text_string_to_metric_families(metrics_text) for s in family.samples if s.name == name
+    ]
     return sum(vals) if vals else None
 
 
@@ -112,12 +138,14 @@ class Bad(Exception):
 
 def _reply(want: int, ok, decode=json.loads):
     """A reader that expects status ``want`` and a body for which ``ok(decoded body)`` is true."""
+
     async def read(r):
         body = await r.read()
         if r.status != want:
             raise Bad(f"HTTP {r.status}")
         if not ok(decode(body)):
             raise Bad(f"unexpected reply {body[:120]!r}")
+
     return read
 
 
@@ -128,6 +156,7 @@ _metrics = _reply(200, lambda b: b"rnntext_active_streams" in b, bytes)
 
 def _stream(max_chars: int, session: bool = False, abandon: bool = False):
     """Reads the SSE to the done event (checked), or with ``abandon`` drops the connection after the first."""
+
     async def read(r):
         if r.status != 200:
             raise Bad(f"HTTP {r.status}")
@@ -138,13 +167,14 @@ def _stream(max_chars: int, session: bool = False, abandon: bool = False):
             if abandon:
                 if not ev.get("text"):
                     raise Bad(f"first event {ev}")
-                r.close()       # closes the connection, not just this response: the server sees a disconnect
+                r.close()  # closes the connection, not just this response: the server sees a disconnect
                 return ev
             if ev.get("done"):
                 if "error" in ev or ev.get("chars") != max_chars or session != isinstance(ev.get("session_id"), str):
                     raise Bad(f"bad done event {ev}")
                 return ev
         raise Bad("stream ended without a done event")
+
     return read
 
 
@@ -152,19 +182,18 @@ class Soak:
     """Runs a traffic plan with concurrent aiohttp clients (lighter on the client's CPU share than httpx, as in
     loadtests/bench/http_load.py), counting requests per label and failures per label and reason."""
 
-    def __init__(self, url: str, plan: list[tuple[str, int]], clients: int, sample_every: int, rss=None,
-                 progress=None):
+    def __init__(self, url: str, plan: list[tuple[str, int]], clients: int, sample_every: int, rss=None, progress=None):
         from loadtests.texts import articles, prose
 
-        with warnings.catch_warnings():     # a few corpus files are Latin-1, which read_text warns about
+        with warnings.catch_warnings():  # a few corpus files are Latin-1, which read_text warns about
             warnings.simplefilter("ignore")
             texts = [t for _, t in articles()]
             prose()
         self.headlines = [t.strip().split("\n", 1)[0][:200] for t in texts]
-        self.articles = [t for t in texts if len(t) <= 4000] or texts    # article-length, not the rare 20 KB ones
+        self.articles = [t for t in texts if len(t) <= 4000] or texts  # article-length, not the rare 20 KB ones
         self.url, self.plan, self.clients, self.progress = url, plan, clients, progress
         self.rss, self.sample_every, self.next_sample = rss, sample_every, sample_every
-        self.samples: list[tuple[int, float, int]] = []     # (requests, seconds, rss bytes)
+        self.samples: list[tuple[int, float, int]] = []  # (requests, seconds, rss bytes)
         self.done, self.t0 = 0, time.perf_counter()
         self.counts: Counter = Counter()
         self.failures: Counter = Counter()
@@ -180,9 +209,9 @@ class Soak:
                 result = await read(r)
         except Bad as exc:
             reason = str(exc)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:   # not JSON, or JSON of another shape
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # not JSON, or JSON of another shape
             reason = f"bad body ({type(exc).__name__})"
-        except Exception as exc:  # noqa: BLE001 (transport: aiohttp.ClientError, timeouts, resets)
+        except Exception as exc:
             reason = f"transport {type(exc).__name__}"
         self.done += 1
         self.counts[label] += 1
@@ -200,11 +229,11 @@ class Soak:
         from loadtests.texts import prose_slice
 
         if kind == "classify":
-            await self._req(s, "POST /classify", "/classify", _classified,
-                            json={"texts": [rng.choice(self.headlines)]})
+            await self._req(s, "POST /classify", "/classify", _classified, json={"texts": [rng.choice(self.headlines)]})
         elif kind == "classify_article":
-            await self._req(s, "POST /classify [article]", "/classify", _classified,
-                            json={"texts": [rng.choice(self.articles)]})
+            await self._req(
+                s, "POST /classify [article]", "/classify", _classified, json={"texts": [rng.choice(self.articles)]}
+            )
         elif kind == "livez":
             await self._req(s, "GET /livez", "/livez", _alive)
         elif kind == "metrics":
@@ -212,35 +241,53 @@ class Soak:
         elif kind == "bad":
             path, body, want = rng.choice(BAD)
             error = _reply(400, lambda d: {"error", "kind"} <= set(d) and d["kind"] == want)
-            await self._req(s, f"POST {path} (bad input)", path, error, data=body,
-                            headers={"Content-Type": "application/json"})
+            await self._req(
+                s, f"POST {path} (bad input)", path, error, data=body, headers={"Content-Type": "application/json"}
+            )
         else:
             body = {"prompt": prose_slice(rng, rng.randint(*PROMPT_CHARS)), **GEN, "seed": rng.getrandbits(31)}
             if kind == "generate":
                 await self._req(s, "POST /generate", "/generate", _stream(GEN["max_chars"]), json=body)
             elif kind == "abandon":
-                await self._req(s, "POST /generate (abandoned)", "/generate", _stream(2000, abandon=True),
-                                json={**body, "max_chars": 2000})
+                await self._req(
+                    s,
+                    "POST /generate (abandoned)",
+                    "/generate",
+                    _stream(2000, abandon=True),
+                    json={**body, "max_chars": 2000},
+                )
             else:
                 read = _stream(GEN["max_chars"], session=True)
-                ev = await self._req(s, "POST /generate (session)", "/generate", read,
-                                     json={**body, "keep_session": True})
+                ev = await self._req(
+                    s, "POST /generate (session)", "/generate", read, json={**body, "keep_session": True}
+                )
                 if ev is None:
                     return
                 sid = ev["session_id"]
-                await self._req(s, "POST /generate (continue)", "/generate", read,
-                                json={"session_id": sid, "prompt": "", **GEN, "keep_session": True})
-                await self._req(s, "POST /end_session", "/end_session", _reply(200, lambda d: d == {"ended": sid}),
-                                json={"session_id": sid})
+                await self._req(
+                    s,
+                    "POST /generate (continue)",
+                    "/generate",
+                    read,
+                    json={"session_id": sid, "prompt": "", **GEN, "keep_session": True},
+                )
+                await self._req(
+                    s,
+                    "POST /end_session",
+                    "/end_session",
+                    _reply(200, lambda d: d == {"ended": sid}),
+                    json={"session_id": sid},
+                )
 
     async def _run(self) -> None:
         import aiohttp
 
-        ops = iter(self.plan)       # shared by the clients: one event loop, so next() never races
+        ops = iter(self.plan)  # shared by the clients: one event loop, so next() never races
 
         async def client() -> None:
-            async with aiohttp.ClientSession(self.url, connector=aiohttp.TCPConnector(limit=1),
-                                             timeout=aiohttp.ClientTimeout(total=120)) as s:
+            async with aiohttp.ClientSession(
+                self.url, connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(total=120)
+            ) as s:
                 for kind, op_seed in ops:
                     await self._op(s, kind, random.Random(op_seed))
 
@@ -252,7 +299,7 @@ class Soak:
         self.t0 = time.perf_counter()
         if self.rss:
             self.sample()
-        asyncio.run(self._run())        # waits for the executor: every sample taken so far is in
+        asyncio.run(self._run())  # waits for the executor: every sample taken so far is in
         duration = time.perf_counter() - self.t0
         if self.rss:
             self.sample()
@@ -274,8 +321,12 @@ def plot(samples, mem: dict | None, warmup_requests: float, title: str, path: Pa
         fx, fy = zip(*[(x, y) for x, y in zip(xs, ys) if x >= mem["warmup_requests"]])
         mx, my, k = sum(fx) / len(fx), sum(fy) / len(fy), mem["slope_kb_per_request"] / 1024
         # a least-squares line passes through the means
-        ax.plot([fx[0], fx[-1]], [my + k * (fx[0] - mx), my + k * (fx[-1] - mx)], "r-",
-                label=f"fit: {mem['slope_kb_per_request']:.3f} KB/request")
+        ax.plot(
+            [fx[0], fx[-1]],
+            [my + k * (fx[0] - mx), my + k * (fx[-1] - mx)],
+            "r-",
+            label=f"fit: {mem['slope_kb_per_request']:.3f} KB/request",
+        )
     ax.set(xlabel="requests", ylabel="RSS (MB)", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -285,8 +336,9 @@ def plot(samples, mem: dict | None, warmup_requests: float, title: str, path: Pa
 
 
 def _parse(argv):
-    ap = argparse.ArgumentParser(prog="python -m loadtests.soak", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m loadtests.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--requests", type=int, default=100_000, help="HTTP requests in all (default 100000)")
     ap.add_argument("--clients", type=int, default=8, help="concurrent keep-alive clients (default 8)")
     ap.add_argument("--warmup-frac", type=float, default=0.1, help="share of requests before the baseline (0.1)")
@@ -307,7 +359,7 @@ def _parse(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    out = args.out or ROOT / "results" / f"soak-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    out = args.out or ROOT / "results" / f"soak-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
     import httpx
     from tqdm import tqdm
@@ -331,10 +383,16 @@ def main(argv: list[str] | None = None) -> int:
             url = server.url
         print(f"soak: {args.requests} requests from {args.clients} clients against {url}", flush=True)
         with tqdm(total=args.requests, unit="req", mininterval=1.0, smoothing=0.05) as bar:
-            soak = Soak(url, traffic_plan(args.requests, args.seed), args.clients, args.sample_every,
-                        rss=server.rss if server else None, progress=bar)
+            soak = Soak(
+                url,
+                traffic_plan(args.requests, args.seed),
+                args.clients,
+                args.sample_every,
+                rss=server.rss if server else None,
+                progress=bar,
+            )
             duration = soak.run()
-        time.sleep(2)       # a dropped stream's slot is freed once the server notices the closed connection
+        time.sleep(2)  # a dropped stream's slot is freed once the server notices the closed connection
         try:
             active = gauge(httpx.get(url + "/metrics", timeout=30).text, "rnntext_active_streams")
         except httpx.HTTPError as exc:
@@ -346,8 +404,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(args, out: Path, url: str, soak: Soak, duration: float, samples, active) -> int:
-    mem = memory_verdict(samples, args.requests, args.warmup_frac, args.max_growth_mb,
-                         args.max_kb_per_request) if samples else None
+    mem = (
+        memory_verdict(samples, args.requests, args.warmup_frac, args.max_growth_mb, args.max_kb_per_request)
+        if samples
+        else None
+    )
     missed = [f"{n} failed: {k}" for k, n in sorted(soak.failures.items())]
     if active != 0:
         missed.append(f"rnntext_active_streams is {active} after the run (expected 0)")
@@ -360,10 +421,12 @@ def _report(args, out: Path, url: str, soak: Soak, duration: float, samples, act
     for label, n in sorted(soak.counts.items()):
         print(f"  {label:<30} {n:>7}")
     if mem:
-        print(f"server RSS after warm-up ({mem['warmup_requests']} requests): baseline {mem['baseline_mb']:.1f} MB, "
-              f"final {mem['final_mb']:.1f} MB, peak {mem['peak_mb']:.1f} MB; growth {mem['growth_mb']:+.1f} MB "
-              f"(limit {args.max_growth_mb:g}), slope {mem['slope_kb_per_request']:.3f} KB/request "
-              f"(limit {args.max_kb_per_request:g})")
+        print(
+            f"server RSS after warm-up ({mem['warmup_requests']} requests): baseline {mem['baseline_mb']:.1f} MB, "
+            f"final {mem['final_mb']:.1f} MB, peak {mem['peak_mb']:.1f} MB; growth {mem['growth_mb']:+.1f} MB "
+            f"(limit {args.max_growth_mb:g}), slope {mem['slope_kb_per_request']:.3f} KB/request "
+            f"(limit {args.max_kb_per_request:g})"
+        )
     elif unusable:
         print("too few RSS samples after the warm-up for a memory verdict (lower --sample-every)")
     else:
@@ -372,12 +435,27 @@ def _report(args, out: Path, url: str, soak: Soak, duration: float, samples, act
         with open(out / "rss.csv", "w") as f:
             f.write("requests,seconds,rss_mb\n" + "".join(f"{n},{t:.2f},{r / MB:.2f}\n" for n, t, r in samples))
         figures = f"growth {mem['growth_mb']:+.1f} MB, {mem['slope_kb_per_request']:.3f} KB/request, " if mem else ""
-        plot(samples, mem, args.requests * args.warmup_frac,
-             f"soak: {soak.done} requests, {rps:.0f} req/s, {figures}{verdict}", out / "rss.png")
-    summary = {"url": url, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "requests": soak.done, "duration_s": duration, "requests_per_s": rps, "counts": dict(soak.counts),
-               "failures": dict(soak.failures), "active_streams_after": active, "memory": mem,
-               "missed": missed, "verdict": verdict, "exit_code": rc}
+        plot(
+            samples,
+            mem,
+            args.requests * args.warmup_frac,
+            f"soak: {soak.done} requests, {rps:.0f} req/s, {figures}{verdict}",
+            out / "rss.png",
+        )
+    summary = {
+        "url": url,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "requests": soak.done,
+        "duration_s": duration,
+        "requests_per_s": rps,
+        "counts": dict(soak.counts),
+        "failures": dict(soak.failures),
+        "active_streams_after": active,
+        "memory": mem,
+        "missed": missed,
+        "verdict": verdict,
+        "exit_code": rc,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"reports: {out}/\n{verdict}" + (":\n  " + "\n  ".join(missed) if missed else ""))
     return rc

@@ -1,4 +1,5 @@
 """A small parser for the service's server-sent events (``data: <JSON>`` blocks)."""
+
 from __future__ import annotations
 
 import json

@@ -1,18 +1,21 @@
 """The texts the clients send: a deterministic sample of real BBC articles and Sherlock Holmes prose from
 $DATA_DIR (default ../shared/data) when present, otherwise generated text of the same length. No torch."""
+
 from __future__ import annotations
 
 import os
 import random
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from loadtests import ROOT
 from training.common.files import read_text as _read  # UTF-8, else Latin-1 (no torch imported)
 
-_WORDS = ("the government said on monday that the company would report higher profits after strong sales of its "
-          "new phones while the film won three awards and the team beat their rivals in the final match of the "
-          "season as ministers warned of rising prices and slower growth in the economy next year").split()
+_WORDS = (
+    "the government said on monday that the company would report higher profits after strong sales of its "
+    "new phones while the film won three awards and the team beat their rivals in the final match of the "
+    "season as ministers warned of rising prices and slower growth in the economy next year"
+).split()
 
 
 def data_dir() -> Path:
@@ -28,7 +31,7 @@ def synthetic_article(rng: random.Random, n_words: int = 380) -> str:
     return f"{head}\n\n{body}\n"
 
 
-@lru_cache(maxsize=None)
+@cache
 def articles(limit: int = 500, seed: int = 0) -> tuple[tuple[str, str], ...]:
     """(topic, text) pairs: a deterministic sample of real BBC articles, or generated ones (topic "")."""
     root = data_dir() / "bbc"
@@ -40,7 +43,7 @@ def articles(limit: int = 500, seed: int = 0) -> tuple[tuple[str, str], ...]:
     return tuple(("", synthetic_article(rng)) for _ in range(min(limit, 200)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def prose() -> str:
     """Sherlock Holmes text for prompts and session histories (generated words when the corpus is absent)."""
     path = data_dir() / "sherlock" / "canon.txt"
@@ -53,4 +56,4 @@ def prose() -> str:
 def prose_slice(rng: random.Random, n_chars: int) -> str:
     text = prose()
     start = rng.randrange(0, max(1, len(text) - n_chars))
-    return text[start:start + n_chars]
+    return text[start : start + n_chars]

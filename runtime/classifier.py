@@ -7,6 +7,7 @@
 The tokenizer (lowercase + regex) and vocabulary come from the verified manifest, so serving encodes
 exactly as training did.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,11 +22,16 @@ UNK_ID = 1
 
 
 class ClassifierRuntime:
-    def __init__(self, folder: str | os.PathLike, provider: str = "auto", intra_threads: int | None = None,
-                 precision: str = "auto"):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        provider: str = "auto",
+        intra_threads: int | None = None,
+        precision: str = "auto",
+    ):
         folder = model_dir(folder, "classifier")
         self.manifest = load_manifest(folder, kind="classifier")  # verifies every file's sha256
-        self.provider = resolve_provider(provider)                # "cpu" | "cuda"
+        self.provider = resolve_provider(provider)  # "cpu" | "cuda"
         self.precision, self.files = select_precision(self.manifest, self.provider, precision)
         self.labels: list[str] = list(self.manifest["labels"])
         self.max_len: int = int(self.manifest["max_len"])
@@ -64,9 +70,9 @@ class ClassifierRuntime:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
         for start in range(0, len(order), batch_size):
-            chunk = order[start: start + batch_size]
+            chunk = order[start : start + batch_size]
             lengths = np.array([len(encoded[i]) for i in chunk], dtype=np.int64)  # (B,)
-            ids = np.zeros((len(chunk), int(lengths.max())), dtype=np.int64)    # (B, T) right-padded with 0
+            ids = np.zeros((len(chunk), int(lengths.max())), dtype=np.int64)  # (B, T) right-padded with 0
             for row, i in enumerate(chunk):
                 ids[row, : lengths[row]] = encoded[i]
             out[chunk] = self.session.run(["logits"], {"ids": ids, "lengths": lengths})[0]  # (B, C)
@@ -74,5 +80,7 @@ class ClassifierRuntime:
 
     def classify(self, texts: list[str]) -> list[dict]:
         probs = self.predict_proba(texts)
-        return [{"label": self.labels[int(p.argmax())],
-                 "probabilities": {lab: float(v) for lab, v in zip(self.labels, p)}} for p in probs]
+        return [
+            {"label": self.labels[int(p.argmax())], "probabilities": {lab: float(v) for lab, v in zip(self.labels, p)}}
+            for p in probs
+        ]

@@ -9,6 +9,7 @@ Precision and provider: ``GeneratorRuntime(folder, provider="auto", precision="a
 (``.provider`` "cpu" | "cuda", ``.precision`` "fp32" | "int8") with ``runtime.manifest.select_precision``.
 On CUDA a lone stream (``TextStream``) keeps h/c on the device between steps with IO binding (``BoundStep``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -22,8 +23,13 @@ from runtime.manifest import load_manifest, model_dir, select_precision
 from runtime.providers import cuda_device_id, make_session, resolve_provider
 
 
-def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, rng: np.random.Generator | None = None) -> int:
+def sample_next(
+    logits: np.ndarray,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    rng: np.random.Generator | None = None,
+) -> int:
     """One character id from next-char logits (V,): temperature 0 = argmax; else top-k, then top-p nucleus."""
     logits = np.asarray(logits, dtype=np.float64)
     if temperature <= 0:
@@ -108,8 +114,14 @@ class GeneratorRuntime:
     PRIME = "\n"  # what an empty prompt without a state reads: generation starts at a line start
     PREFILL_CHUNK = 4096  # longer prompts are read in pieces, the state carried between them
 
-    def __init__(self, folder: str | Path, provider: str = "auto", intra_threads: int | None = None,
-                 precision: str = "auto", wide_threads: int = 0):
+    def __init__(
+        self,
+        folder: str | Path,
+        provider: str = "auto",
+        intra_threads: int | None = None,
+        precision: str = "auto",
+        wide_threads: int = 0,
+    ):
         folder = model_dir(folder, "generator")
         self.manifest = load_manifest(folder, kind="generator")
         self.provider = resolve_provider(provider)  # "cpu" | "cuda"
@@ -151,7 +163,7 @@ class GeneratorRuntime:
         if ids.ndim != 2 or ids.shape[1] == 0:
             raise ValueError(f"prefill needs ids of shape (B, T) with T >= 1, got {ids.shape}")
         for i in range(0, ids.shape[1], self.PREFILL_CHUNK):
-            logits, h, c = self.prefill_session.run(None, {"ids": ids[:, i:i + self.PREFILL_CHUNK], "h": h, "c": c})
+            logits, h, c = self.prefill_session.run(None, {"ids": ids[:, i : i + self.PREFILL_CHUNK], "h": h, "c": c})
         return logits, h, c
 
     def step(self, ids: np.ndarray, h: np.ndarray, c: np.ndarray, wide: bool = False):
@@ -197,7 +209,7 @@ class GeneratorRuntime:
         """Feed one character to each stream with ONE batched step call; updates the states in place.
         fp32 gives each stream the numbers it would get alone; int8 only close ones (dynamic quantization scales
         the whole batch's activations at once: docs/export_format.md)."""
-        if len(states) == 1:    # a lone stream: views, no copies (each step returns new arrays)
+        if len(states) == 1:  # a lone stream: views, no copies (each step returns new arrays)
             s = states[0]
             logits, h, c = self.step(np.asarray(ids, dtype=np.int64), s.h[:, None], s.c[:, None], wide)
             s.h, s.c, s.logits = h[:, 0], c[:, 0], logits[0]
@@ -216,9 +228,17 @@ class TextStream:
     and are copied back only when ``.state`` is read.
     """
 
-    def __init__(self, runtime: GeneratorRuntime, prompt: str, max_chars: int, temperature: float = 0.8,
-                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                 state: GenState | None = None):
+    def __init__(
+        self,
+        runtime: GeneratorRuntime,
+        prompt: str,
+        max_chars: int,
+        temperature: float = 0.8,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        state: GenState | None = None,
+    ):
         self.runtime, self.remaining = runtime, max_chars
         self.sampling = (temperature, top_k, top_p)
         self._state = runtime.start(prompt, state, seed)
@@ -244,7 +264,7 @@ class TextStream:
         i = sample_next(s.logits, *self.sampling, rng=self._rng)
         # feed it now: the state always covers every emitted char
         if self._bound is None:
-            self.runtime.advance([s], [i], wide=True)    # a lone stream: the wide session, if there is one
+            self.runtime.advance([s], [i], wide=True)  # a lone stream: the wide session, if there is one
         else:
             s.logits = self._bound.step(np.array([i], dtype=np.int64))[0].copy()
             self._stale = True
@@ -253,8 +273,15 @@ class TextStream:
         return self.runtime.decode([i])
 
 
-def generate(runtime: GeneratorRuntime, prompt: str, max_chars: int, temperature: float = 0.8,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             state: GenState | None = None) -> TextStream:
+def generate(
+    runtime: GeneratorRuntime,
+    prompt: str,
+    max_chars: int,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    state: GenState | None = None,
+) -> TextStream:
     """Characters one at a time; the returned TextStream's ``.state`` resumes the stream later."""
     return TextStream(runtime, prompt, max_chars, temperature, top_k, top_p, seed, state)

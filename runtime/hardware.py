@@ -4,6 +4,7 @@ One place for the service (worker and thread defaults, /info's ``device``), the 
 (bench.json's ``machine``). Standard library only (onnxruntime for its provider list, imported when asked);
 nothing is probed at import, and nothing is cached, so every call sees the machine as it is now.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,11 +52,12 @@ def gpu_names() -> list[str]:
     if exe is None:
         return []
     try:
-        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            [exe, "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return []
-    if out.returncode != 0:      # e.g. "couldn't communicate with the NVIDIA driver", on stdout
+    if out.returncode != 0:  # e.g. "couldn't communicate with the NVIDIA driver", on stdout
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
@@ -88,5 +90,9 @@ def device_name(providers: list[str]) -> str:
 def describe() -> dict:
     """The machine in one dict: CPU model, cores (affinity), usable cores (with the cgroup quota), first GPU."""
     names = gpu_names()
-    return {"cpu": cpu_model(), "cores": affinity_cores(), "usable_cores": usable_cores(),
-            "gpu": names[0] if names else None}
+    return {
+        "cpu": cpu_model(),
+        "cores": affinity_cores(),
+        "usable_cores": usable_cores(),
+        "gpu": names[0] if names else None,
+    }

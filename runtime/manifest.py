@@ -12,6 +12,7 @@ rule both runtimes use to pick one.
 Standard library only: the export commands write manifests with it, serving and the evaluation
 commands verify them with it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -90,8 +91,7 @@ def model_dir(models: str | os.PathLike, kind: str) -> Path:
 # ------------------------------------------------------------------ precisions (docs/export_format.md)
 PRECISIONS = ("fp32", "int8")
 # the graphs of each kind, by role; an export without a "precisions" entry has only these
-FP32_FILES = {"classifier": {"model": "model.onnx"},
-              "generator": {"step": "step.onnx", "prefill": "prefill.onnx"}}
+FP32_FILES = {"classifier": {"model": "model.onnx"}, "generator": {"step": "step.onnx", "prefill": "prefill.onnx"}}
 
 
 def precision_variants(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -117,11 +117,16 @@ def select_precision(manifest: dict[str, Any], provider: str, wanted: str = "aut
         wanted = "int8" if provider == "cpu" and int8 and int8.get("accepted") is True else "fp32"
     elif wanted == "int8":
         if not int8:
-            raise ArtifactError(f"precision 'int8' asked for, but the {manifest.get('kind')} export has no int8 "
-                                "variant (python -m training quantize adds one)")
+            raise ArtifactError(
+                f"precision 'int8' asked for, but the {manifest.get('kind')} export has no int8 "
+                "variant (python -m training quantize adds one)"
+            )
         if int8.get("accepted") is not True:
-            log.warning("int8 %s variant runs although it missed its quality bar: %s", manifest.get("kind"),
-                        int8.get("verdict", "no verdict recorded"))
+            log.warning(
+                "int8 %s variant runs although it missed its quality bar: %s",
+                manifest.get("kind"),
+                int8.get("verdict", "no verdict recorded"),
+            )
         if provider != "cpu":
             log.warning("int8 on %s: the dynamic-quantization ops run on CPU kernels", provider)
     files = dict(variants[wanted]["files"])

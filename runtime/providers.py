@@ -1,4 +1,5 @@
 """ONNX Runtime sessions on the execution provider asked for (CUDA when present, CPU otherwise)."""
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,9 @@ def resolve_provider(provider: str = "auto") -> str:
     if provider == "auto":
         return "cuda" if "CUDAExecutionProvider" in avail else "cpu"
     if provider == "cuda" and "CUDAExecutionProvider" not in avail:
-        raise ArtifactError("provider 'cuda' asked for, but onnxruntime has no CUDAExecutionProvider "
-                            "(install onnxruntime-gpu)")
+        raise ArtifactError(
+            "provider 'cuda' asked for, but onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+        )
     if provider not in ("cuda", "cpu"):
         raise ArtifactError(f"unknown provider {provider!r} (auto | cuda | cpu)")
     return provider
@@ -28,8 +30,9 @@ def cuda_device_id() -> int:
     return int(os.environ.get("ORT_CUDA_DEVICE", "0"))
 
 
-def make_session(path: str | os.PathLike, provider: str = "auto", intra_threads: int | None = None,
-                 inter_threads: int = 1):
+def make_session(
+    path: str | os.PathLike, provider: str = "auto", intra_threads: int | None = None, inter_threads: int = 1
+):
     """An ONNX Runtime InferenceSession.
 
     provider: ``auto`` (CUDA when available, else CPU), ``cuda`` (error if unavailable) or ``cpu``.
@@ -39,9 +42,10 @@ def make_session(path: str | os.PathLike, provider: str = "auto", intra_threads:
     import onnxruntime as ort
 
     if resolve_provider(provider) == "cuda":
-        providers = [("CUDAExecutionProvider", {"device_id": cuda_device_id(),
-                                                "arena_extend_strategy": "kSameAsRequested"}),
-                     "CPUExecutionProvider"]
+        providers = [
+            ("CUDAExecutionProvider", {"device_id": cuda_device_id(), "arena_extend_strategy": "kSameAsRequested"}),
+            "CPUExecutionProvider",
+        ]
     else:
         providers = ["CPUExecutionProvider"]
     opts = ort.SessionOptions()

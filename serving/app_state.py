@@ -5,6 +5,7 @@ against its manifest (runtime.manifest.load_manifest); a mismatch raises Artifac
 not start. ``warm_up`` then runs a few dummy requests through the service's own /classify path (BentoML's
 in-process client) before /readyz says ready. ``preflight`` runs once in the main process, before the workers.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,8 +19,9 @@ import random
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from runtime.hardware import available_providers, device_name, usable_cores
 
@@ -44,10 +46,12 @@ def preflight(settings: Settings, model_dirs: dict[str, Path] | None = None) -> 
 
     try:
         for kind, folder in (model_dirs or default_dirs(settings)).items():
-            load_manifest(folder, kind=kind)     # checks every file's sha256
+            load_manifest(folder, kind=kind)  # checks every file's sha256
         if settings.provider == "cuda" and "CUDAExecutionProvider" not in available_providers():
-            raise ArtifactError("RNNTEXT_PROVIDER=cuda, but onnxruntime has no CUDAExecutionProvider "
-                                "(install onnxruntime-gpu, or use auto or cpu)")
+            raise ArtifactError(
+                "RNNTEXT_PROVIDER=cuda, but onnxruntime has no CUDAExecutionProvider "
+                "(install onnxruntime-gpu, or use auto or cpu)"
+            )
     except ArtifactError as exc:
         raise SystemExit(f"rnntext refuses to start: {exc}") from None
     # a folder per server start, shared by its workers (they inherit the environment) and removed when the
@@ -74,8 +78,13 @@ def model_tag(manifest: dict, files: dict[str, str]) -> str:
 
 
 class AppState:
-    def __init__(self, settings: Settings, worker: int | None = None, model_dirs: dict[str, Path] | None = None,
-                 board: Any = None):
+    def __init__(
+        self,
+        settings: Settings,
+        worker: int | None = None,
+        model_dirs: dict[str, Path] | None = None,
+        board: Any = None,
+    ):
         from runtime.classifier import ClassifierRuntime
         from runtime.generator import GeneratorRuntime
 
@@ -85,23 +94,39 @@ class AppState:
         self.settings = s = settings
         self.worker = worker
         self.model_dirs = model_dirs or default_dirs(s)
-        self.classifier = ClassifierRuntime(self.model_dirs["classifier"], s.provider, s.threads,
-                                            precision=s.precision)
-        self.generator = GeneratorRuntime(self.model_dirs["generator"], s.provider, s.threads,
-                                          precision=s.precision, wide_threads=usable_cores())
-        self.providers = {"classifier": self.classifier.session.get_providers(),
-                          "generator": self.generator.step_session.get_providers()}
+        self.classifier = ClassifierRuntime(self.model_dirs["classifier"], s.provider, s.threads, precision=s.precision)
+        self.generator = GeneratorRuntime(
+            self.model_dirs["generator"], s.provider, s.threads, precision=s.precision, wide_threads=usable_cores()
+        )
+        self.providers = {
+            "classifier": self.classifier.session.get_providers(),
+            "generator": self.generator.step_session.get_providers(),
+        }
         self.precision = {"classifier": self.classifier.precision, "generator": self.generator.precision}
         self.device = device_name(self.providers["classifier"])
-        log.info("worker %s of %d: ONNX Runtime providers %s on %s, precision %s (setting %r), %d intra-op "
-                 "thread(s) per session", worker, s.workers, self.providers, self.device, self.precision,
-                 s.precision, s.threads)
+        log.info(
+            "worker %s of %d: ONNX Runtime providers %s on %s, precision %s (setting %r), %d intra-op "
+            "thread(s) per session",
+            worker,
+            s.workers,
+            self.providers,
+            self.device,
+            self.precision,
+            s.precision,
+            s.threads,
+        )
         self.metrics = Metrics(s.max_batch_size, s.max_streams)
         # the workers read RNNTEXT_SESSION_DB with their settings; preflight set it for them (none: one process)
         if not s.redis_url and not s.session_db and s.workers > 1:
             raise RuntimeError("no RNNTEXT_SESSION_DB: the workers would not share their sessions")
-        self.store = make_store(s.redis_url, s.session_db or None, s.session_ttl_s, s.max_sessions,
-                                lease_s=s.session_lease_s, redis_prefix=s.redis_prefix)
+        self.store = make_store(
+            s.redis_url,
+            s.session_db or None,
+            s.session_ttl_s,
+            s.max_sessions,
+            lease_s=s.session_lease_s,
+            redis_prefix=s.redis_prefix,
+        )
         # the clients' rates and stream slots, beside the sessions (serving/quotas.py); the gate reads them too
         self.quotas = make_quotas(self.store, s.session_lease_s)
         self.directory = s.directory
@@ -109,11 +134,17 @@ class AppState:
         self.board = board
         self._busy_lock = threading.Lock()
         self._classifying = self._stepping = 0
-        self.stepper = Stepper(self.generator, s.max_streams, on_tick=self._on_tick, wide=self._wide,
-                               busy=lambda: self._classifying > 0)
-        self.generation = Generation(self.generator, self.store, self.stepper,
-                                     model_tag(self.generator.manifest, self.generator.files), self.metrics,
-                                     quotas=self.quotas)
+        self.stepper = Stepper(
+            self.generator, s.max_streams, on_tick=self._on_tick, wide=self._wide, busy=lambda: self._classifying > 0
+        )
+        self.generation = Generation(
+            self.generator,
+            self.store,
+            self.stepper,
+            model_tag(self.generator.manifest, self.generator.files),
+            self.metrics,
+            quotas=self.quotas,
+        )
         # ONNX Runtime's first runs of each shape allocate and pick kernels: do them before the first client
         self._warm_texts = self._make_warm_texts()
         self.classifier.predict_proba(self._warm_texts)
@@ -155,7 +186,7 @@ class AppState:
         vocab = [w for w in self.classifier.manifest["vocab"][2:200] if w.isalpha()] or ["news"]
         rng = random.Random(0)
         lengths = [8, 32, 128, 400, max(self.classifier.max_len, 8) + 50]
-        limit = self.settings.max_text_chars    # warm-up requests pass the same gate as clients' requests
+        limit = self.settings.max_text_chars  # warm-up requests pass the same gate as clients' requests
         return [" ".join(rng.choice(vocab) for _ in range(n))[:limit].strip() or "news" for n in lengths]
 
     def start_warm_up(self, get_proxy: Callable[[], Any]) -> None:
@@ -165,7 +196,7 @@ class AppState:
         try:
             if self.settings.warmup:
                 await self._warm_batcher(get_proxy)
-        except Exception:   # a cold batcher only risks early 503s: serve anyway, but say so
+        except Exception:  # a cold batcher only risks early 503s: serve anyway, but say so
             log.exception("batcher warm-up failed; serving without it")
         self._ready = True
         self._gauge_task = asyncio.get_running_loop().create_task(self._refresh_gauges())
@@ -184,8 +215,9 @@ class AppState:
         for i in range(WARM_SEQUENTIAL):
             await client.classify(texts=[texts[i % len(texts)]])
         for n in WARM_BURSTS:
-            await asyncio.gather(*(client.classify(texts=texts[: min(1 + i % 3, self.settings.max_texts)])
-                                   for i in range(n)))
+            await asyncio.gather(
+                *(client.classify(texts=texts[: min(1 + i % 3, self.settings.max_texts)]) for i in range(n))
+            )
         self.batcher_warm = True
         log.info("/classify path warmed up with %d requests", WARM_SEQUENTIAL + sum(WARM_BURSTS))
 
@@ -211,9 +243,15 @@ class AppState:
         def model(kind: str, m: dict) -> dict:
             keys = ("created", "metrics", "versions", "config", "corpus_fingerprint", "parity", "files", "ensemble")
             rt = self.classifier if kind == "classifier" else self.generator
-            return {**{k: m.get(k) for k in keys}, "folder": str(self.model_dirs[kind]), "loaded": rt.files,
-                    "precisions": {p: {k: v for k, v in d.items() if k in ("accepted", "quality")}
-                                   for p, d in (m.get("precisions") or {}).items()}}
+            return {
+                **{k: m.get(k) for k in keys},
+                "folder": str(self.model_dirs[kind]),
+                "loaded": rt.files,
+                "precisions": {
+                    p: {k: v for k, v in d.items() if k in ("accepted", "quality")}
+                    for p, d in (m.get("precisions") or {}).items()
+                },
+            }
 
         try:
             sessions = await self.store.count()
@@ -231,19 +269,38 @@ class AppState:
             "device": self.device,
             "providers": self.providers,
             "precision": self.precision,
-            "models": {"classifier": {**model("classifier", self.classifier.manifest),
-                                      "labels": self.classifier.labels},
-                       "generator": model("generator", self.generator.manifest)},
-            "sessions": {"store": self.store.kind, "available": store_ok, "active": sessions,
-                         "evicted": self.store.evicted, "ttl_s": s.session_ttl_s, "max": s.max_sessions},
-            "client": None if caller is None else {
-                "name": caller.name, "identified_by": "api_key" if caller.keyed else "address",
-                "limits": {"rate": caller.limits.rate, "burst": caller.limits.burst,
-                           "streams": caller.limits.streams, "sessions": caller.limits.sessions},
-                "sessions": await self._count_own(caller.tag)},
-            "clients": {"keyed": self.directory.keyed, "keys": len(self.directory.names()),
-                        "trusted_proxies": s.trusted_proxies or None, "quota_store": self.quotas.kind,
-                        "max_connections_per_address": s.client_max_connections},
+            "models": {
+                "classifier": {**model("classifier", self.classifier.manifest), "labels": self.classifier.labels},
+                "generator": model("generator", self.generator.manifest),
+            },
+            "sessions": {
+                "store": self.store.kind,
+                "available": store_ok,
+                "active": sessions,
+                "evicted": self.store.evicted,
+                "ttl_s": s.session_ttl_s,
+                "max": s.max_sessions,
+            },
+            "client": None
+            if caller is None
+            else {
+                "name": caller.name,
+                "identified_by": "api_key" if caller.keyed else "address",
+                "limits": {
+                    "rate": caller.limits.rate,
+                    "burst": caller.limits.burst,
+                    "streams": caller.limits.streams,
+                    "sessions": caller.limits.sessions,
+                },
+                "sessions": await self._count_own(caller.tag),
+            },
+            "clients": {
+                "keyed": self.directory.keyed,
+                "keys": len(self.directory.names()),
+                "trusted_proxies": s.trusted_proxies or None,
+                "quota_store": self.quotas.kind,
+                "max_connections_per_address": s.client_max_connections,
+            },
             "streams": {"active": self.stepper.active, "max": self.stepper.max_streams, "ticks": self.stepper.ticks},
             "settings": self.settings.public(),
         }
@@ -255,7 +312,7 @@ class AppState:
             return None
 
     async def aclose(self) -> None:
-        for task in (self._warm_task, self._gauge_task):    # a server stopped while warming up, too
+        for task in (self._warm_task, self._gauge_task):  # a server stopped while warming up, too
             if task is not None:
                 task.cancel()
         await self.stepper.aclose()

@@ -11,6 +11,7 @@ starts) only makes the others a little more careful.
   a session that uses every core (serving/stepper.py): 2.1x faster here, identical numbers; with any other
   work on the machine it would fight it, so it steps with one thread again.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -23,13 +24,13 @@ class WorkerBoard:
         size = 8 * workers
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size < size:         # never shrink: another worker may have mapped it
+            if os.fstat(fd).st_size < size:  # never shrink: another worker may have mapped it
                 os.ftruncate(fd, size)
             self._mm = mmap.mmap(fd, size)
         finally:
             os.close(fd)
         self.workers, self.index = workers, index
-        self.set_connections(0)                     # a restarted worker starts with none
+        self.set_connections(0)  # a restarted worker starts with none
         self.set_busy(0)
 
     def _all(self, field: int) -> tuple[int, ...]:

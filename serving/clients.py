@@ -11,6 +11,7 @@
 Per-key options override the server-wide per-client quotas for that client: ``rate`` (requests per second,
 0 = unlimited), ``burst``, ``streams`` and ``sessions``.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -40,8 +41,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class Client:
-    name: str               # the key's name, or the address
-    keyed: bool             # identified by an API key (False: by address)
+    name: str  # the key's name, or the address
+    keyed: bool  # identified by an API key (False: by address)
     limits: Limits
 
     @property
@@ -134,8 +135,9 @@ class Directory:
     def __init__(self, keys: dict[str, tuple[str, dict]], defaults: Limits, trusted_proxies: tuple = ()):
         self.defaults = defaults
         self.trusted = trusted_proxies
-        self._keys = [(key.encode(), Client(name, True, replace(defaults, **opts)))
-                      for name, (key, opts) in keys.items()]
+        self._keys = [
+            (key.encode(), Client(name, True, replace(defaults, **opts))) for name, (key, opts) in keys.items()
+        ]
         # the worker's own in-process client (its warm-up): no limits, and a name no key can have (NAME)
         self.internal = Client("(worker)", True, Limits(rate=0, burst=1, streams=1 << 30, sessions=1 << 30))
         self._by_name = {c.name: c for _, c in self._keys} | {self.internal.name: self.internal}
@@ -150,7 +152,7 @@ class Directory:
 
     def by_key(self, given: bytes) -> Client | None:
         found = None
-        for key, client in self._keys:      # every key, whichever matches: constant time in the key list
+        for key, client in self._keys:  # every key, whichever matches: constant time in the key list
             if hmac.compare_digest(given, key):
                 found = client
         return found
@@ -178,13 +180,13 @@ class Directory:
         """The client from the gate's ``X-Rnntext-Client`` value (``k:<name>`` or ``a:<address>``)."""
         kind, _, name = tagged.partition(":")
         if kind == "k":
-            return self._by_name[name]      # only the gate writes the header, with a name it found here
+            return self._by_name[name]  # only the gate writes the header, with a name it found here
         return self.by_address(name or "unknown")
 
     def by_address(self, address: str) -> Client:
         client = self._anonymous.get(address)
         if client is None:
-            if len(self._anonymous) > 10000:    # bounded: addresses come from clients
+            if len(self._anonymous) > 10000:  # bounded: addresses come from clients
                 self._anonymous.clear()
             client = self._anonymous[address] = Client(address, False, self.defaults)
         return client

@@ -4,6 +4,7 @@ Each field's alias is its variable and its default is the default a user gets; d
 names. ``Settings.from_env()`` is called when the service module declares the service, never at import of this
 module. A value the service cannot use stops it with one line naming the variable (``ConfigError``).
 """
+
 from __future__ import annotations
 
 import os
@@ -33,18 +34,28 @@ def default_workers(provider: str = "auto") -> int:
 class Settings(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    models: Path = Field(Path("exported_models"), alias="RNNTEXT_MODELS",
-                         description="exported-models root; relative paths are from the project root")
+    models: Path = Field(
+        Path("exported_models"),
+        alias="RNNTEXT_MODELS",
+        description="exported-models root; relative paths are from the project root",
+    )
     provider: Literal["auto", "cuda", "cpu"] = Field("auto", alias="RNNTEXT_PROVIDER")
     precision: Literal["auto", "fp32", "int8"] = Field(
-        "auto", alias="RNNTEXT_PRECISION",
-        description="auto = int8 on CPU where its measured quality holds, fp32 on CUDA")
+        "auto",
+        alias="RNNTEXT_PRECISION",
+        description="auto = int8 on CPU where its measured quality holds, fp32 on CUDA",
+    )
     workers: int = Field(0, ge=0, alias="RNNTEXT_WORKERS", description="0 = one per usable core (CPU) / per GPU")
-    threads: int = Field(0, ge=0, alias="RNNTEXT_THREADS",
-                         description="ONNX Runtime intra-op threads per session; 0 = cores / (2 x workers), at least 1")
-    batching: bool = Field(True, alias="RNNTEXT_BATCHING",
-                           description="adaptive batching of /classify; 0 = one model call per request")
-    max_batch_size: int = Field(32, ge=2, alias="RNNTEXT_MAX_BATCH_SIZE")   # BentoML rejects 1
+    threads: int = Field(
+        0,
+        ge=0,
+        alias="RNNTEXT_THREADS",
+        description="ONNX Runtime intra-op threads per session; 0 = cores / (2 x workers), at least 1",
+    )
+    batching: bool = Field(
+        True, alias="RNNTEXT_BATCHING", description="adaptive batching of /classify; 0 = one model call per request"
+    )
+    max_batch_size: int = Field(32, ge=2, alias="RNNTEXT_MAX_BATCH_SIZE")  # BentoML rejects 1
     max_latency_ms: int = Field(5000, ge=1, alias="RNNTEXT_MAX_LATENCY_MS")
     max_texts: int = Field(64, ge=1, alias="RNNTEXT_MAX_TEXTS")
     max_text_chars: int = Field(20000, ge=1, alias="RNNTEXT_MAX_TEXT_CHARS")
@@ -55,43 +66,74 @@ class Settings(BaseModel):
     max_streams: int = Field(64, ge=1, alias="RNNTEXT_MAX_STREAMS")
     session_ttl_s: float = Field(900.0, gt=0, allow_inf_nan=False, alias="RNNTEXT_SESSION_TTL_S")
     max_sessions: int = Field(10000, ge=1, alias="RNNTEXT_MAX_SESSIONS")
-    session_lease_s: float = Field(30.0, gt=0, allow_inf_nan=False, alias="RNNTEXT_SESSION_LEASE_S",
-                                   description="a stream's hold on its session; a killed worker's lapses after this")
-    session_db: str = Field("", alias="RNNTEXT_SESSION_DB",
-                            description="SQLite file shared by the workers; empty = a new one per server start")
+    session_lease_s: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        alias="RNNTEXT_SESSION_LEASE_S",
+        description="a stream's hold on its session; a killed worker's lapses after this",
+    )
+    session_db: str = Field(
+        "",
+        alias="RNNTEXT_SESSION_DB",
+        description="SQLite file shared by the workers; empty = a new one per server start",
+    )
     redis_url: str = Field("", alias="RNNTEXT_REDIS_URL", description="e.g. redis://host:6379/0; replaces SQLite")
-    api_key: str | None = Field(None, alias="RNNTEXT_API_KEY",
-                                description="one key, the client 'default'; set but blank is an error")
+    api_key: str | None = Field(
+        None, alias="RNNTEXT_API_KEY", description="one key, the client 'default'; set but blank is an error"
+    )
     api_keys: str = Field("", alias="RNNTEXT_API_KEYS", description="name:key[:option=value,...], comma-separated")
     api_keys_file: str = Field("", alias="RNNTEXT_API_KEYS_FILE", description="one name:key[:options] per line")
-    trusted_proxies: str = Field("", alias="RNNTEXT_TRUSTED_PROXIES",
-                                 description="CIDRs whose X-Forwarded-For names the client (without keys)")
-    client_rate: float = Field(100.0, ge=0, allow_inf_nan=False, alias="RNNTEXT_CLIENT_RATE",
-                               description="API requests per second per client (token bucket); 0 = unlimited")
+    trusted_proxies: str = Field(
+        "", alias="RNNTEXT_TRUSTED_PROXIES", description="CIDRs whose X-Forwarded-For names the client (without keys)"
+    )
+    client_rate: float = Field(
+        100.0,
+        ge=0,
+        allow_inf_nan=False,
+        alias="RNNTEXT_CLIENT_RATE",
+        description="API requests per second per client (token bucket); 0 = unlimited",
+    )
     client_burst: int = Field(200, ge=1, alias="RNNTEXT_CLIENT_BURST")
-    client_max_streams: int = Field(0, ge=0, alias="RNNTEXT_CLIENT_MAX_STREAMS",
-                                    description="0 = a quarter of RNNTEXT_MAX_STREAMS")
-    client_max_sessions: int = Field(0, ge=0, alias="RNNTEXT_CLIENT_MAX_SESSIONS",
-                                     description="0 = a tenth of RNNTEXT_MAX_SESSIONS")
-    client_max_connections: int = Field(0, ge=0, alias="RNNTEXT_CLIENT_MAX_CONNECTIONS",
-                                        description="per address and worker; 0 = a quarter of RNNTEXT_MAX_CONNECTIONS")
-    redis_prefix: str = Field("rnntext:", min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$",
-                              alias="RNNTEXT_REDIS_PREFIX",
-                              description="key prefix, so that deployments can share one Redis database")
+    client_max_streams: int = Field(
+        0, ge=0, alias="RNNTEXT_CLIENT_MAX_STREAMS", description="0 = a quarter of RNNTEXT_MAX_STREAMS"
+    )
+    client_max_sessions: int = Field(
+        0, ge=0, alias="RNNTEXT_CLIENT_MAX_SESSIONS", description="0 = a tenth of RNNTEXT_MAX_SESSIONS"
+    )
+    client_max_connections: int = Field(
+        0,
+        ge=0,
+        alias="RNNTEXT_CLIENT_MAX_CONNECTIONS",
+        description="per address and worker; 0 = a quarter of RNNTEXT_MAX_CONNECTIONS",
+    )
+    redis_prefix: str = Field(
+        "rnntext:",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[\x21-\x7e]+$",
+        alias="RNNTEXT_REDIS_PREFIX",
+        description="key prefix, so that deployments can share one Redis database",
+    )
     warmup: bool = Field(True, alias="RNNTEXT_WARMUP")
     read_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False, alias="RNNTEXT_READ_TIMEOUT_S")
     max_connections: int = Field(1000, ge=1, alias="RNNTEXT_MAX_CONNECTIONS")
     tracing: bool = Field(False, alias="RNNTEXT_TRACING")
-    access_log: bool = Field(False, alias="RNNTEXT_ACCESS_LOG",
-                             description="BentoML's log line per request (costs ~3% of /classify throughput here)")
-    patches_off: tuple[str, ...] = Field((), alias="RNNTEXT_PATCHES_OFF",
-                                         description="patches of dependencies to leave out, comma-separated "
-                                                     "(serving/patches; docs/serving.md)")
+    access_log: bool = Field(
+        False,
+        alias="RNNTEXT_ACCESS_LOG",
+        description="BentoML's log line per request (costs ~3% of /classify throughput here)",
+    )
+    patches_off: tuple[str, ...] = Field(
+        (),
+        alias="RNNTEXT_PATCHES_OFF",
+        description="patches of dependencies to leave out, comma-separated (serving/patches; docs/serving.md)",
+    )
 
     @field_validator("patches_off", mode="before")
     @classmethod
     def _patch_names(cls, value: object) -> tuple[str, ...]:
-        from .patches import NAMES     # the names only: serving.patches imports neither BentoML nor uvicorn
+        from .patches import NAMES  # the names only: serving.patches imports neither BentoML nor uvicorn
 
         names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
         names = [n for n in names if n]
@@ -101,7 +143,7 @@ class Settings(BaseModel):
         return tuple(dict.fromkeys(names))
 
     @model_validator(mode="after")
-    def _resolve(self) -> "Settings":
+    def _resolve(self) -> Settings:
         if self.default_chars > self.max_chars:
             raise ValueError("RNNTEXT_DEFAULT_CHARS must not exceed RNNTEXT_MAX_CHARS")
         if not self.models.is_absolute():
@@ -119,7 +161,7 @@ class Settings(BaseModel):
         return self
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         names = {f.alias for f in cls.model_fields.values()}
         raw = {k: v.strip() for k, v in env.items() if k in names}
@@ -130,14 +172,18 @@ class Settings(BaseModel):
             name = err["loc"][0] if err["loc"] else ""
             value = f"={raw[name]!r}" if name in raw and "KEY" not in name else ""
             raise ConfigError(f"{name}{value}: {err['msg']}".lstrip(": ")) from None
-        settings.directory      # a key list it cannot use stops the service here, with its one line
+        _ = settings.directory  # a key list it cannot use stops the service here, with its one line
         return settings
 
     def limits(self):
         from .clients import Limits
 
-        return Limits(rate=self.client_rate, burst=self.client_burst, streams=self.client_max_streams,
-                      sessions=self.client_max_sessions)
+        return Limits(
+            rate=self.client_rate,
+            burst=self.client_burst,
+            streams=self.client_max_streams,
+            sessions=self.client_max_sessions,
+        )
 
     @cached_property
     def directory(self):
@@ -146,8 +192,11 @@ class Settings(BaseModel):
         from .clients import Directory, KeysError, load_keys, parse_proxies
 
         try:
-            return Directory(load_keys(self.api_key, self.api_keys, self.api_keys_file), self.limits(),
-                             parse_proxies(self.trusted_proxies))
+            return Directory(
+                load_keys(self.api_key, self.api_keys, self.api_keys_file),
+                self.limits(),
+                parse_proxies(self.trusted_proxies),
+            )
         except KeysError as exc:
             raise ConfigError(str(exc)) from None
 

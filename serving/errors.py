@@ -4,11 +4,13 @@
 raised by this service's code are ``ClientError``s; the ones BentoML answers itself (pydantic's validation
 report, a refused media type) are rewritten into the same shape by ``normalize`` (called by serving/gate.py).
 """
+
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from starlette.responses import JSONResponse
 
@@ -29,7 +31,7 @@ class ClientError(Exception):
             return {"WWW-Authenticate": "Bearer"}
         if self.status == 503:
             return {"Retry-After": "1"}
-        if self.status == 408:      # the rest of a late body may still be on its way: do not read it as a request
+        if self.status == 408:  # the rest of a late body may still be on its way: do not read it as a request
             return {"Connection": "close"}
         return None
 
@@ -49,9 +51,13 @@ def store_down() -> ClientError:
 def rate_limited(client: Any, wait_s: float) -> ClientError:
     """429 for a client over its request rate; ``Retry-After`` is the wait for its next token, in whole seconds."""
     retry = max(1, math.ceil(wait_s))
-    return ClientError(429, "rate_limited", f"client {client.name!r} is over its rate of {client.limits.rate:g} "
-                                            f"requests/s (burst {client.limits.burst}); retry in {retry} s",
-                       headers={"Retry-After": str(retry)})
+    return ClientError(
+        429,
+        "rate_limited",
+        f"client {client.name!r} is over its rate of {client.limits.rate:g} "
+        f"requests/s (burst {client.limits.burst}); retry in {retry} s",
+        headers={"Retry-After": str(retry)},
+    )
 
 
 def quota_exceeded(message: str, retry_after: int = 1) -> ClientError:
@@ -70,8 +76,16 @@ def error_response(err: ClientError, on_error: Callable[[str], None] | None = No
 
 
 # ---------------------------------------------------------------- BentoML's own error bodies
-KIND_BY_STATUS = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
-                  415: "unsupported_media_type", 422: "invalid_request", 429: "overloaded", 503: "overloaded"}
+KIND_BY_STATUS = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "overloaded",
+    503: "overloaded",
+}
 
 
 def _where(loc: tuple | list) -> str:
@@ -93,7 +107,7 @@ def normalize(status: int, body: bytes) -> dict[str, Any] | None:
         doc = json.loads(body)
     except ValueError:
         doc = body.decode(errors="replace").strip()
-    if isinstance(doc, list) and len(doc) == 1:     # BentoML wraps some errors in a one-item list
+    if isinstance(doc, list) and len(doc) == 1:  # BentoML wraps some errors in a one-item list
         doc = doc[0]
     if isinstance(doc, dict) and "kind" in doc:
         return None
@@ -108,7 +122,7 @@ def normalize(status: int, body: bytes) -> dict[str, Any] | None:
             message = f"unknown field {where!r}"
         elif first.get("type") == "model_type":
             message = "body must be a JSON object"
-        elif first.get("type") == "string_pattern_mismatch":     # the only pattern: r"\S" (schemas.py)
+        elif first.get("type") == "string_pattern_mismatch":  # the only pattern: r"\S" (schemas.py)
             message = f"{where}: is empty or whitespace only"
         else:
             message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))

@@ -22,6 +22,7 @@
 * ``X-Rnntext-Worker: <worker index>`` on every response, so that a client (and the tests) can see which
   worker served it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,18 +31,19 @@ import logging
 import math
 import secrets
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .clients import Client, Directory
 from .errors import ClientError, error_response, normalize, rate_limited
 from .pages import is_page
 
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/readyz/sessions", "/healthz"})      # probes never need the key
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/readyz/sessions", "/healthz"})  # probes never need the key
 API_METHODS = {"/classify": "POST", "/generate": "POST", "/end_session": "POST", "/info": "POST"}
-ALIASES = {"/info": "GET"}      # GET /info is served too (curl, browsers): serving/service.py
+ALIASES = {"/info": "GET"}  # GET /info is served too (curl, browsers): serving/service.py
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-KEEP_ALIVE_UNREAD = 64 * 1024   # a refused request whose unread body is larger gets its connection closed
+KEEP_ALIVE_UNREAD = 64 * 1024  # a refused request whose unread body is larger gets its connection closed
 JSON_HEADERS = ((b"content-type", b"application/json"),)
 CLIENT_HEADER = b"x-rnntext-client"
 # the worker's own in-process client (the batcher's warm-up) proves itself with this, made anew in each process
@@ -49,8 +51,11 @@ INTERNAL_HEADER, INTERNAL_TOKEN = b"x-rnntext-internal", secrets.token_urlsafe(2
 NOSNIFF = (b"x-content-type-options", b"nosniff")
 PAGE_HEADERS = (
     # Swagger UI sets styles from its script and uses data: images for its icons; nothing else is allowed
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-                                 b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'",
+    ),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
 )
@@ -79,16 +84,24 @@ async def read_body(receive: Callable, max_bytes: int) -> bytes:
 
 
 class Gate:
-    def __init__(self, app: Any, directory: Directory, max_body_bytes: int, read_timeout_s: float,
-                 on_error: Callable[[str, str], None] | None = None, worker: Callable[[], Any] | None = None,
-                 quotas: Callable[[], Any] | None = None, access_log: bool = False):
+    def __init__(
+        self,
+        app: Any,
+        directory: Directory,
+        max_body_bytes: int,
+        read_timeout_s: float,
+        on_error: Callable[[str, str], None] | None = None,
+        worker: Callable[[], Any] | None = None,
+        quotas: Callable[[], Any] | None = None,
+        access_log: bool = False,
+    ):
         self.app = app
         self.directory = directory
         self.max_body_bytes, self.read_timeout_s = max_body_bytes, read_timeout_s
-        self.on_error = on_error        # counts errors by kind and client (metrics)
-        self._worker = worker           # the worker index, looked up once it is known
+        self.on_error = on_error  # counts errors by kind and client (metrics)
+        self._worker = worker  # the worker index, looked up once it is known
         self._worker_header: tuple[bytes, bytes] | None = None
-        self._quotas = quotas           # the worker's Quotas once it is built (None before)
+        self._quotas = quotas  # the worker's Quotas once it is built (None before)
         self._quotas_now = None
         self.access_log = access_log
 
@@ -101,7 +114,7 @@ class Gate:
         send = self._tag(send, path in API_METHODS, is_page(path), lambda: client, scope, t0)
         api_body = path in API_METHODS and scope["method"] in BODY_METHODS
         head = _Head(scope, as_json=api_body)
-        unread = head.announced        # bytes of body still to come (chunked: unknown, counted as large)
+        unread = head.announced  # bytes of body still to come (chunked: unknown, counted as large)
         try:
             self._refuse_unread(scope, unread > 0)
             client = self._identify(scope, head)
@@ -127,12 +140,13 @@ class Gate:
         if scope["path"] in API_METHODS:
             return
         if scope["method"] not in READ_METHODS:
-            raise ClientError(405, "method_not_allowed", f"{scope['path']} accepts GET and HEAD only",
-                              headers={"Allow": "GET, HEAD"})
+            raise ClientError(
+                405, "method_not_allowed", f"{scope['path']} accepts GET and HEAD only", headers={"Allow": "GET, HEAD"}
+            )
         if announced:
             raise ClientError(413, "payload_too_large", f"{scope['path']} takes no request body")
 
-    def _identify(self, scope: dict, head: "_Head") -> Client:
+    def _identify(self, scope: dict, head: _Head) -> Client:
         """The client; 401 on a path that needs a key and has none (or a wrong one)."""
         client = None
         if head.internal is not None and head.internal == INTERNAL_TOKEN:
@@ -141,8 +155,11 @@ class Gate:
             client = self.directory.by_key(head.key) if head.key else None
             path = scope["path"]
             if client is None and path not in OPEN_PATHS and not is_page(path):
-                raise ClientError(401, "unauthorized", "missing or wrong API key "
-                                                       "(send 'Authorization: Bearer <key>' or 'X-API-Key: <key>')")
+                raise ClientError(
+                    401,
+                    "unauthorized",
+                    "missing or wrong API key (send 'Authorization: Bearer <key>' or 'X-API-Key: <key>')",
+                )
         if client is None:
             peer = (scope.get("client") or ("unknown", 0))[0]
             client = self.directory.by_address(self.directory.address_of(peer, head.forwarded))
@@ -154,14 +171,18 @@ class Gate:
         wanted = API_METHODS[path]
         if scope["method"] != wanted and scope["method"] != ALIASES.get(path):
             allowed = ", ".join(filter(None, (wanted, ALIASES.get(path))))
-            raise ClientError(405, "method_not_allowed", f"{path} accepts {allowed.replace(', ', ' or ')} only",
-                              headers={"Allow": allowed})
+            raise ClientError(
+                405,
+                "method_not_allowed",
+                f"{path} accepts {allowed.replace(', ', ' or ')} only",
+                headers={"Allow": allowed},
+            )
 
     async def _rate(self, client: Client) -> None:
-        if client.limits.rate <= 0:     # unlimited, the worker's own client among them
+        if client.limits.rate <= 0:  # unlimited, the worker's own client among them
             return
         if self._quotas_now is None and self._quotas is not None:
-            self._quotas_now = self._quotas()     # looked up until the worker has built it, then kept
+            self._quotas_now = self._quotas()  # looked up until the worker has built it, then kept
         quotas = self._quotas_now
         if quotas is None:
             return
@@ -171,11 +192,12 @@ class Gate:
 
     async def _read(self, receive: Callable) -> bytes:
         try:
-            async with asyncio.timeout(self.read_timeout_s):   # a third of anyio.fail_after's cost per request
+            async with asyncio.timeout(self.read_timeout_s):  # a third of anyio.fail_after's cost per request
                 return await read_body(receive, self.max_body_bytes)
         except TimeoutError:
-            raise ClientError(408, "request_timeout",
-                              f"request body not received within {self.read_timeout_s:g} s") from None
+            raise ClientError(
+                408, "request_timeout", f"request body not received within {self.read_timeout_s:g} s"
+            ) from None
 
     def _header(self) -> tuple[bytes, bytes]:
         if self._worker_header is None:
@@ -185,8 +207,9 @@ class Gate:
             self._worker_header = (b"x-rnntext-worker", str(index).encode())
         return self._worker_header
 
-    def _tag(self, send: Callable, api: bool, page: bool, client: Callable[[], Client | None], scope: dict,
-             t0: float) -> Callable:
+    def _tag(
+        self, send: Callable, api: bool, page: bool, client: Callable[[], Client | None], scope: dict, t0: float
+    ) -> Callable:
         """``send`` that adds the worker and security headers, logs the request (RNNTEXT_ACCESS_LOG) and, on API
         paths, rewrites BentoML's own 4xx bodies."""
         held: dict | None = None
@@ -198,10 +221,16 @@ class Gate:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", ()), *extra]
                 if self.access_log:
-                    access_log.info("%s %s %s %d %.1fms", _label(client(), full=True), scope["method"],
-                                    scope["path"], message["status"], 1000 * (time.perf_counter() - t0))
+                    access_log.info(
+                        "%s %s %s %d %.1fms",
+                        _label(client(), full=True),
+                        scope["method"],
+                        scope["path"],
+                        message["status"],
+                        1000 * (time.perf_counter() - t0),
+                    )
                 if api and 400 <= message["status"] < 500:
-                    held = message          # the body decides whether it needs rewriting
+                    held = message  # the body decides whether it needs rewriting
                     return
             elif held is not None and message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
@@ -213,8 +242,9 @@ class Gate:
                     if self.on_error:
                         self.on_error(doc["kind"], _label(client()))
                     body = json.dumps(doc).encode()
-                    start["headers"] = [(k, v) for k, v in start["headers"]
-                                        if k.lower() not in (b"content-length", b"content-type")]
+                    start["headers"] = [
+                        (k, v) for k, v in start["headers"] if k.lower() not in (b"content-length", b"content-type")
+                    ]
                     start["headers"] += [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
                 await send(start)
                 return await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -232,7 +262,7 @@ class _Head:
 
     def __init__(self, scope: dict, as_json: bool):
         self.key = auth = self.forwarded = self.internal = None
-        self.announced: float = 0       # the body's announced size: Content-Length, infinity when chunked
+        self.announced: float = 0  # the body's announced size: Content-Length, infinity when chunked
         kept = []
         for k, v in scope["headers"]:
             if k == b"x-api-key":
@@ -270,7 +300,7 @@ def _replay(body: bytes, receive: Callable) -> Callable:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()      # after the body: wait for the disconnect, as the server would
+        return await receive()  # after the body: wait for the disconnect, as the server would
 
     return replay
 

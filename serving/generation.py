@@ -9,14 +9,16 @@ session back.
 Sessions belong to the client that made them (``Client.tag``): another client's id is answered exactly as an
 unknown one (404), busy or not, so an id reveals nothing to anyone but its owner.
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import anyio
 
@@ -24,12 +26,12 @@ from .clients import Client
 from .errors import overloaded, quota_exceeded, session_busy, store_down, unknown_session
 from .schemas import GenerateFields
 from .sessions import SessionBusy, StoreUnavailable, decode_state, encode_state, new_session_id
-
-ANONYMOUS = Client("local", False, None)        # unit tests and callers without clients: no quotas
 from .stepper import Stepper, StepperFull, Stream
 
+ANONYMOUS = Client("local", False, None)  # unit tests and callers without clients: no quotas
+
 log = logging.getLogger(__name__)
-FLUSH_S = 0.05      # characters produced within 50 ms of the last event go out together
+FLUSH_S = 0.05  # characters produced within 50 ms of the last event go out together
 
 
 def sse(doc: dict[str, Any]) -> bytes:
@@ -41,22 +43,23 @@ def sse(doc: dict[str, Any]) -> bytes:
 class Ticket:
     req: GenerateFields
     stream: Stream
-    token: str | None           # the session's lock token when continuing a session
+    token: str | None  # the session's lock token when continuing a session
     client: Client = ANONYMOUS
-    slot: str | None = None     # the client's stream-quota slot
+    slot: str | None = None  # the client's stream-quota slot
     released: bool = False
-    kept: str | None = None     # with keep_session: the id the session is saved under (known before the stream)
+    kept: str | None = None  # with keep_session: the id the session is saved under (known before the stream)
 
 
 class Generation:
-    def __init__(self, runtime: Any, store: Any, stepper: Stepper, model_tag: str, metrics: Any = None,
-                 quotas: Any = None):
+    def __init__(
+        self, runtime: Any, store: Any, stepper: Stepper, model_tag: str, metrics: Any = None, quotas: Any = None
+    ):
         self.runtime, self.store, self.stepper = runtime, store, stepper
         self.model_tag, self.metrics = model_tag, metrics
-        self.quotas = quotas        # serving/quotas.py: the clients' stream slots (None: no per-client quota)
+        self.quotas = quotas  # serving/quotas.py: the clients' stream slots (None: no per-client quota)
 
     async def begin(self, req: GenerateFields, client: Client = ANONYMOUS) -> Ticket:
-        if self.stepper.active >= self.stepper.max_streams:    # fail fast, before any work
+        if self.stepper.active >= self.stepper.max_streams:  # fail fast, before any work
             raise overloaded(f"all {self.stepper.max_streams} generation slots are busy")
         token, state, sid, slot = None, None, req.session_id, None
         try:
@@ -64,8 +67,10 @@ class Generation:
                 slot = new_session_id()
                 if not await self.quotas.open_stream(client.tag, slot, client.limits.streams):
                     slot = None
-                    raise quota_exceeded(f"client {client.name!r} already has {client.limits.streams} "
-                                         "generation streams running (its quota); retry when one has finished")
+                    raise quota_exceeded(
+                        f"client {client.name!r} already has {client.limits.streams} "
+                        "generation streams running (its quota); retry when one has finished"
+                    )
             if sid is not None:
                 try:
                     token = await self.store.acquire(sid)
@@ -107,14 +112,14 @@ class Generation:
 
     async def events(self, t: Ticket) -> AsyncIterator[bytes]:
         req, stream = t.req, t.stream
-        last_refresh, last_sent = time.monotonic(), 0.0     # the first characters go out at once
+        last_refresh, last_sent = time.monotonic(), 0.0  # the first characters go out at once
         try:
             while True:
                 items = [await stream.out.get()]
                 # at most one event per FLUSH_S: per-character events would cost more than the generation
                 wait = last_sent + FLUSH_S - time.monotonic()
                 if isinstance(items[0], str) and wait > 0 and not stream.ended.is_set():
-                    try:        # ...but the end of the stream goes out at once
+                    try:  # ...but the end of the stream goes out at once
                         await asyncio.wait_for(stream.ended.wait(), wait)
                     except TimeoutError:
                         pass
@@ -137,7 +142,7 @@ class Generation:
                             await self.store.refresh(req.session_id, t.token)
                         if t.slot:
                             await self.quotas.refresh_stream(t.client.tag, t.slot)
-                    except StoreUnavailable:    # keep streaming; saving at the end will say so
+                    except StoreUnavailable:  # keep streaming; saving at the end will say so
                         log.warning("could not extend a session lock (store unavailable)")
                     last_refresh = time.monotonic()
             done: dict[str, Any] = {"done": True, "chars": stream.produced}
@@ -175,7 +180,7 @@ class Generation:
             await self.store.save(sid, encode_state(stream.state, self.model_tag), client.tag, owner_max)
             await self.update_session_gauge()
             return sid
-        if req.session_id is not None:      # continued without keep_session: this was its last request
+        if req.session_id is not None:  # continued without keep_session: this was its last request
             await self.store.delete(req.session_id)
             await self.update_session_gauge()
         return None
@@ -198,17 +203,18 @@ class Generation:
             await self._release(sid, token)
         await self.update_session_gauge()
 
-    async def _release(self, sid: str | None, token: str | None, client: Client = ANONYMOUS,
-                       slot: str | None = None) -> None:
+    async def _release(
+        self, sid: str | None, token: str | None, client: Client = ANONYMOUS, slot: str | None = None
+    ) -> None:
         # the client may be gone (cancelled task): shield so that the session and slot are really given back
         with anyio.CancelScope(shield=True):
             if slot is not None:
-                await self.quotas.close_stream(client.tag, slot)      # never raises: a lapsed lease frees it
+                await self.quotas.close_stream(client.tag, slot)  # never raises: a lapsed lease frees it
             if sid is None or token is None:
                 return
             try:
                 await self.store.release(sid, token)
-            except StoreUnavailable:    # the lock's own TTL frees it
+            except StoreUnavailable:  # the lock's own TTL frees it
                 log.warning("could not release session lock (store unavailable)")
 
     async def update_session_gauge(self) -> None:

@@ -4,6 +4,7 @@
 PROMETHEUS_MULTIPROC_DIR in the worker after importing the service module, and prometheus_client decides
 between single- and multi-process mode when it is first imported.
 """
+
 from __future__ import annotations
 
 
@@ -12,22 +13,29 @@ class Metrics:
         import prometheus_client as prom
 
         self.classify_batch = prom.Histogram(
-            "rnntext_classify_batch_texts", "Texts per classifier batch (BentoML adaptive batching)",
-            buckets=_buckets(max_batch_size))
+            "rnntext_classify_batch_texts",
+            "Texts per classifier batch (BentoML adaptive batching)",
+            buckets=_buckets(max_batch_size),
+        )
         self.classified = prom.Counter("rnntext_classified_texts", "Texts classified")
         self.step_batch = prom.Histogram(
-            "rnntext_generate_step_streams", "Streams advanced together per generation step",
-            buckets=_buckets(max_streams))
+            "rnntext_generate_step_streams",
+            "Streams advanced together per generation step",
+            buckets=_buckets(max_streams),
+        )
         self.chars = prom.Counter("rnntext_generated_chars", "Characters generated (streamed to clients)")
         # one worker (in-process store) or shared Redis: the largest live value is the right total in both cases
-        self.sessions = prom.Gauge("rnntext_active_sessions", "Kept generation sessions in the store",
-                                   multiprocess_mode="livemax")
-        self.streams = prom.Gauge("rnntext_active_streams", "Generation streams running now",
-                                  multiprocess_mode="livesum")
+        self.sessions = prom.Gauge(
+            "rnntext_active_sessions", "Kept generation sessions in the store", multiprocess_mode="livemax"
+        )
+        self.streams = prom.Gauge(
+            "rnntext_active_streams", "Generation streams running now", multiprocess_mode="livesum"
+        )
         # client: the API key's name, "anonymous" for clients known by address (one series per address would be
         # unbounded), "-" before the client is known (a 401)
-        self.errors = prom.Counter("rnntext_errors", "Requests answered with an error, by kind and client",
-                                   ["kind", "client"])
+        self.errors = prom.Counter(
+            "rnntext_errors", "Requests answered with an error, by kind and client", ["kind", "client"]
+        )
 
     def on_tick(self, streams: int, chars: int) -> None:
         self.step_batch.observe(streams)

@@ -25,6 +25,7 @@ A kind whose manifest cannot be read is not declared: ``resolve`` then gives its
 start-up check reports the problem in one line. Importing this module does no work; ``python -m
 serving.model_store register`` (``make register``) registers from the command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ import hashlib
 import json
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import attrs
 import bentoml
@@ -46,7 +48,7 @@ from .config import ROOT
 
 KINDS = ("classifier", "generator")
 NAMES = {"classifier": "rnntext-classifier", "generator": "rnntext-generator"}
-EXPORTED = ROOT / "exported_models"         # the default RNNTEXT_MODELS: served through the model store
+EXPORTED = ROOT / "exported_models"  # the default RNNTEXT_MODELS: served through the model store
 VERSION_CHARS = 16
 # manifest metrics that also become labels (rounded); all of them go into the metadata
 LABEL_METRICS = ("test_accuracy", "test_macro_f1", "val_accuracy", "val_bits_per_char", "val_bpc")
@@ -65,16 +67,26 @@ def tag_of(folder: str | Path, kind: str) -> str:
 
 def labels_and_metadata(manifest: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
     metrics = dict(manifest.get("metrics") or {})
-    labels = {"project": "rnntext", "kind": str(manifest["kind"]), "created": str(manifest.get("created", "")),
-              "precisions": ",".join(sorted({"fp32", *(manifest.get("precisions") or {})}))}
+    labels = {
+        "project": "rnntext",
+        "kind": str(manifest["kind"]),
+        "created": str(manifest.get("created", "")),
+        "precisions": ",".join(sorted({"fp32", *(manifest.get("precisions") or {})})),
+    }
     for key in LABEL_METRICS:
         value = metrics.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             labels[key] = str(round(float(value), 4))
-    metadata = {"kind": manifest["kind"], "format_version": manifest.get("format_version"),
-                "created": manifest.get("created"), "manifest_sha256": manifest_sha256(manifest),
-                "files": dict(manifest["files"]), "versions": dict(manifest.get("versions") or {}),
-                "metrics": metrics, "corpus_fingerprint": manifest.get("corpus_fingerprint")}
+    metadata = {
+        "kind": manifest["kind"],
+        "format_version": manifest.get("format_version"),
+        "created": manifest.get("created"),
+        "manifest_sha256": manifest_sha256(manifest),
+        "files": dict(manifest["files"]),
+        "versions": dict(manifest.get("versions") or {}),
+        "metrics": metrics,
+        "corpus_fingerprint": manifest.get("corpus_fingerprint"),
+    }
     return labels, {k: v for k, v in metadata.items() if v is not None}
 
 
@@ -86,7 +98,7 @@ def register_folder(folder: str | Path, kind: str) -> tuple[str, bool]:
     tag = f"{NAMES[kind]}:{manifest_sha256(doc)[:VERSION_CHARS]}"
     if _stored(tag) is not None:
         return tag, False
-    load_manifest(folder, kind=kind)                   # every file's sha256, before anything is stored
+    load_manifest(folder, kind=kind)  # every file's sha256, before anything is stored
     labels, metadata = labels_and_metadata(doc)
     try:
         with bentoml.models.create(tag, labels=labels, metadata=metadata) as model:
@@ -97,7 +109,7 @@ def register_folder(folder: str | Path, kind: str) -> tuple[str, bool]:
     except BentoMLException:
         if _stored(tag) is None:
             raise
-        return tag, False                              # another process registered the same export meanwhile
+        return tag, False  # another process registered the same export meanwhile
     return tag, True
 
 
@@ -138,9 +150,11 @@ class ExportedModel(BentoModel):
                 raise SystemExit(f"{doing}: {exc}") from None
 
     def _missing(self, doing: str) -> SystemExit:
-        return SystemExit(f"{doing}: model {self.tag} is not in the BentoML model store ({_store_path()}) nor on "
-                          "BentoCloud; register one with `make register` (python -m serving.model_store register "
-                          "--models DIR), or point RNNTEXT_MODELS at an exported-models folder")
+        return SystemExit(
+            f"{doing}: model {self.tag} is not in the BentoML model store ({_store_path()}) nor on "
+            "BentoCloud; register one with `make register` (python -m serving.model_store register "
+            "--models DIR), or point RNNTEXT_MODELS at an exported-models folder"
+        )
 
     def to_info(self, alias: str | None = None):
         self._register("rnntext: cannot build")
@@ -201,13 +215,18 @@ def resolve(models: str | Path, declared: Mapping[str, BentoModel], bento: Any =
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m serving.model_store",
-                                 description="The exported models in BentoML's model store ($BENTOML_HOME/models).")
+    ap = argparse.ArgumentParser(
+        prog="python -m serving.model_store",
+        description="The exported models in BentoML's model store ($BENTOML_HOME/models).",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
-    reg = sub.add_parser("register", help="register each <models>/<kind>/ folder as a BentoML model (idempotent)",
-                         description="Register <models>/classifier/ and <models>/generator/ as the BentoML models "
-                                     "rnntext-classifier and rnntext-generator, tagged by their manifests; "
-                                     "an export already registered keeps its tag and is not copied again.")
+    reg = sub.add_parser(
+        "register",
+        help="register each <models>/<kind>/ folder as a BentoML model (idempotent)",
+        description="Register <models>/classifier/ and <models>/generator/ as the BentoML models "
+        "rnntext-classifier and rnntext-generator, tagged by their manifests; "
+        "an export already registered keeps its tag and is not copied again.",
+    )
     reg.add_argument("--models", type=Path, default=EXPORTED, help="exported-models root (default: %(default)s)")
     args = ap.parse_args(argv)
     try:

@@ -21,6 +21,7 @@ What BentoML's document leaves out or gets wrong, and this module sets right:
 It relies on BentoML naming each API operation ``rnntext__<name>`` under ``/<name>`` (``Service APIs`` tag), which
 the tests check, so that a BentoML upgrade that changes the layout fails there and not in a client's generator.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,9 +46,22 @@ as `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 REF = "#/components/schemas/{model}"
 SESSION_HEADER = "X-Rnntext-Session-Id"
 # every "kind" a 4xx/503 body can carry (serving/errors.py, serving/gate.py, serving/patches/connections.py)
-Kind = Literal["invalid_request", "malformed_json", "unauthorized", "not_found", "unknown_session", "session_busy",
-               "method_not_allowed", "request_timeout", "payload_too_large", "unsupported_media_type",
-               "rate_limited", "quota_exceeded", "overloaded", "store_unavailable"]
+Kind = Literal[
+    "invalid_request",
+    "malformed_json",
+    "unauthorized",
+    "not_found",
+    "unknown_session",
+    "session_busy",
+    "method_not_allowed",
+    "request_timeout",
+    "payload_too_large",
+    "unsupported_media_type",
+    "rate_limited",
+    "quota_exceeded",
+    "overloaded",
+    "store_unavailable",
+]
 
 
 class ValidationProblem(BaseModel):
@@ -68,7 +82,8 @@ class Error(BaseModel):
     error: str = Field(description="what went wrong, for people", examples=["texts[0]: is empty or whitespace only"])
     kind: Kind = Field(description="stable: clients branch on it; it also labels rnntext_errors_total")
     detail: list[ValidationProblem] | None = Field(
-        None, description="pydantic's full report, only with kind invalid_request from a failed validation")
+        None, description="pydantic's full report, only with kind invalid_request from a failed validation"
+    )
 
 
 class GenerateEvent(BaseModel):
@@ -88,62 +103,98 @@ class SessionsProbe(BaseModel):
 
 
 def _error(description: str, **headers: tuple[str, bool]) -> dict[str, Any]:
-    out: dict[str, Any] = {"description": description,
-                           "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}}
+    out: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}},
+    }
     if headers:
-        out["headers"] = {name: {"description": text, "required": required, "schema": {"type": "string"}}
-                          for name, (text, required) in headers.items()}
+        out["headers"] = {
+            name: {"description": text, "required": required, "schema": {"type": "string"}}
+            for name, (text, required) in headers.items()
+        }
     return out
 
 
 RETRY = ("seconds to wait before retrying", True)
 ERRORS: dict[int, dict[str, Any]] = {
     400: _error("invalid_request or malformed_json: the body is not what the request model allows"),
-    401: _error("unauthorized: a missing or wrong API key",
-                **{"WWW-Authenticate": ("Bearer", True)}),
+    401: _error("unauthorized: a missing or wrong API key", **{"WWW-Authenticate": ("Bearer", True)}),
     404: _error("unknown_session: no such session, it expired, or it is another client's"),
     408: _error("request_timeout: the body did not arrive within RNNTEXT_READ_TIMEOUT_S of the request head"),
     409: _error("session_busy: another request is using this session; retry when it has finished"),
     413: _error("payload_too_large: the body is over RNNTEXT_MAX_BODY_BYTES"),
-    429: _error("rate_limited or quota_exceeded: this client is over its request rate, streams or connections",
-                **{"Retry-After": RETRY}),
-    503: _error("overloaded or store_unavailable: the service cannot take this request now",
-                **{"Retry-After": ("seconds to wait before retrying (absent when BentoML itself refuses)", False)}),
+    429: _error(
+        "rate_limited or quota_exceeded: this client is over its request rate, streams or connections",
+        **{"Retry-After": RETRY},
+    ),
+    503: _error(
+        "overloaded or store_unavailable: the service cannot take this request now",
+        **{"Retry-After": ("seconds to wait before retrying (absent when BentoML itself refuses)", False)},
+    ),
 }
-BODY_STATUSES = (400, 408, 413)     # what a request with a body can get before it reaches the API
+BODY_STATUSES = (400, 408, 413)  # what a request with a body can get before it reaches the API
 OPERATIONS = {  # operation -> the statuses it answers beyond 200 and BODY_STATUSES, 401 (keyed), 429 and 503
-    "classify": (), "generate": (404, 409), "end_session": (404, 409), "info": ()}
-SSE_EXAMPLE = ('data: {"text": "I have no doubt"}\n\n'
-               'data: {"done": true, "chars": 15, "session_id": "Wm1pX0l8n2rXq6yZJ0cF3c2Yb2sVh1Qe"}\n\n')
+    "classify": (),
+    "generate": (404, 409),
+    "end_session": (404, 409),
+    "info": (),
+}
+SSE_EXAMPLE = (
+    'data: {"text": "I have no doubt"}\n\n'
+    'data: {"done": true, "chars": 15, "session_id": "Wm1pX0l8n2rXq6yZJ0cF3c2Yb2sVh1Qe"}\n\n'
+)
 PROBE_TEXT = {"text/plain": {"schema": {"type": "string"}, "example": "\n"}}
 
 
-def document(base: dict[str, Any], *, title: str, version: str, description: str, keyed: bool,
-             request_models: dict[str, type[BaseModel]], response_models: dict[str, Any]) -> dict[str, Any]:
+def document(
+    base: dict[str, Any],
+    *,
+    title: str,
+    version: str,
+    description: str,
+    keyed: bool,
+    request_models: dict[str, type[BaseModel]],
+    response_models: dict[str, Any],
+) -> dict[str, Any]:
     """The finished document from BentoML's ``asdict()`` one.
 
     ``request_models``: operation name -> its pydantic request model; ``response_models``: operation name -> the
     200 body, a pydantic model or ``list[Model]`` (generate's stream is written here)."""
-    doc = json.loads(json.dumps(base))     # a deep copy, with BentoML's integer status keys as the strings JSON has
+    doc = json.loads(json.dumps(base))  # a deep copy, with BentoML's integer status keys as the strings JSON has
     doc["openapi"] = OPENAPI_VERSION
     doc["info"] = {"title": title, "version": version, "description": description}
     models = {*request_models.values(), Error, GenerateEvent, SessionsProbe}
     models |= {getattr(m, "__args__", (m,))[0] for m in response_models.values() if m is not None}
-    keyed_models = [(m, "validation" if m in request_models.values() else "serialization")
-                    for m in sorted(models, key=lambda m: m.__name__)]
+    keyed_models = [
+        (m, "validation" if m in request_models.values() else "serialization")
+        for m in sorted(models, key=lambda m: m.__name__)
+    ]
     _, defs = models_json_schema(keyed_models, ref_template=REF)
     doc["components"] = {"schemas": defs["$defs"]}
     if keyed:
         doc["components"]["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
-            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
     for name, response in response_models.items():
         _finish_operation(doc["paths"][f"/{name}"]["post"], name, request_models.get(name), response, keyed)
     info = doc["paths"]["/info"]
-    info["post"]["requestBody"] = {"required": False, "content": {"application/json": {"schema": {
-        "type": "object", "description": "ignored: POST /info takes an empty body or any JSON object"}}}}
-    info["get"] = {**copy.deepcopy(info["post"]), "operationId": "rnntext__info_get",
-                   "summary": "GET /info (for curl and browsers): the same as POST /info"}
+    info["post"]["requestBody"] = {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "ignored: POST /info takes an empty body or any JSON object",
+                }
+            }
+        },
+    }
+    info["get"] = {
+        **copy.deepcopy(info["post"]),
+        "operationId": "rnntext__info_get",
+        "summary": "GET /info (for curl and browsers): the same as POST /info",
+    }
     del info["get"]["requestBody"]
     for status in BODY_STATUSES:
         info["get"]["responses"].pop(str(status), None)
@@ -151,44 +202,79 @@ def document(base: dict[str, Any], *, title: str, version: str, description: str
     return doc
 
 
-def _finish_operation(op: dict[str, Any], name: str, request: type[BaseModel] | None, response: Any,
-                      keyed: bool) -> None:
+def _finish_operation(
+    op: dict[str, Any], name: str, request: type[BaseModel] | None, response: Any, keyed: bool
+) -> None:
     if request is not None:
         # an empty /generate body is all defaults: a new 200-character text from nothing
         required = any(f.is_required() for f in request.model_fields.values())
-        op["requestBody"] = {**op.get("requestBody", {}), "required": required, "content": {
-            "application/json": {"schema": {"$ref": REF.format(model=request.__name__)}}}}
+        op["requestBody"] = {
+            **op.get("requestBody", {}),
+            "required": required,
+            "content": {"application/json": {"schema": {"$ref": REF.format(model=request.__name__)}}},
+        }
     ok = op["responses"]["200"]
     if name == "generate":
-        ok["description"] = ("server-sent events, one `data: <JSON>` line each: `{\"text\"}` chunks, then "
-                             "`{\"done\": true, \"chars\"}` (with `session_id` when keep_session), or an "
-                             "`{\"error\", \"kind\", \"done\": true}` event if the stream fails after it started")
+        ok["description"] = (
+            'server-sent events, one `data: <JSON>` line each: `{"text"}` chunks, then '
+            '`{"done": true, "chars"}` (with `session_id` when keep_session), or an '
+            '`{"error", "kind", "done": true}` event if the stream fails after it started'
+        )
         # OpenAPI 3.1 has no itemSchema (3.2): for an event stream, tools read ``schema`` as one event's
-        ok["content"] = {"text/event-stream": {"schema": {
-            "type": "object", "required": ["data"], "description": "one server-sent event",
-            "properties": {"data": {"type": "string", "contentMediaType": "application/json",
-                                    "contentSchema": {"$ref": REF.format(model="GenerateEvent")}},
-                           "event": {"type": "string", "const": "message"}}}, "example": SSE_EXAMPLE}}
-        ok["headers"] = {SESSION_HEADER: {
-            "description": "with keep_session: the id the session is kept under, known before the stream ends",
-            "required": False, "schema": {"type": "string"}}}
+        ok["content"] = {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "description": "one server-sent event",
+                    "properties": {
+                        "data": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": REF.format(model="GenerateEvent")},
+                        },
+                        "event": {"type": "string", "const": "message"},
+                    },
+                },
+                "example": SSE_EXAMPLE,
+            }
+        }
+        ok["headers"] = {
+            SESSION_HEADER: {
+                "description": "with keep_session: the id the session is kept under, known before the stream ends",
+                "required": False,
+                "schema": {"type": "string"},
+            }
+        }
         session = f"$response.header.{SESSION_HEADER}"
         ok["links"] = {
-            "ContinueSession": {"operationId": "rnntext__generate", "description": "continue the kept session",
-                                "requestBody": {"session_id": session, "keep_session": True, "max_chars": 20}},
-            "EndSession": {"operationId": "rnntext__end_session", "description": "end the kept session",
-                           "requestBody": {"session_id": session}}}
+            "ContinueSession": {
+                "operationId": "rnntext__generate",
+                "description": "continue the kept session",
+                "requestBody": {"session_id": session, "keep_session": True, "max_chars": 20},
+            },
+            "EndSession": {
+                "operationId": "rnntext__end_session",
+                "description": "end the kept session",
+                "requestBody": {"session_id": session},
+            },
+        }
     else:
         item = getattr(response, "__args__", None)
-        schema = ({"type": "array", "items": {"$ref": REF.format(model=item[0].__name__)}} if item
-                  else {"$ref": REF.format(model=response.__name__)})
+        schema = (
+            {"type": "array", "items": {"$ref": REF.format(model=item[0].__name__)}}
+            if item
+            else {"$ref": REF.format(model=response.__name__)}
+        )
         ok["content"] = {"application/json": {"schema": schema}}
     responses = {"200": ok}
     statuses = sorted({*BODY_STATUSES, *OPERATIONS[name], 429, 503, *((401,) if keyed else ())})
     for status in statuses:
         responses[str(status)] = copy.deepcopy(ERRORS[status])
-    responses["500"] = {"description": "a defect in this service: please report it", "content": {
-        "application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
+    responses["500"] = {
+        "description": "a defect in this service: please report it",
+        "content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}},
+    }
     op["responses"] = responses
     if keyed:
         op["security"] = [{"bearer": []}, {"apiKey": []}]
@@ -200,20 +286,30 @@ def _finish_probes(paths: dict[str, Any]) -> None:
         get["operationId"] = f"probe_{path.strip('/')}"
         get["responses"] = {"200": {"description": "OK", "content": copy.deepcopy(PROBE_TEXT)}}
     paths["/metrics"]["get"]["responses"]["200"] = {
-        "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        "description": "Prometheus text format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
     paths["/readyz"]["get"]["responses"]["503"] = {
         "description": "not ready yet (models loading, batcher warming up)",
-        "content": {"text/plain": {"schema": {"type": "string"}}}}
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
     probe = {"$ref": REF.format(model="SessionsProbe")}
-    paths["/readyz/sessions"] = {"get": {
-        "tags": ["Infrastructure"], "operationId": "probe_readyz_sessions",
-        "description": "200 while kept sessions can be served (the session store answers), else 503. `/readyz` "
-                       "says only whether this worker can classify.",
-        "responses": {"200": {"description": "the store answers",
-                              "content": {"application/json": {"schema": probe}}},
-                      "503": {"description": "the store does not answer",
-                              "headers": {"Retry-After": {"required": True, "schema": {"type": "string"}}},
-                              "content": {"application/json": {"schema": probe}}}}}}
+    paths["/readyz/sessions"] = {
+        "get": {
+            "tags": ["Infrastructure"],
+            "operationId": "probe_readyz_sessions",
+            "description": "200 while kept sessions can be served (the session store answers), else 503. `/readyz` "
+            "says only whether this worker can classify.",
+            "responses": {
+                "200": {"description": "the store answers", "content": {"application/json": {"schema": probe}}},
+                "503": {
+                    "description": "the store does not answer",
+                    "headers": {"Retry-After": {"required": True, "schema": {"type": "string"}}},
+                    "content": {"application/json": {"schema": probe}},
+                },
+            },
+        }
+    }
 
 
 class Document:
@@ -227,8 +323,9 @@ class Document:
         return self._doc
 
 
-def documented_service(version: str, keyed: bool, request_models: dict[str, type[BaseModel]],
-                       response_models: dict[str, Any]) -> type:
+def documented_service(
+    version: str, keyed: bool, request_models: dict[str, type[BaseModel]], response_models: dict[str, Any]
+) -> type:
     """A ``bentoml.Service`` class (``service_class=`` of ``@bentoml.service``) with this document, built once."""
     import bentoml
     import yaml
@@ -239,15 +336,25 @@ def documented_service(version: str, keyed: bool, request_models: dict[str, type
 
     class DocumentedService(bentoml.Service):
         @property
-        def doc(self) -> str:       # BentoML would describe the service with its own readme and badges
+        def doc(self) -> str:  # BentoML would describe the service with its own readme and badges
             return description
 
         @property
-        def openapi_spec(self) -> Document:     # type: ignore[override]
+        def openapi_spec(self) -> Document:  # type: ignore[override]
             if not built:
-                built.append(Document(document(
-                    super().openapi_spec.asdict(), title=title, version=version, description=description,
-                    keyed=keyed, request_models=request_models, response_models=response_models)))
+                built.append(
+                    Document(
+                        document(
+                            super().openapi_spec.asdict(),
+                            title=title,
+                            version=version,
+                            description=description,
+                            keyed=keyed,
+                            request_models=request_models,
+                            response_models=response_models,
+                        )
+                    )
+                )
             return built[0]
 
     return DocumentedService

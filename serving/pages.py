@@ -8,6 +8,7 @@ API as any client. Nothing is fetched from outside the service: the docs page is
 The pages hold no data, so they are served without the API key (serving/gate.py); the demo page asks for the key
 and sends it with its API calls.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,11 +19,16 @@ from starlette.routing import Route
 from .errors import ClientError, error_response
 
 WEB = Path(__file__).with_name("web")
-ASSETS = {"demo.css": "text/css", "demo.js": "text/javascript", "docs.css": "text/css",
-          "docs.js": "text/javascript", "favicon.svg": "image/svg+xml"}
+ASSETS = {
+    "demo.css": "text/css",
+    "demo.js": "text/javascript",
+    "docs.css": "text/css",
+    "docs.js": "text/javascript",
+    "favicon.svg": "image/svg+xml",
+}
 PAGE_PATHS = frozenset({"/", "/demo", "/demo/", "/docs.json", "/favicon.ico"})
 PAGE_PREFIXES = ("/demo/", "/static_content/")
-NO_CACHE = {"cache-control": "no-cache"}      # revalidated, so a new version of the page is picked up at once
+NO_CACHE = {"cache-control": "no-cache"}  # revalidated, so a new version of the page is picked up at once
 
 
 def is_page(path: str) -> bool:
@@ -39,7 +45,7 @@ async def docs(request) -> FileResponse:
 
 async def asset(request):
     name = request.path_params["name"]
-    if name not in ASSETS:      # a fixed list: no path from the URL reaches the file system
+    if name not in ASSETS:  # a fixed list: no path from the URL reaches the file system
         return error_response(ClientError(404, "not_found", f"no such file: /demo/{name}"))
     return FileResponse(WEB / name, media_type=ASSETS[name], headers=NO_CACHE)
 
@@ -48,5 +54,10 @@ async def favicon(request) -> FileResponse:
     return FileResponse(WEB / "favicon.svg", media_type=ASSETS["favicon.svg"], headers=NO_CACHE)
 
 
-ROUTES = [Route("/", docs), Route("/demo", demo), Route("/demo/", demo), Route("/demo/{name}", asset),
-          Route("/favicon.ico", favicon)]
+ROUTES = [
+    Route("/", docs),
+    Route("/demo", demo),
+    Route("/demo/", demo),
+    Route("/demo/{name}", asset),
+    Route("/favicon.ico", favicon),
+]

@@ -13,6 +13,7 @@ clock, so replicas' clocks do not matter) and ``MemoryQuotas`` (one process). ``
 with a local one: when the shared store fails, each worker enforces the same limits on its own (a client can
 then get up to one quota per worker) instead of failing requests that do not need the store (/classify).
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,8 @@ log = logging.getLogger(__name__)
 class MemoryQuotas:
     def __init__(self, clock=time.monotonic):
         self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}      # client -> (tokens, at)
-        self._streams: dict[str, dict[str, float]] = {}         # client -> {stream id: lease expiry}
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, at)
+        self._streams: dict[str, dict[str, float]] = {}  # client -> {stream id: lease expiry}
 
     async def take(self, client: str, rate: float, burst: int) -> float:
         now = self.clock()
@@ -40,7 +41,7 @@ class MemoryQuotas:
         tokens = min(burst, tokens + (now - at) * rate)
         if tokens < 1:
             return (1 - tokens) / rate
-        if len(self._buckets) > 100_000:    # full buckets carry no information: forget them all at once
+        if len(self._buckets) > 100_000:  # full buckets carry no information: forget them all at once
             self._buckets.clear()
         self._buckets[client] = (tokens - 1, now)
         return 0.0
@@ -105,7 +106,7 @@ class SqliteQuotas(SqliteFile):
 
     async def take(self, client: str, rate: float, burst: int) -> float:
         self._takes += 1
-        if self._takes % 4096 == 0:     # buckets idle long enough to be full again carry no information
+        if self._takes % 4096 == 0:  # buckets idle long enough to be full again carry no information
             await self._run(lambda db: db.execute("DELETE FROM buckets WHERE at < ?", (self.clock() - 3600,)))
         return await self._run(self._take, client, rate, burst)
 
@@ -115,16 +116,18 @@ class SqliteQuotas(SqliteFile):
             db.execute("DELETE FROM streams WHERE client = ? AND expires <= ?", (client, now))
             if db.execute("SELECT count(*) FROM streams WHERE client = ?", (client,)).fetchone()[0] >= limit:
                 return False
-            db.execute("INSERT OR REPLACE INTO streams (id, client, expires) VALUES (?, ?, ?)",
-                       (sid, client, now + lease_s))
+            db.execute(
+                "INSERT OR REPLACE INTO streams (id, client, expires) VALUES (?, ?, ?)", (sid, client, now + lease_s)
+            )
         return True
 
     async def open_stream(self, client: str, sid: str, limit: int, lease_s: float) -> bool:
         return await self._run(self._open, client, sid, limit, lease_s)
 
     async def refresh_stream(self, client: str, sid: str, lease_s: float) -> None:
-        await self._run(lambda db: db.execute("UPDATE streams SET expires = ? WHERE id = ?",
-                                              (self.clock() + lease_s, sid)))
+        await self._run(
+            lambda db: db.execute("UPDATE streams SET expires = ? WHERE id = ?", (self.clock() + lease_s, sid))
+        )
 
     async def close_stream(self, client: str, sid: str) -> None:
         await self._run(lambda db: db.execute("DELETE FROM streams WHERE id = ?", (sid,)))
@@ -132,7 +135,9 @@ class SqliteQuotas(SqliteFile):
 
 # Redis' own clock (TIME, in ms): every replica sees one time. Replies are strings (Lua numbers become integers).
 _NOW = "local t = redis.call('time') local now = t[1] * 1000 + math.floor(t[2] / 1000) "
-_TAKE_LUA = _NOW + """
+_TAKE_LUA = (
+    _NOW
+    + """
 local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
 local b = redis.call('hmget', KEYS[1], 't', 'at')
 local tokens = burst
@@ -141,16 +146,23 @@ if tokens < 1 then return tostring((1 - tokens) / rate) end
 redis.call('hset', KEYS[1], 't', tostring(tokens - 1), 'at', now)
 redis.call('pexpire', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return '0'"""
-_OPEN_LUA = _NOW + """
+)
+_OPEN_LUA = (
+    _NOW
+    + """
 redis.call('zremrangebyscore', KEYS[1], '-inf', now)
 if redis.call('zcard', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 redis.call('zadd', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('pexpire', KEYS[1], tonumber(ARGV[3]))
 return 1"""
-_REFRESH_LUA = _NOW + """
+)
+_REFRESH_LUA = (
+    _NOW
+    + """
 redis.call('zadd', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
 redis.call('pexpire', KEYS[1], tonumber(ARGV[2]))
 return 1"""
+)
 
 
 class RedisQuotas:
@@ -166,8 +178,11 @@ class RedisQuotas:
         return float(await redis_call(self._take(keys=[f"{self.prefix}rate:{client}"], args=[rate, burst])))
 
     async def open_stream(self, client: str, sid: str, limit: int, lease_s: float) -> bool:
-        return bool(await redis_call(self._open(keys=[f"{self.prefix}streams:{client}"],
-                                                args=[sid, limit, int(lease_s * 1000)])))
+        return bool(
+            await redis_call(
+                self._open(keys=[f"{self.prefix}streams:{client}"], args=[sid, limit, int(lease_s * 1000)])
+            )
+        )
 
     async def refresh_stream(self, client: str, sid: str, lease_s: float) -> None:
         await redis_call(self._refresh(keys=[f"{self.prefix}streams:{client}"], args=[sid, int(lease_s * 1000)]))
@@ -176,7 +191,7 @@ class RedisQuotas:
         await redis_call(self._redis.zrem(f"{self.prefix}streams:{client}", sid))
 
     async def close(self) -> None:
-        pass        # the client is the session store's, closed with it
+        pass  # the client is the session store's, closed with it
 
 
 class Quotas:
@@ -186,7 +201,7 @@ class Quotas:
         self.shared, self.lease_s = shared, lease_s
         self.local = MemoryQuotas()
         self.kind = shared.kind if shared is not None else "memory"
-        self.fallbacks = 0      # checks made locally because the shared store failed
+        self.fallbacks = 0  # checks made locally because the shared store failed
 
     async def _either(self, op: str, *args):
         if self.shared is not None:
@@ -195,8 +210,9 @@ class Quotas:
             except StoreUnavailable as exc:
                 self.fallbacks += 1
                 if self.fallbacks in (1, 10, 100) or self.fallbacks % 1000 == 0:
-                    log.warning("quota store unavailable (%s); enforcing quotas per worker (%d times)",
-                                exc, self.fallbacks)
+                    log.warning(
+                        "quota store unavailable (%s); enforcing quotas per worker (%d times)", exc, self.fallbacks
+                    )
         return await getattr(self.local, op)(*args)
 
     async def take(self, client: str, rate: float, burst: int) -> float:
@@ -217,7 +233,7 @@ class Quotas:
         if self.shared is not None:
             try:
                 await self.shared.close_stream(client, sid)
-            except StoreUnavailable:    # its lease lapses by itself
+            except StoreUnavailable:  # its lease lapses by itself
                 pass
 
     async def close(self) -> None:

@@ -12,6 +12,7 @@ leased session. The scripts name keys they compute from ``prefix`` (a single Red
 Redis Cluster). Every Redis error (connection, timeout, OOM at maxmemory, READONLY after a failover, NOPERM from an
 ACL, ...) is ``StoreUnavailable``: a 503, never a 500.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -82,8 +83,7 @@ return n"""
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, url: str, ttl_s: float, max_sessions: int, prefix: str = "rnntext:",
-                 lease_s: float = LEASE_S):
+    def __init__(self, url: str, ttl_s: float, max_sessions: int, prefix: str = "rnntext:", lease_s: float = LEASE_S):
         import redis.asyncio as aioredis  # only when configured: the other stores need no client
 
         self.redis = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
@@ -116,11 +116,10 @@ class RedisStore:
         keys = [self._key(sid), self.prefix + "lru", f"{self.prefix}own:{owner}"]
         args = [sid, blob, owner, self.ttl_ms, self.max_sessions, owner_max, self.prefix]
         evicted = int(await redis_call(self._save(keys=keys, args=args)))
-        self.evicted += evicted      # after the await: saves in flight together must not overwrite each other's count
+        self.evicted += evicted  # after the await: saves in flight together must not overwrite each other's count
 
     async def delete(self, sid: str) -> bool:
-        return bool(await redis_call(self._delete(keys=[self._key(sid), self.prefix + "lru"],
-                                                  args=[sid, self.prefix])))
+        return bool(await redis_call(self._delete(keys=[self._key(sid), self.prefix + "lru"], args=[sid, self.prefix])))
 
     async def count(self, owner: str | None = None) -> int:
         z = self.prefix + ("lru" if owner is None else f"own:{owner}")
@@ -139,8 +138,7 @@ class RedisStore:
 
     async def refresh(self, sid: str, token: str) -> bool:
         """Extends the lease; False when it is no longer this token's (expired, or taken since)."""
-        return bool(await redis_call(self._extend(keys=[self._lock(sid)],
-                                                  args=[token, int(self.LOCK_TTL_S * 1000)])))
+        return bool(await redis_call(self._extend(keys=[self._lock(sid)], args=[token, int(self.LOCK_TTL_S * 1000)])))
 
     async def release(self, sid: str, token: str) -> None:
         await redis_call(self._release(keys=[self._lock(sid)], args=[token]))

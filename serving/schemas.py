@@ -6,6 +6,7 @@ Fields are strict (``true`` is not an integer, ``"5"`` is not a number) and unkn
 typo such as ``"maxchars"`` is a 400 instead of being silently ignored. A failed check is answered
 ``{"error", "kind", "detail"}`` with status 400 (serving/errors.py turns pydantic's report into that body).
 """
+
 from __future__ import annotations
 
 from typing import Annotated, Any
@@ -16,8 +17,10 @@ from .config import Settings
 
 MAX_SEED = 2**63 - 1
 STRICT = ConfigDict(extra="forbid", strict=True)
-ARTICLE = ("Shares in BT rose after profits beat forecasts, helped by strong broadband sales and lower costs, "
-           "the company said on Thursday.")
+ARTICLE = (
+    "Shares in BT rose after profits beat forecasts, helped by strong broadband sales and lower costs, "
+    "the company said on Thursday."
+)
 
 
 def _whole(value: Any) -> Any:
@@ -34,15 +37,19 @@ OptionalInt = Annotated[int | None, BeforeValidator(_whole)]
 
 class Prediction(BaseModel):
     label: str = Field(description="the most likely topic", examples=["business"])
-    probabilities: dict[str, float] = Field(description="every topic's probability; they sum to 1",
-                                            examples=[{"business": 0.85, "entertainment": 0.04, "politics": 0.02,
-                                                       "sport": 0.05, "tech": 0.03}])
+    probabilities: dict[str, float] = Field(
+        description="every topic's probability; they sum to 1",
+        examples=[{"business": 0.85, "entertainment": 0.04, "politics": 0.02, "sport": 0.05, "tech": 0.03}],
+    )
 
 
 class EndSessionRequest(BaseModel):
     model_config = STRICT
-    session_id: str = Field(max_length=256, description="a session_id from a /generate done event",
-                            examples=["Wm1pX0l8n2rXq6yZJ0cF3c2Yb2sVh1QeAbCdEfGh"])
+    session_id: str = Field(
+        max_length=256,
+        description="a session_id from a /generate done event",
+        examples=["Wm1pX0l8n2rXq6yZJ0cF3c2Yb2sVh1QeAbCdEfGh"],
+    )
 
 
 class EndSessionResponse(BaseModel):
@@ -63,8 +70,9 @@ class Info(BaseModel):
     models: dict[str, Any]
     sessions: dict[str, Any]
     streams: dict[str, Any]
-    client: dict[str, Any] | None = Field(None, description="you, as this server knows you: name, how you were "
-                                                              "identified, your limits and kept sessions")
+    client: dict[str, Any] | None = Field(
+        None, description="you, as this server knows you: name, how you were identified, your limits and kept sessions"
+    )
     clients: dict[str, Any] = Field(default_factory=dict, description="how clients are identified (no keys shown)")
     settings: dict[str, Any]
 
@@ -92,24 +100,62 @@ class Schemas:
     def __init__(self, s: Settings):
         text = Annotated[str, StringConstraints(min_length=1, max_length=s.max_text_chars, pattern=r"\S")]
         self.ClassifyRequest = create_model(
-            "ClassifyRequest", __config__=STRICT, __doc__="Texts to classify, one result per text, in order.",
-            texts=(list[text], Field(min_length=1, max_length=s.max_texts, examples=[[ARTICLE]],
-                                     description=f"1 to {s.max_texts} texts, each 1 to {s.max_text_chars} "
-                                                 "characters and not only whitespace")))
+            "ClassifyRequest",
+            __config__=STRICT,
+            __doc__="Texts to classify, one result per text, in order.",
+            texts=(
+                list[text],
+                Field(
+                    min_length=1,
+                    max_length=s.max_texts,
+                    examples=[[ARTICLE]],
+                    description=f"1 to {s.max_texts} texts, each 1 to {s.max_text_chars} "
+                    "characters and not only whitespace",
+                ),
+            ),
+        )
         self.GenerateRequest = create_model(
-            "GenerateRequest", __base__=GenerateFields, __doc__="One streamed generation (server-sent events).",
-            prompt=(str, Field("", max_length=s.max_prompt_chars, examples=["To Sherlock Holmes she is always "],
-                               description="read before generating; empty = continue the session as it stopped")),
-            max_chars=(Int, Field(s.default_chars, ge=1, le=s.max_chars, examples=[200],
-                                  description="characters to generate")),
-            temperature=(float, Field(1.0, ge=0, allow_inf_nan=False, examples=[0.8],
-                                      description="0 = greedy (argmax)")),
-            top_k=(OptionalInt, Field(None, ge=1, le=1_000_000, examples=[20],
-                                     description="keep the k most likely characters; null = no cut")),
-            top_p=(float, Field(1.0, gt=0, le=1, allow_inf_nan=False, examples=[0.95],
-                                description="nucleus sampling")),
-            seed=(OptionalInt, Field(None, ge=0, le=MAX_SEED, examples=[7],
-                                    description="seeds the sampler; null = random for a new session")),
+            "GenerateRequest",
+            __base__=GenerateFields,
+            __doc__="One streamed generation (server-sent events).",
+            prompt=(
+                str,
+                Field(
+                    "",
+                    max_length=s.max_prompt_chars,
+                    examples=["To Sherlock Holmes she is always "],
+                    description="read before generating; empty = continue the session as it stopped",
+                ),
+            ),
+            max_chars=(
+                Int,
+                Field(s.default_chars, ge=1, le=s.max_chars, examples=[200], description="characters to generate"),
+            ),
+            temperature=(
+                float,
+                Field(1.0, ge=0, allow_inf_nan=False, examples=[0.8], description="0 = greedy (argmax)"),
+            ),
+            top_k=(
+                OptionalInt,
+                Field(
+                    None,
+                    ge=1,
+                    le=1_000_000,
+                    examples=[20],
+                    description="keep the k most likely characters; null = no cut",
+                ),
+            ),
+            top_p=(float, Field(1.0, gt=0, le=1, allow_inf_nan=False, examples=[0.95], description="nucleus sampling")),
+            seed=(
+                OptionalInt,
+                Field(
+                    None,
+                    ge=0,
+                    le=MAX_SEED,
+                    examples=[7],
+                    description="seeds the sampler; null = random for a new session",
+                ),
+            ),
             session_id=(str | None, Field(None, max_length=256, description="continue this kept session")),
             keep_session=(bool, Field(False, description="keep the state; the done event then has session_id")),
         )

@@ -11,11 +11,13 @@
 Request and response models are in serving/schemas.py (Swagger UI at ``/``, the schema at ``/docs.json``);
 settings come from RNNTEXT_* environment variables (serving/config.py, docs/serving.md).
 """
+
 from __future__ import annotations
 
 import json
 import os
-from typing import Annotated, Any, AsyncGenerator
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any
 
 import bentoml
 from bentoml.validators import ContentType
@@ -30,7 +32,7 @@ from .errors import ClientError, error_response
 from .gate import Gate, client_of
 from .schemas import EndSessionRequest, EndSessionResponse, GenerateFields, Info, Prediction, Schemas
 
-SETTINGS = Settings.from_env()      # the decorators below need the limits, the batching and worker settings
+SETTINGS = Settings.from_env()  # the decorators below need the limits, the batching and worker settings
 SCHEMAS = Schemas(SETTINGS)
 # the models in BentoML's model store (registered from exported_models/ on first use; a Bento packs them);
 # none when RNNTEXT_MODELS points at another folder, which is then served as it is (serving/model_store.py)
@@ -44,8 +46,11 @@ if not SETTINGS.tracing:
 BOARD = None
 if os.environ.get("RNNTEXT_RUN_DIR") and bentoml.server_context.worker_index:
     # in a worker (the main process imports this module too), with the folder made by _preflight
-    BOARD = WorkerBoard(os.path.join(os.environ["RNNTEXT_RUN_DIR"], "workers.bin"), SETTINGS.workers,
-                        bentoml.server_context.worker_index - 1)
+    BOARD = WorkerBoard(
+        os.path.join(os.environ["RNNTEXT_RUN_DIR"], "workers.bin"),
+        SETTINGS.workers,
+        bentoml.server_context.worker_index - 1,
+    )
 # every change to BentoML's, uvicorn's and asyncio's behaviour (serving/patches/): checked against the versions
 # they were verified on (else the server refuses to start, in the main process already), then installed
 patches.install(SETTINGS, board=BOARD)
@@ -58,14 +63,14 @@ def _svc():
 def _count_error(kind: str, client: str = "-") -> None:
     try:
         _svc().metrics.error(kind, client)
-    except Exception:   # before the service is up: nothing to count into yet
+    except Exception:  # before the service is up: nothing to count into yet
         pass
 
 
 def _quotas():
     try:
         return _svc().state.quotas
-    except Exception:   # before the service is up: the gate checks no rate yet
+    except Exception:  # before the service is up: the gate checks no rate yet
         return None
 
 
@@ -86,13 +91,21 @@ async def sessions_ready(request) -> JSONResponse:
         ok = await _svc().state.sessions_ready()
     except Exception:
         ok = False
-    return JSONResponse({"sessions": "ok" if ok else "unavailable"}, status_code=200 if ok else 503,
-                        headers=None if ok else {"Retry-After": "1"})
+    return JSONResponse(
+        {"sessions": "ok" if ok else "unavailable"},
+        status_code=200 if ok else 503,
+        headers=None if ok else {"Retry-After": "1"},
+    )
 
 
 # GET /info, the session probe, the demo page (/demo) and the API docs page (/) in place of BentoML's index
-aliases = Starlette(routes=[Route("/info", info_get, methods=["GET"]),
-                            Route("/readyz/sessions", sessions_ready, methods=["GET", "HEAD"]), *pages.ROUTES])
+aliases = Starlette(
+    routes=[
+        Route("/info", info_get, methods=["GET"]),
+        Route("/readyz/sessions", sessions_ready, methods=["GET", "HEAD"]),
+        *pages.ROUTES,
+    ]
+)
 
 
 @bentoml.service(
@@ -103,13 +116,22 @@ aliases = Starlette(routes=[Route("/info", info_get, methods=["GET"]),
     traffic={"timeout": 60},
     logging={"access": {"enabled": SETTINGS.access_log}},
     service_class=openapi.documented_service(
-        __version__, keyed=SETTINGS.directory.keyed,
-        request_models={"classify": SCHEMAS.ClassifyRequest, "generate": SCHEMAS.GenerateRequest,
-                        "end_session": EndSessionRequest},
-        response_models={"classify": list[Prediction], "generate": None, "end_session": EndSessionResponse,
-                         "info": Info}),
+        __version__,
+        keyed=SETTINGS.directory.keyed,
+        request_models={
+            "classify": SCHEMAS.ClassifyRequest,
+            "generate": SCHEMAS.GenerateRequest,
+            "end_session": EndSessionRequest,
+        },
+        response_models={
+            "classify": list[Prediction],
+            "generate": None,
+            "end_session": EndSessionResponse,
+            "info": Info,
+        },
+    ),
 )
-@bentoml.asgi_app(aliases, path="/")   # matched only for its own paths, after BentoML's routes
+@bentoml.asgi_app(aliases, path="/")  # matched only for its own paths, after BentoML's routes
 class RnnText:
     classifier_model = MODELS.get("classifier")
     generator_model = MODELS.get("generator")
@@ -117,8 +139,12 @@ class RnnText:
     def __init__(self) -> None:
         from .app_state import AppState  # the runtimes: loaded (and their sha256 checked) here, in the worker
 
-        self.state = AppState(SETTINGS, worker=bentoml.server_context.worker_index,
-                              model_dirs=model_store.resolve(SETTINGS.models, MODELS, RnnText.bento), board=BOARD)
+        self.state = AppState(
+            SETTINGS,
+            worker=bentoml.server_context.worker_index,
+            model_dirs=model_store.resolve(SETTINGS.models, MODELS, RnnText.bento),
+            board=BOARD,
+        )
         self.metrics = self.state.metrics
         self.generation = self.state.generation
 
@@ -131,11 +157,15 @@ class RnnText:
 
         preflight(SETTINGS, model_store.resolve(SETTINGS.models, MODELS, RnnText.bento))
 
-    @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
-                 max_latency_ms=SETTINGS.max_latency_ms, input_spec=SCHEMAS.ClassifyRequest)
+    @bentoml.api(
+        batchable=SETTINGS.batching,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+        input_spec=SCHEMAS.ClassifyRequest,
+    )
     def classify(self, texts: list[str]) -> Annotated[list[Prediction], ContentType("application/json")]:
         """Topic of each text (business, entertainment, politics, sport, tech) with every topic's probability,
-        in input order. Requests are merged by BentoML's adaptive batcher (its timing: serving/patches/dispatcher.py)."""
+        in input order. Requests are merged by BentoML's adaptive batcher (timing: serving/patches/dispatcher.py)."""
         return self.state.classify(texts)
 
     @bentoml.api(input_spec=SCHEMAS.GenerateRequest)
@@ -146,14 +176,14 @@ class RnnText:
         client = _client(ctx)
         try:
             ticket = await self.generation.begin(GenerateFields.model_construct(**request), client)
-        except ClientError as err:      # before the first byte: a JSON error with its own status
+        except ClientError as err:  # before the first byte: a JSON error with its own status
             _count_error(err.kind, client.label)
             ctx.response.status_code = err.status
             ctx.response.headers.update({"content-type": "application/json", **(err.headers() or {})})
             yield json.dumps(err.body())
             return
         ctx.response.headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-        if ticket.kept:     # the kept session's id before the stream ends (serving/openapi.py links to it)
+        if ticket.kept:  # the kept session's id before the stream ends (serving/openapi.py links to it)
             ctx.response.headers[openapi.SESSION_HEADER] = ticket.kept
         async for event in self.generation.events(ticket):
             yield event
@@ -190,7 +220,13 @@ class RnnText:
         return await self.state.ready()
 
 
-RnnText.add_asgi_middleware(Gate, directory=SETTINGS.directory, max_body_bytes=SETTINGS.max_body_bytes,
-                            read_timeout_s=SETTINGS.read_timeout_s, on_error=_count_error,
-                            worker=lambda: bentoml.server_context.worker_index, quotas=_quotas,
-                            access_log=SETTINGS.access_log)
+RnnText.add_asgi_middleware(
+    Gate,
+    directory=SETTINGS.directory,
+    max_body_bytes=SETTINGS.max_body_bytes,
+    read_timeout_s=SETTINGS.read_timeout_s,
+    on_error=_count_error,
+    worker=lambda: bentoml.server_context.worker_index,
+    quotas=_quotas,
+    access_log=SETTINGS.access_log,
+)

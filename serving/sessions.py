@@ -22,6 +22,7 @@ recently saved idle sessions. Neither an owner's quota nor the global cap ever e
 
 Session ids are ``secrets.token_urlsafe(24)``: 192 random bits.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,14 +80,14 @@ def decode_state(blob: bytes, cls: type, model_tag: str) -> Any | None:
     for name, spec in header["fields"].items():
         if "nd" in spec:
             dtype, shape, offset, size = spec["nd"]
-            kwargs[name] = np.frombuffer(data[offset:offset + size], dtype=np.dtype(dtype)).reshape(shape).copy()
+            kwargs[name] = np.frombuffer(data[offset : offset + size], dtype=np.dtype(dtype)).reshape(shape).copy()
         else:
             kwargs[name] = spec["json"]
     return cls(**kwargs)
 
 
 # ---------------------------------------------------------------- stores
-LEASE_S = 30.0      # how long a SIGKILLed worker can keep its session busy; streams refresh every third of it
+LEASE_S = 30.0  # how long a SIGKILLed worker can keep its session busy; streams refresh every third of it
 
 
 class MemoryStore:
@@ -98,8 +99,8 @@ class MemoryStore:
     def __init__(self, ttl_s: float, max_sessions: int, lease_s: float = LEASE_S, clock=time.monotonic):
         self.ttl_s, self.max_sessions, self.clock = ttl_s, max_sessions, clock
         self.LOCK_TTL_S = lease_s
-        self._data: OrderedDict[str, tuple[bytes, float, str]] = OrderedDict()     # sid -> (blob, expires, owner)
-        self._leases: dict[str, tuple[str, float]] = {}     # sid -> (token, expires)
+        self._data: OrderedDict[str, tuple[bytes, float, str]] = OrderedDict()  # sid -> (blob, expires, owner)
+        self._leases: dict[str, tuple[str, float]] = {}  # sid -> (token, expires)
         self.evicted = 0
 
     def _purge(self) -> None:
@@ -180,8 +181,14 @@ class MemoryStore:
         self._leases.clear()
 
 
-def make_store(redis_url: str, sqlite_path: str | Path | None, ttl_s: float, max_sessions: int,
-               lease_s: float = LEASE_S, redis_prefix: str = "rnntext:"):
+def make_store(
+    redis_url: str,
+    sqlite_path: str | Path | None,
+    ttl_s: float,
+    max_sessions: int,
+    lease_s: float = LEASE_S,
+    redis_prefix: str = "rnntext:",
+):
     """Redis when a URL is configured, else the SQLite file when a path is given, else this process's memory."""
     if redis_url:
         from .redis_store import RedisStore

@@ -6,6 +6,7 @@ readers go on while one process writes, and with synchronous=NORMAL a commit is 
 fsync (a power cut may lose the last sessions, never corrupt the file). One machine only: SQLite locks do not
 work over network filesystems.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +18,6 @@ import time
 from pathlib import Path
 
 from .sessions import LEASE_S, SessionBusy, StoreUnavailable
-
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (sid TEXT PRIMARY KEY, blob BLOB NOT NULL, used REAL NOT NULL,
@@ -50,14 +50,14 @@ def _immediate(db: sqlite3.Connection):
         yield
         db.execute("COMMIT")
     finally:
-        if db.in_transaction:   # a failed statement or COMMIT: left open, every later BEGIN would fail
+        if db.in_transaction:  # a failed statement or COMMIT: left open, every later BEGIN would fail
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)       # Python >= 3.11; the message on 3.10
-    return code & 0xFF == 5 if code is not None else str(exc).startswith("database is locked")   # SQLITE_BUSY
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11; the message on 3.10
+    return code & 0xFF == 5 if code is not None else str(exc).startswith("database is locked")  # SQLITE_BUSY
 
 
 class _BusyRetry:
@@ -93,7 +93,7 @@ class SqliteFile:
         self._pid = 0
         self._forked: list[sqlite3.Connection] = []
         try:
-            self._connect()     # a bad path fails the worker's start, not its first request
+            self._connect()  # a bad path fails the worker's start, not its first request
         except (sqlite3.DatabaseError, OSError) as exc:
             raise StoreUnavailable(f"{self.NAME} {self.path}: {exc}") from None
 
@@ -112,8 +112,7 @@ class SqliteFile:
         # event loop's that uses it.
         busy = _BusyRetry(self.busy_timeout_s, 0.001, 0.05)
         while True:
-            db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
-                                 check_same_thread=False)
+            db = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False)
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(f"PRAGMA synchronous={self.SYNCHRONOUS}")
@@ -141,12 +140,12 @@ class SqliteFile:
         while True:
             try:
                 return op(self._connect(), *args)
-            except sqlite3.ProgrammingError:    # misuse (a bug here), not a store problem
+            except sqlite3.ProgrammingError:  # misuse (a bug here), not a store problem
                 raise
             except sqlite3.OperationalError as exc:
                 if not busy.retry(exc):
                     raise StoreUnavailable(f"{self.NAME} {self.path}: {exc}") from None
-            except (sqlite3.DatabaseError, OSError) as exc:     # disk I/O, not a database, ...
+            except (sqlite3.DatabaseError, OSError) as exc:  # disk I/O, not a database, ...
                 raise StoreUnavailable(f"{self.NAME} {self.path}: {exc}") from None
             await asyncio.sleep(busy.pause())
 
@@ -186,8 +185,15 @@ class SqliteStore(SqliteFile):
 
     kind = "sqlite"
 
-    def __init__(self, path: str | Path, ttl_s: float, max_sessions: int, lease_s: float = LEASE_S,
-                 clock=time.time, busy_timeout_s: float = 5.0):
+    def __init__(
+        self,
+        path: str | Path,
+        ttl_s: float,
+        max_sessions: int,
+        lease_s: float = LEASE_S,
+        clock=time.time,
+        busy_timeout_s: float = 5.0,
+    ):
         self.ttl_s, self.max_sessions = ttl_s, max_sessions
         self.LOCK_TTL_S = lease_s
         self.evicted = 0
@@ -204,13 +210,19 @@ class SqliteStore(SqliteFile):
     # Each op reads the clock inside the function given to _run: a retried op must not use a time from before
     # its wait.
     async def load(self, sid: str, owner: str | None = None) -> bytes | None:
-        row = await self._run(lambda db: db.execute("SELECT blob, owner FROM sessions WHERE sid = ? AND used > ?",
-                                                    (sid, self.clock() - self.ttl_s)).fetchone())
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT blob, owner FROM sessions WHERE sid = ? AND used > ?", (sid, self.clock() - self.ttl_s)
+            ).fetchone()
+        )
         return None if row is None or (owner is not None and row[1] != owner) else row[0]
 
     async def owner_of(self, sid: str) -> str | None:
-        row = await self._run(lambda db: db.execute("SELECT owner FROM sessions WHERE sid = ? AND used > ?",
-                                                    (sid, self.clock() - self.ttl_s)).fetchone())
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT owner FROM sessions WHERE sid = ? AND used > ?", (sid, self.clock() - self.ttl_s)
+            ).fetchone()
+        )
         return None if row is None else row[0]
 
     def _save(self, db: sqlite3.Connection, sid: str, blob: bytes, owner: str, owner_max: int) -> int:
@@ -218,17 +230,19 @@ class SqliteStore(SqliteFile):
         evicted = 0
         with _immediate(db):
             db.execute("DELETE FROM sessions WHERE used <= ?", (now - self.ttl_s,))
-            db.execute("DELETE FROM leases WHERE expires <= ?", (now,))     # left by killed workers
+            db.execute("DELETE FROM leases WHERE expires <= ?", (now,))  # left by killed workers
             # REPLACE gives the row a new, highest rowid: the LRU order's tie-break when two saves share a time
-            db.execute("INSERT OR REPLACE INTO sessions (sid, blob, used, owner) VALUES (?, ?, ?, ?)",
-                       (sid, blob, now, owner))
+            db.execute(
+                "INSERT OR REPLACE INTO sessions (sid, blob, used, owner) VALUES (?, ?, ?, ?)", (sid, blob, now, owner)
+            )
             # the owner's own least recently saved idle sessions first, then anyone's above the global cap;
             # never a leased (streaming) one, never the one just saved. One transaction: exactly the surplus.
             if owner_max:
                 over = db.execute("SELECT count(*) FROM sessions WHERE owner = ?", (owner,)).fetchone()[0] - owner_max
                 if over > 0:
-                    evicted += db.execute(_EVICT.format(where="owner = :owner AND"),
-                                          {"owner": owner, "sid": sid, "n": over}).rowcount
+                    evicted += db.execute(
+                        _EVICT.format(where="owner = :owner AND"), {"owner": owner, "sid": sid, "n": over}
+                    ).rowcount
             over = db.execute("SELECT count(*) FROM sessions").fetchone()[0] - self.max_sessions
             if over > 0:
                 evicted += db.execute(_EVICT.format(where=""), {"sid": sid, "n": over}).rowcount
@@ -238,32 +252,40 @@ class SqliteStore(SqliteFile):
         """Keeps ``blob`` as ``owner``'s; above ``owner_max`` of the owner's (0: no cap) or ``max_sessions`` in
         all, the least recently saved idle sessions go (the owner's own first)."""
         evicted = await self._run(self._save, sid, blob, owner, owner_max)
-        self.evicted += evicted      # after the await (a retried save may wait): concurrent saves add up
+        self.evicted += evicted  # after the await (a retried save may wait): concurrent saves add up
 
     async def delete(self, sid: str) -> bool:
-        cur = await self._run(lambda db: db.execute("DELETE FROM sessions WHERE sid = ? AND used > ?",
-                                                    (sid, self.clock() - self.ttl_s)))
+        cur = await self._run(
+            lambda db: db.execute("DELETE FROM sessions WHERE sid = ? AND used > ?", (sid, self.clock() - self.ttl_s))
+        )
         return cur.rowcount > 0
 
     async def count(self, owner: str | None = None) -> int:
         mine = "" if owner is None else " AND owner = :owner"
-        row = await self._run(lambda db: db.execute("SELECT count(*) FROM sessions WHERE used > :t" + mine,
-                                                    {"t": self.clock() - self.ttl_s, "owner": owner}).fetchone())
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT count(*) FROM sessions WHERE used > :t" + mine, {"t": self.clock() - self.ttl_s, "owner": owner}
+            ).fetchone()
+        )
         return row[0]
 
     async def acquire(self, sid: str) -> str:
         token = secrets.token_hex(8)
-        cur = await self._run(lambda db: db.execute(_ACQUIRE, {"sid": sid, "token": token, "now": self.clock(),
-                                                               "lease": self.LOCK_TTL_S}))
+        cur = await self._run(
+            lambda db: db.execute(_ACQUIRE, {"sid": sid, "token": token, "now": self.clock(), "lease": self.LOCK_TTL_S})
+        )
         if cur.rowcount == 0:
             raise SessionBusy(sid)
         return token
 
     async def refresh(self, sid: str, token: str) -> bool:
         """Extends the lease; False when it is no longer this token's (expired, or taken since)."""
-        cur = await self._run(lambda db: db.execute(
-            "UPDATE leases SET expires = :now + :lease WHERE sid = :sid AND token = :token AND expires > :now",
-            {"sid": sid, "token": token, "now": self.clock(), "lease": self.LOCK_TTL_S}))
+        cur = await self._run(
+            lambda db: db.execute(
+                "UPDATE leases SET expires = :now + :lease WHERE sid = :sid AND token = :token AND expires > :now",
+                {"sid": sid, "token": token, "now": self.clock(), "lease": self.LOCK_TTL_S},
+            )
+        )
         return cur.rowcount > 0
 
     async def release(self, sid: str, token: str) -> None:

@@ -16,6 +16,7 @@ thread, under the lock, so a finished stream's state has fed exactly the charact
 A stream that is closed (finished, or its client went away) leaves the active set at once: its slot is free for
 the next request even while a tick that still includes it is running; that tick's result for it is dropped.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 HANDOVER_S = 0.01
@@ -32,7 +34,7 @@ HANDOVER_S = 0.01
 # throughput work that takes every idle cycle, while a /classify request waits for its answer. Without it, 16
 # streams next to /classify at 80% of its capacity gave /classify a p95 of 353 ms on 2 cores.
 STEPPER_NICE = 10
-GIVE_WAY_S = 0.02       # the longest a tick waits for this worker's /classify batch (streams never starve)
+GIVE_WAY_S = 0.02  # the longest a tick waits for this worker's /classify batch (streams never starve)
 
 
 class StepperFull(Exception):
@@ -41,30 +43,35 @@ class StepperFull(Exception):
 
 @dataclass(eq=False)
 class Stream:
-    state: Any                  # a GenState: h, c, next-character logits, rng_state
+    state: Any  # a GenState: h, c, next-character logits, rng_state
     remaining: int
     temperature: float
     top_k: int | None
     top_p: float
-    rng: Any                    # numpy Generator, advanced only by this stream
-    out: asyncio.Queue = field(default_factory=asyncio.Queue)   # str chunks, then None (end) or an Exception
+    rng: Any  # numpy Generator, advanced only by this stream
+    out: asyncio.Queue = field(default_factory=asyncio.Queue)  # str chunks, then None (end) or an Exception
     ended: asyncio.Event = field(default_factory=asyncio.Event)  # set with the last item (None or Exception)
     produced: int = 0
     closed: bool = False
-    pending: list = field(default_factory=list)    # characters not yet handed to the event loop
+    pending: list = field(default_factory=list)  # characters not yet handed to the event loop
 
 
 class Stepper:
-    def __init__(self, runtime: Any, max_streams: int,
-                 on_tick: Callable[[int, int], None] | None = None, wide: Callable[[int], bool] | None = None,
-                 busy: Callable[[], bool] | None = None):
+    def __init__(
+        self,
+        runtime: Any,
+        max_streams: int,
+        on_tick: Callable[[int, int], None] | None = None,
+        wide: Callable[[int], bool] | None = None,
+        busy: Callable[[], bool] | None = None,
+    ):
         self.runtime, self.max_streams = runtime, max_streams
         # (streams in the tick, characters emitted), from the thread; (0, 0) once when it falls idle
         self.on_tick = on_tick
-        self.wide = wide                        # (streams in the tick) -> step with the wide session?
-        self.busy = busy                        # () -> a request's model call is running in this worker now
+        self.wide = wide  # (streams in the tick) -> step with the wide session?
+        self.busy = busy  # () -> a request's model call is running in this worker now
         self._active: list[Stream] = []
-        self._lock = threading.Lock()           # guards _active and every stream's bookkeeping
+        self._lock = threading.Lock()  # guards _active and every stream's bookkeeping
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,8 +82,16 @@ class Stepper:
     def active(self) -> int:
         return len(self._active)
 
-    def open(self, state: Any, max_chars: int, rng: Any, temperature: float, top_k: int | None,
-             top_p: float, first: str | None = None) -> Stream:
+    def open(
+        self,
+        state: Any,
+        max_chars: int,
+        rng: Any,
+        temperature: float,
+        top_k: int | None,
+        top_p: float,
+        first: str | None = None,
+    ) -> Stream:
         """A stream of ``max_chars`` characters; ``first``: its first character, already fed to ``state``."""
         stream = Stream(state, max_chars, temperature, top_k, top_p, rng)
         if first is not None:
@@ -106,8 +121,8 @@ class Stepper:
     # ------------------------------------------------------------ the stepping thread
     def _run(self) -> None:
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), STEPPER_NICE)    # this thread only
-        except (AttributeError, OSError):   # not Linux, or not allowed: same priority as the rest
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), STEPPER_NICE)  # this thread only
+        except (AttributeError, OSError):  # not Linux, or not allowed: same priority as the rest
             pass
         last_handover, stepped = 0.0, False
         while not self._stopping:
@@ -141,7 +156,7 @@ class Stepper:
                     s.pending.append(self.runtime.decode([i]))
                     finished = s.remaining <= 0
                     if finished:
-                        self._active.remove(s)      # finished: its state covers exactly what it emitted
+                        self._active.remove(s)  # finished: its state covers exactly what it emitted
                     if due or finished or s.produced == 1:
                         out.append((s, "".join(s.pending), finished))
                         s.pending.clear()
@@ -180,7 +195,7 @@ class Stepper:
     def _hand_over(self, fn: Callable, *args: Any) -> None:
         try:
             self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:    # the event loop is closed: the service is shutting down
+        except RuntimeError:  # the event loop is closed: the service is shutting down
             self._stopping = True
 
     # ------------------------------------------------------------ on the event loop

@@ -1,4 +1,5 @@
 """Shared fixtures. Real-data tests read $DATA_DIR (the Makefile and .ci/run point it at ../shared/data)."""
+
 from __future__ import annotations
 
 import json
@@ -40,14 +41,28 @@ def exported() -> Path:
 
 def training_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m training ARGS`` from the project root, output captured (``env`` added to this process's)."""
-    return subprocess.run([sys.executable, "-m", "training", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **env} if env else None)
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env} if env else None,
+    )
 
 
 def run_lab(name: str, out: Path, *args: str, data_dir: Path | None = None) -> dict:
     """``python -m training lab NAME --quick --out OUT --no-progress ARGS``: its headline, the last stdout line."""
-    r = training_cli("lab", name, "--quick", "--out", str(out), "--no-progress", *args,
-                     env={"DATA_DIR": str(data_dir)} if data_dir else None)
+    r = training_cli(
+        "lab",
+        name,
+        "--quick",
+        "--out",
+        str(out),
+        "--no-progress",
+        *args,
+        env={"DATA_DIR": str(data_dir)} if data_dir else None,
+    )
     assert r.returncode == 0, r.stderr
     headline = json.loads(r.stdout.strip().splitlines()[-1])
     assert headline["lab"] == name

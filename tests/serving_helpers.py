@@ -1,5 +1,6 @@
 """Subprocesses for the serving tests: a real ``bentoml serve`` and a real ``redis-server``, each on a free port
 and in its own process group, plus module-scoped server/client fixtures and an SSE parser."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,9 @@ class Server(loadtest_server.Server):
     def __init__(self, env: dict[str, str] | None = None, port: int | None = None):
         fd, log = tempfile.mkstemp(prefix="rnntext-serve-", suffix=".log")
         os.close(fd)
-        super().__init__(env={"ORT_INTRA_OP_THREADS": "1", "RNNTEXT_THREADS": "1", **(env or {})}, port=port,
-                         log_path=Path(log))
+        super().__init__(
+            env={"ORT_INTRA_OP_THREADS": "1", "RNNTEXT_THREADS": "1", **(env or {})}, port=port, log_path=Path(log)
+        )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -48,8 +50,23 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.dir = tempfile.mkdtemp(prefix="rnntext-redis-")
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
@@ -62,7 +79,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)    # nothing to keep: the store is thrown away
+            os.killpg(self.proc.pid, signal.SIGKILL)  # nothing to keep: the store is thrown away
             self.proc.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -80,8 +97,7 @@ def server(request):
 
 @pytest.fixture(scope="module")
 def client(server, request):
-    with httpx.Client(base_url=server.url, timeout=120,
-                      headers=getattr(request.module, "CLIENT_HEADERS", None)) as c:
+    with httpx.Client(base_url=server.url, timeout=120, headers=getattr(request.module, "CLIENT_HEADERS", None)) as c:
         yield c
 
 
@@ -93,7 +109,7 @@ def sse_events(resp: httpx.Response) -> list[dict]:
     events = []
     for block in body[:-2].split("\n\n"):
         assert block.startswith("data: ") and "\n" not in block, repr(block)
-        events.append(json.loads(block[len("data: "):]))
+        events.append(json.loads(block[len("data: ") :]))
     return events
 
 

@@ -5,6 +5,7 @@ training -> exported_models/ -> runtime -> serving: ``serving`` never imports ``
 only the standard library, numpy and onnxruntime; the two model packages do not import each other and
 ``training.common`` imports neither. Every import counts, including the ones inside functions.
 """
+
 from __future__ import annotations
 
 import ast
@@ -33,7 +34,7 @@ def parse_imports(source: str, package: str = "") -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             mod = node.module
             if node.level:
-                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
             out.add(mod)
             out.update(f"{mod}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
@@ -55,25 +56,42 @@ def _under(name: str, prefix: str) -> bool:
 
 
 def violations(g: dict[str, set[str]], importer: str, forbidden: tuple[str, ...]) -> list[str]:
-    return sorted(f"{mod} imports {dep}" for mod, deps in g.items() if _under(mod, importer)
-                  for dep in deps if any(_under(dep, f) for f in forbidden))
+    return sorted(
+        f"{mod} imports {dep}"
+        for mod, deps in g.items()
+        if _under(mod, importer)
+        for dep in deps
+        if any(_under(dep, f) for f in forbidden)
+    )
 
 
 def test_the_graph_covers_every_layer():
     g = graph()
-    for mod in ("training.classifier.model", "training.classifier.pipeline", "training.generator.train",
-                "training.common.study", "runtime.manifest", "runtime.providers", "runtime.hardware",
-                "runtime.classifier", "runtime.generator",
-                "serving.service", "serving.app_state", "loadtests.bench.run", "loadtests.server"):
+    for mod in (
+        "training.classifier.model",
+        "training.classifier.pipeline",
+        "training.generator.train",
+        "training.common.study",
+        "runtime.manifest",
+        "runtime.providers",
+        "runtime.hardware",
+        "runtime.classifier",
+        "runtime.generator",
+        "serving.service",
+        "serving.app_state",
+        "loadtests.bench.run",
+        "loadtests.server",
+    ):
         assert mod in g, mod
     # the parser sees what the rule is about: the edges that must exist do
     assert "runtime.classifier" in g["serving.app_state"]
-    assert "runtime.generator" in g["training.generator.generate"]       # an import inside a function
+    assert "runtime.generator" in g["training.generator.generate"]  # an import inside a function
     assert "runtime.manifest" in g["runtime.providers"]
     assert "training.common.cli" in g["training.classifier.search"]
     # one pipeline behind train-, search- and cv-classifier; one hardware probe behind the service and the bench
-    assert {"training.classifier.pipeline.fit", "training.classifier.pipeline.run_training"} <= \
-        g["training.classifier.search"]
+    assert {"training.classifier.pipeline.fit", "training.classifier.pipeline.run_training"} <= g[
+        "training.classifier.search"
+    ]
     assert "training.classifier.pipeline.fit" in g["training.classifier.cv"]
     assert "training.classifier.pipeline" in g["training.classifier.cli"]
     assert "runtime.hardware" in g["serving.config"] and "runtime.hardware" in g["serving.app_state"]
@@ -94,8 +112,13 @@ def test_serving_never_imports_training():
 def test_runtime_imports_only_numpy_onnxruntime_and_the_standard_library():
     allowed = set(sys.stdlib_module_names) | {"numpy", "onnxruntime", "runtime", "__future__"}
     g = graph()
-    bad = sorted(f"{mod} imports {dep}" for mod, deps in g.items() if _under(mod, "runtime")
-                 for dep in deps if dep.split(".")[0] not in allowed)
+    bad = sorted(
+        f"{mod} imports {dep}"
+        for mod, deps in g.items()
+        if _under(mod, "runtime")
+        for dep in deps
+        if dep.split(".")[0] not in allowed
+    )
     assert bad == []
     assert violations(g, "runtime", ("torch", "bentoml", "training", "serving")) == []
 
@@ -111,15 +134,20 @@ def test_labs_sit_on_top_of_the_toolkit():
     """The labs use both models' code and the committed exports; nothing in the toolkit or the service uses them."""
     g = graph()
     assert "training.labs.cli" in g and "training.labs.common" in g
-    users = sorted(f"{mod} imports {dep}" for mod, deps in g.items() for dep in deps
-                   if _under(dep, "training.labs") and not _under(mod, "training.labs"))
-    assert users == []      # training/__main__.py names training.labs.cli as a string, imported on demand
+    users = sorted(
+        f"{mod} imports {dep}"
+        for mod, deps in g.items()
+        for dep in deps
+        if _under(dep, "training.labs") and not _under(mod, "training.labs")
+    )
+    assert users == []  # training/__main__.py names training.labs.cli as a string, imported on demand
 
 
 def test_checker_catches_a_forbidden_import():
     """The rule fails when it should: imports inside functions and relative ones are seen and reported."""
-    found = parse_imports("def f():\n    from torch import nn\n    import bentoml.io\n    from .x import y\n",
-                          "serving")
+    found = parse_imports(
+        "def f():\n    from torch import nn\n    import bentoml.io\n    from .x import y\n", "serving"
+    )
     assert {"torch", "torch.nn", "bentoml.io", "serving.x", "serving.x.y"} <= found
     g = {"serving.bad": {"json", "training.common.cli"}, "serving.good": {"runtime.manifest"}}
     assert violations(g, "serving", ("training",)) == ["serving.bad imports training.common.cli"]
@@ -147,8 +175,7 @@ def test_runtime_loads_without_bentoml():
 
 def test_importing_the_labs_loads_no_torch():
     """``lab --help`` stays fast: the lab modules import torch, numpy and matplotlib only when they run."""
-    labs = ("import importlib, training.labs.cli\n"
-            "[importlib.import_module(m) for m, _ in training.labs.LABS.values()]")
+    labs = "import importlib, training.labs.cli\n[importlib.import_module(m) for m, _ in training.labs.LABS.values()]"
     assert loaded_by(labs, ("torch", "numpy", "matplotlib")) == []
 
 
@@ -191,8 +218,9 @@ print(json.dumps(bad))
 def test_docs_name_only_files_that_exist():
     refs = doc_refs(PATH_RE)
     assert len(refs) > 40  # the module tables of README, classifier, generator, serving and benchmarks docs
-    missing = sorted({f"{doc}: {path}" for doc, (path,) in refs
-                      if "*" not in path and not (ROOT / path.rstrip("/")).exists()})
+    missing = sorted(
+        {f"{doc}: {path}" for doc, (path,) in refs if "*" not in path and not (ROOT / path.rstrip("/")).exists()}
+    )
     assert missing == []
 
 
@@ -200,7 +228,8 @@ def test_docs_name_only_modules_and_objects_that_exist():
     """Resolved in a child process: importing serving.service patches BentoML and uvicorn for its workers."""
     refs = sorted({(doc, dotted, attr) for doc, (dotted, attr) in doc_refs(DOTTED_RE)})
     assert len(refs) > 5
-    out = subprocess.run([sys.executable, "-c", RESOLVE], cwd=ROOT, input=json.dumps(refs),
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", RESOLVE], cwd=ROOT, input=json.dumps(refs), capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1]) == []

@@ -1,6 +1,7 @@
 """The two Bentos: bentofile.yaml (CPU) and bentofile-cuda.yaml (onnxruntime-gpu on CUDA), parsed with BentoML's
 own build-config loader; requirements/serve-gpu.lock against requirements/serve.lock; and (slow) the CUDA Bento
 as ``bentoml build -f bentofile-cuda.yaml`` writes it. No GPU is needed: nothing here runs on CUDA."""
+
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from bentoml._internal.bento.build_config import BentoBuildConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +20,7 @@ GPU_LOCK = ROOT / "requirements" / "serve-gpu.lock"
 
 
 def config(name: str) -> BentoBuildConfig:
-    return BentoBuildConfig.from_file(str(ROOT / name))      # unknown keys, bad CUDA/distro values raise here
+    return BentoBuildConfig.from_file(str(ROOT / name))  # unknown keys, bad CUDA/distro values raise here
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -61,15 +63,22 @@ def test_gpu_lock_is_the_serve_lock_with_onnxruntime_gpu():
     body = re.sub(r"(?m)^onnxruntime==", "onnxruntime-gpu==", SERVE_LOCK.read_text())
     assert GPU_LOCK.read_text().split("\n", 1)[1] == body
     makefile = (ROOT / "Makefile").read_text()
-    assert "sed 's/^onnxruntime==/onnxruntime-gpu==/' requirements/serve.lock; } > requirements/serve-gpu.lock" \
-        in makefile
+    assert (
+        "sed 's/^onnxruntime==/onnxruntime-gpu==/' requirements/serve.lock; } > requirements/serve-gpu.lock" in makefile
+    )
 
 
 @pytest.mark.slow
 def test_the_cuda_bento_installs_onnxruntime_gpu_on_the_cuda_base(tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
-    out = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f", "bentofile-cuda.yaml", "--output", "tag"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "-f", "bentofile-cuda.yaml", "--output", "tag"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     assert tag.startswith("rnntext-cuda:")
@@ -83,6 +92,11 @@ def test_the_cuda_bento_installs_onnxruntime_gpu_on_the_cuda_base(tmp_path):
     assert "python3-pip" in dockerfile and "uv venv --python 3.12 " in dockerfile
     assert "ENV PIP_BREAK_SYSTEM_PACKAGES=" in dockerfile
     assert not (bento / "src" / "exported_models").exists() and not (bento / "src" / "training").exists()
+    # the Bento's API description is this service's OpenAPI 3.1 document (serving/openapi.py), plain YAML
+    spec = yaml.safe_load((bento / "apis" / "openapi.yaml").read_text())
+    assert spec["openapi"] == "3.1.0" and spec["components"]["schemas"]["Error"]["required"] == ["error", "kind"]
+    assert set(spec["paths"]["/info"]) == {"get", "post"}
     # the pages the service serves travel with it
-    assert sorted(p.name for p in (bento / "src" / "serving" / "web").iterdir()) == \
-        sorted(p.name for p in (ROOT / "serving" / "web").iterdir())
+    assert sorted(p.name for p in (bento / "src" / "serving" / "web").iterdir()) == sorted(
+        p.name for p in (ROOT / "serving" / "web").iterdir()
+    )

@@ -3,6 +3,7 @@
 Each command lives in its own module exposing ``add_arguments(parser)`` and ``main(args)``;
 modules are imported only to build the parser, and doing so does no work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cv-classifier": ("training.classifier.cv", "k-fold cross-validation of classifier candidates against the SVM"),
     "export-classifier": ("training.classifier.export", "export a classifier checkpoint to TorchScript + ONNX"),
     "evaluate-classifier": ("training.classifier.evaluate", "score the exported ONNX classifier on a corpus"),
-    "analyze-classifier": ("training.classifier.analyze", "error analysis, calibration and robustness of the exported classifier"),
+    "analyze-classifier": (
+        "training.classifier.analyze",
+        "error analysis, calibration and robustness of the exported classifier",
+    ),
     "predict-classifier": ("training.classifier.predict", "classify a text with the exported model"),
     "train-generator": ("training.generator.cli", "train the character-level LSTM generator"),
     "search-generator": ("training.generator.search", "Optuna search over generator hyperparameters"),
@@ -35,12 +39,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
     for name, (module, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if only is None or name == only:
             importlib.import_module(module).add_arguments(p)
     return parser

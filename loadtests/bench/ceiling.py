@@ -10,6 +10,7 @@ articles/s is what the HTTP /classify throughput is compared with (the notes' "i
 
 No torch. ``python -m loadtests.bench.ceiling`` prints the classifier ceiling on its own.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -28,8 +29,7 @@ def tree_cpu_seconds(pid: int) -> float:
     return float(tree_total(pid, lambda p: sum(p.cpu_times()[:2])))
 
 
-def wait_idle(pid: int, max_cores: float = 0.05, window: float = 0.5, windows: int = 2,
-              timeout: float = 60.0) -> float:
+def wait_idle(pid: int, max_cores: float = 0.05, window: float = 0.5, windows: int = 2, timeout: float = 60.0) -> float:
     """Wait until a process tree has used under ``max_cores`` cores for ``windows`` windows in a row: a server
     is ready once one worker answers /readyz, while the others may still be warming up. Returns the wait (s)."""
     t0 = time.perf_counter()
@@ -43,13 +43,23 @@ def wait_idle(pid: int, max_cores: float = 0.05, window: float = 0.5, windows: i
     return time.perf_counter() - t0
 
 
-def _classify_worker(folder: str, provider: str, threads: int, precision: str | None, texts: list[str],
-                     offset: int, batch: int, duration: float, barrier, results) -> None:
+def _classify_worker(
+    folder: str,
+    provider: str,
+    threads: int,
+    precision: str | None,
+    texts: list[str],
+    offset: int,
+    batch: int,
+    duration: float,
+    barrier,
+    results,
+) -> None:
     from runtime.classifier import ClassifierRuntime
 
     try:
         rt = ClassifierRuntime(folder, provider, threads, precision=precision or "auto")
-        for k in range(3):      # first runs of each shape allocate and pick kernels
+        for k in range(3):  # first runs of each shape allocate and pick kernels
             rt.predict_proba([texts[(offset + k * batch + j) % len(texts)] for j in range(batch)])
     except BaseException as exc:
         barrier.abort()
@@ -63,22 +73,52 @@ def _classify_worker(folder: str, provider: str, threads: int, precision: str | 
         n += batch
         i += batch
     elapsed = time.perf_counter() - t0
-    results.put({"articles": n, "seconds": elapsed, "articles_per_s": n / elapsed,
-                 "precision": rt.precision, "providers": rt.session.get_providers()})
+    results.put(
+        {
+            "articles": n,
+            "seconds": elapsed,
+            "articles_per_s": n / elapsed,
+            "precision": rt.precision,
+            "providers": rt.session.get_providers(),
+        }
+    )
 
 
-def classify_ceiling(models: str | os.PathLike, texts: list[str], precision: str | None = None,
-                     provider: str = "cpu", processes: int | None = None, batch: int = 32,
-                     duration: float = 5.0, threads: int = 1) -> dict:
+def classify_ceiling(
+    models: str | os.PathLike,
+    texts: list[str],
+    precision: str | None = None,
+    provider: str = "cpu",
+    processes: int | None = None,
+    batch: int = 32,
+    duration: float = 5.0,
+    threads: int = 1,
+) -> dict:
     """Total articles/s of ``processes`` (default: usable cores) processes classifying ``texts`` in batches of
     ``batch`` with the service's ClassifierRuntime, all at once for ``duration`` seconds."""
     folder = str(model_dir(models, "classifier"))
     n = processes or usable_cores()
-    ctx = mp.get_context("spawn")       # a fresh interpreter each: no ONNX Runtime state forked
+    ctx = mp.get_context("spawn")  # a fresh interpreter each: no ONNX Runtime state forked
     barrier, results = ctx.Barrier(n, timeout=120), ctx.Queue()
-    procs = [ctx.Process(target=_classify_worker, daemon=True,
-                         args=(folder, provider, threads, precision, list(texts), k * len(texts) // n, batch,
-                               duration, barrier, results)) for k in range(n)]
+    procs = [
+        ctx.Process(
+            target=_classify_worker,
+            daemon=True,
+            args=(
+                folder,
+                provider,
+                threads,
+                precision,
+                list(texts),
+                k * len(texts) // n,
+                batch,
+                duration,
+                barrier,
+                results,
+            ),
+        )
+        for k in range(n)
+    ]
     for p in procs:
         p.start()
     try:
@@ -91,31 +131,52 @@ def classify_ceiling(models: str | os.PathLike, texts: list[str], precision: str
     errors = [r["error"] for r in rows if "error" in r]
     if errors:
         raise RuntimeError(f"in-process ceiling failed: {errors[0]}")
-    return {"articles_per_s": sum(r["articles_per_s"] for r in rows), "processes": n, "batch": batch,
-            "threads_per_process": threads, "duration_s": duration, "provider": provider,
-            "providers": rows[0]["providers"], "precision": rows[0]["precision"], "texts": len(texts),
-            "per_process_articles_per_s": [r["articles_per_s"] for r in rows],
-            "method": f"{n} process(es) (one per usable core), ClassifierRuntime.predict_proba on batches of "
-                      f"{batch} articles back to back for {duration:g} s, tokenizing included, no HTTP"}
+    return {
+        "articles_per_s": sum(r["articles_per_s"] for r in rows),
+        "processes": n,
+        "batch": batch,
+        "threads_per_process": threads,
+        "duration_s": duration,
+        "provider": provider,
+        "providers": rows[0]["providers"],
+        "precision": rows[0]["precision"],
+        "texts": len(texts),
+        "per_process_articles_per_s": [r["articles_per_s"] for r in rows],
+        "method": f"{n} process(es) (one per usable core), ClassifierRuntime.predict_proba on batches of "
+        f"{batch} articles back to back for {duration:g} s, tokenizing included, no HTTP",
+    }
 
 
-def stream_in_process(models: str | os.PathLike, precision: str | None = None, provider: str = "cpu",
-                      threads: int = 1, chars: int = 2000, repeats: int = 3) -> dict:
+def stream_in_process(
+    models: str | os.PathLike,
+    precision: str | None = None,
+    provider: str = "cpu",
+    threads: int = 1,
+    chars: int = 2000,
+    repeats: int = 3,
+) -> dict:
     """chars/s of one stream with no server in between (runtime.generator.generate: sample + step per
     character), same precision as the server: the ceiling that the HTTP one-stream figure is compared with."""
     from runtime.generator import GeneratorRuntime, generate
 
     # as the service steps a lone stream on an idle machine: the wide session (every core)
-    rt = GeneratorRuntime(model_dir(models, "generator"), provider, threads, precision=precision or "auto",
-                          wide_threads=usable_cores())
-    "".join(generate(rt, "Holmes", 50, seed=0))     # warm-up
+    rt = GeneratorRuntime(
+        model_dir(models, "generator"), provider, threads, precision=precision or "auto", wide_threads=usable_cores()
+    )
+    "".join(generate(rt, "Holmes", 50, seed=0))  # warm-up
     rates = []
     for seed in range(repeats):
         t0 = time.perf_counter()
         n = len("".join(generate(rt, "Holmes", chars, temperature=0.8, top_k=20, seed=seed)))
         rates.append(n / (time.perf_counter() - t0))
-    return {"threads": threads, "wide_threads": usable_cores(), "chars": chars, "chars_per_s": statistics.median(rates),
-            "precision": rt.precision, "provider": provider}
+    return {
+        "threads": threads,
+        "wide_threads": usable_cores(),
+        "chars": chars,
+        "chars_per_s": statistics.median(rates),
+        "precision": rt.precision,
+        "provider": provider,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     from loadtests import ROOT
     from loadtests.texts import articles
 
-    ap = argparse.ArgumentParser(prog="python -m loadtests.bench.ceiling", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m loadtests.bench.ceiling",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--models", type=Path, default=ROOT / "exported_models")
     ap.add_argument("--precision", default=os.environ.get("RNNTEXT_PRECISION"), help="auto | fp32 | int8")
     ap.add_argument("--provider", default="cpu")
@@ -133,10 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=5.0)
     args = ap.parse_args(argv)
     texts = [t for _, t in articles(limit=500, seed=2)]
-    r = classify_ceiling(args.models, texts, args.precision, args.provider, args.processes,
-                         duration=args.duration)
-    print(f"in-process ceiling: {r['articles_per_s']:.0f} articles/s ({r['method']}; precision {r['precision']}, "
-          f"providers {r['providers']})")
+    r = classify_ceiling(args.models, texts, args.precision, args.provider, args.processes, duration=args.duration)
+    print(
+        f"in-process ceiling: {r['articles_per_s']:.0f} articles/s ({r['method']}; precision {r['precision']}, "
+        f"providers {r['providers']})"
+    )
     return 0
 
 

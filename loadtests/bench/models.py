@@ -6,6 +6,7 @@ exports or ``python -m training quantize``); this module only times them.
 torch is imported only inside the functions that time TorchScript / eager PyTorch; the service never imports it.
 Timings interleave the backends round by round (so background noise hits all of them alike) and report medians.
 """
+
 from __future__ import annotations
 
 import random
@@ -65,8 +66,7 @@ def eager_classifier(manifest: dict, ts_module):
     return model.eval()
 
 
-def classifier_backends(folder: Path, threads: int = 1, rounds: int = 20, n_single: int = 16,
-                        batch: int = 32) -> dict:
+def classifier_backends(folder: Path, threads: int = 1, rounds: int = 20, n_single: int = 16, batch: int = 32) -> dict:
     """ms per article for ONNX Runtime, TorchScript and eager PyTorch at batch 1 and at batch ``batch``."""
     import torch
 
@@ -74,7 +74,7 @@ def classifier_backends(folder: Path, threads: int = 1, rounds: int = 20, n_sing
     man = load_manifest(folder, "classifier")
     texts = [t for _, t in articles(limit=500, seed=1)]
     singles = [encode(man, [t]) for t in texts[:n_single]]
-    big = encode(man, texts[n_single:n_single + batch])
+    big = encode(man, texts[n_single : n_single + batch])
     sess = make_session(folder / "model.onnx", "cpu", intra_threads=threads)
     ts = torch.jit.load(str(folder / "model.ts")).eval()
     eager = eager_classifier(man, ts)
@@ -83,8 +83,10 @@ def classifier_backends(folder: Path, threads: int = 1, rounds: int = 20, n_sing
     # same answers first: the comparison is meaningless otherwise
     with torch.inference_mode():
         ref = eager(*t_big).numpy()
-        diffs = {"torchscript": float(np.abs(ts(*t_big).numpy() - ref).max()),
-                 "onnxruntime": float(np.abs(sess.run(None, {"ids": big[0], "lengths": big[1]})[0] - ref).max())}
+        diffs = {
+            "torchscript": float(np.abs(ts(*t_big).numpy() - ref).max()),
+            "onnxruntime": float(np.abs(sess.run(None, {"ids": big[0], "lengths": big[1]})[0] - ref).max()),
+        }
 
     def ort_fn(inputs):
         return lambda: [sess.run(None, {"ids": i, "lengths": n}) for i, n in inputs]
@@ -94,19 +96,31 @@ def classifier_backends(folder: Path, threads: int = 1, rounds: int = 20, n_sing
             with torch.inference_mode():
                 for i, n in inputs:
                     model(i, n)
+
         return f
 
-    out = {"threads": threads, "rounds": rounds, "max_abs_logit_diff_vs_eager": diffs,
-           "tokens_batch1_mean": float(np.mean([n[0] for _, n in singles])),
-           "tokens_batch_mean": float(big[1].mean()), "batch": batch}
-    for label, ort_in, t_in, per in (("batch1", singles, t_singles, len(singles)),
-                                     (f"batch{batch}", [big], [t_big], batch)):
-        med = interleaved({"onnxruntime": ort_fn(ort_in), "torchscript": torch_fn(ts, t_in),
-                           "eager": torch_fn(eager, t_in)}, rounds)
+    out = {
+        "threads": threads,
+        "rounds": rounds,
+        "max_abs_logit_diff_vs_eager": diffs,
+        "tokens_batch1_mean": float(np.mean([n[0] for _, n in singles])),
+        "tokens_batch_mean": float(big[1].mean()),
+        "batch": batch,
+    }
+    for label, ort_in, t_in, per in (
+        ("batch1", singles, t_singles, len(singles)),
+        (f"batch{batch}", [big], [t_big], batch),
+    ):
+        med = interleaved(
+            {"onnxruntime": ort_fn(ort_in), "torchscript": torch_fn(ts, t_in), "eager": torch_fn(eager, t_in)}, rounds
+        )
         ms = {k: v / per * 1000 for k, v in med.items()}
-        out[label] = {"ms_per_article": ms, "ort_speedup_vs_eager": ms["eager"] / ms["onnxruntime"],
-                      "ort_speedup_vs_torchscript": ms["torchscript"] / ms["onnxruntime"],
-                      "torchscript_speedup_vs_eager": ms["eager"] / ms["torchscript"]}
+        out[label] = {
+            "ms_per_article": ms,
+            "ort_speedup_vs_eager": ms["eager"] / ms["onnxruntime"],
+            "ort_speedup_vs_torchscript": ms["torchscript"] / ms["onnxruntime"],
+            "torchscript_speedup_vs_eager": ms["eager"] / ms["torchscript"],
+        }
     return out
 
 
@@ -137,15 +151,25 @@ def quantize_classifier(folder: Path, threads: int = 1, rounds: int = 15) -> dic
     single = [encode(man, [t]) for t in texts[:16]]
     big = encode(man, texts[16:48])
     sessions = {p: rt.session for p, rt in rts.items()}
-    med1 = interleaved({k: (lambda s=s: [s.run(None, {"ids": i, "lengths": n}) for i, n in single])
-                        for k, s in sessions.items()}, rounds)
-    med32 = interleaved({k: (lambda s=s: s.run(None, {"ids": big[0], "lengths": big[1]}))
-                         for k, s in sessions.items()}, rounds)
+    med1 = interleaved(
+        {k: (lambda s=s: [s.run(None, {"ids": i, "lengths": n}) for i, n in single]) for k, s in sessions.items()},
+        rounds,
+    )
+    med32 = interleaved(
+        {k: (lambda s=s: s.run(None, {"ids": big[0], "lengths": big[1]})) for k, s in sessions.items()}, rounds
+    )
     q = entry["quality"]
-    return {"evaluated_on": q["evaluated_on"], "n": q["n"], "accuracy": q["accuracy"],
-            "accuracy_change": q["accuracy_change"], "agreement": q["agreement"], "accepted": entry["accepted"],
-            "file_bytes": sizes, "speedup_batch1": med1["fp32"] / med1["int8"],
-            "speedup_batch32": med32["fp32"] / med32["int8"]}
+    return {
+        "evaluated_on": q["evaluated_on"],
+        "n": q["n"],
+        "accuracy": q["accuracy"],
+        "accuracy_change": q["accuracy_change"],
+        "agreement": q["agreement"],
+        "accepted": entry["accepted"],
+        "file_bytes": sizes,
+        "speedup_batch1": med1["fp32"] / med1["int8"],
+        "speedup_batch32": med32["fp32"] / med32["int8"],
+    }
 
 
 def quantize_generator(folder: Path, threads: int = 1, rounds: int = 10) -> dict:
@@ -161,12 +185,23 @@ def quantize_generator(folder: Path, threads: int = 1, rounds: int = 10) -> dict
     prompt = rt.encode(prose()[:2000])[None]  # (1, 2000)
     zeros = dict(zip(("h", "c"), rt.zero_state(1)))
     one = np.array([5], dtype=np.int64)
-    step_med = interleaved({k: (lambda s=r.step_session: [s.run(None, {"ids": one, **zeros}) for _ in range(100)])
-                            for k, r in rts.items()}, rounds)
-    pre_med = interleaved({k: (lambda s=r.prefill_session: s.run(None, {"ids": prompt, **zeros}))
-                           for k, r in rts.items()}, rounds)
+    step_med = interleaved(
+        {
+            k: (lambda s=r.step_session: [s.run(None, {"ids": one, **zeros}) for _ in range(100)])
+            for k, r in rts.items()
+        },
+        rounds,
+    )
+    pre_med = interleaved(
+        {k: (lambda s=r.prefill_session: s.run(None, {"ids": prompt, **zeros})) for k, r in rts.items()}, rounds
+    )
     q = entry["quality"]
-    return {"evaluated_on": q["evaluated_on"], "bpc": q["bits_per_char"], "bpc_change": q["bits_per_char_change"],
-            "accepted": entry["accepted"], "step_speedup": step_med["fp32"] / step_med["int8"],
-            "prefill_speedup": pre_med["fp32"] / pre_med["int8"],
-            "step_ms": {k: v / 100 * 1000 for k, v in step_med.items()}}
+    return {
+        "evaluated_on": q["evaluated_on"],
+        "bpc": q["bits_per_char"],
+        "bpc_change": q["bits_per_char_change"],
+        "accepted": entry["accepted"],
+        "step_speedup": step_med["fp32"] / step_med["int8"],
+        "prefill_speedup": pre_med["fp32"] / pre_med["int8"],
+        "step_ms": {k: v / 100 * 1000 for k, v in step_med.items()},
+    }

@@ -16,6 +16,7 @@ measured in this run; the verdicts are printed at the end and written to bench.j
 Writes results/bench-<UTC stamp>/bench.json, bench.md and PNG plots (``--docs`` also copies the plots to
 docs/img/). The models/quant sections import torch (TorchScript, eager PyTorch); the service itself never does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,19 +59,29 @@ def machine() -> dict:
     from runtime.hardware import describe
 
     hw = describe()
-    return {"cpu": hw["cpu"], "cores": hw["cores"], "usable_cores": hw["usable_cores"],
-            "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
-            "platform": platform.platform(), "gpu": hw["gpu"]}
+    return {
+        "cpu": hw["cpu"],
+        "cores": hw["cores"],
+        "usable_cores": hw["usable_cores"],
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+        "gpu": hw["gpu"],
+    }
 
 
 def report_models(r: dict) -> None:
-    print(f"\n== classifier inference, ms per article ({r['threads']} thread(s); batch 1 = "
-          f"{r['tokens_batch1_mean']:.0f} tokens on average, batch {r['batch']} = {r['tokens_batch_mean']:.0f}) ==")
+    print(
+        f"\n== classifier inference, ms per article ({r['threads']} thread(s); batch 1 = "
+        f"{r['tokens_batch1_mean']:.0f} tokens on average, batch {r['batch']} = {r['tokens_batch_mean']:.0f}) =="
+    )
     print(f"{'':10} {'ONNX Runtime':>13} {'TorchScript':>12} {'eager':>8} {'ORT vs eager':>13} {'ORT vs TS':>10}")
     for key in ("batch1", f"batch{r['batch']}"):
         ms = r[key]["ms_per_article"]
-        print(f"{key:10} {ms['onnxruntime']:13.2f} {ms['torchscript']:12.2f} {ms['eager']:8.2f} "
-              f"{r[key]['ort_speedup_vs_eager']:12.2f}x {r[key]['ort_speedup_vs_torchscript']:9.2f}x")
+        print(
+            f"{key:10} {ms['onnxruntime']:13.2f} {ms['torchscript']:12.2f} {ms['eager']:8.2f} "
+            f"{r[key]['ort_speedup_vs_eager']:12.2f}x {r[key]['ort_speedup_vs_torchscript']:9.2f}x"
+        )
     print(f"max |logit diff| vs eager: {r['max_abs_logit_diff_vs_eager']}")
 
 
@@ -78,29 +89,37 @@ def report_quant(r: dict) -> None:
     print("\n== int8 dynamic quantization (ONNX Runtime) ==")
     try:
         _report_quant(r)
-    except (KeyError, TypeError) as exc:     # models.py owns these keys; the figures are in bench.json anyway
+    except (KeyError, TypeError) as exc:  # models.py owns these keys; the figures are in bench.json anyway
         print(f"(not printed: {exc!r}; see bench.json)")
 
 
 def _report_quant(r: dict) -> None:
     c, g = r.get("classifier"), r.get("generator")
     if c:
-        print(f"classifier: accuracy {c['accuracy']['fp32']:.4f} -> {c['accuracy']['int8']:.4f} "
-              f"({c['accuracy_change']:+.4f}) on {c['evaluated_on']}, agreement {c['agreement']:.4f}; speed-up "
-              f"{c['speedup_batch1']:.2f}x batch 1, {c['speedup_batch32']:.2f}x batch 32; "
-              f"{c['file_bytes']['fp32'] / 1e6:.1f} -> {c['file_bytes']['int8'] / 1e6:.1f} MB")
+        print(
+            f"classifier: accuracy {c['accuracy']['fp32']:.4f} -> {c['accuracy']['int8']:.4f} "
+            f"({c['accuracy_change']:+.4f}) on {c['evaluated_on']}, agreement {c['agreement']:.4f}; speed-up "
+            f"{c['speedup_batch1']:.2f}x batch 1, {c['speedup_batch32']:.2f}x batch 32; "
+            f"{c['file_bytes']['fp32'] / 1e6:.1f} -> {c['file_bytes']['int8'] / 1e6:.1f} MB"
+        )
     if g:
-        print(f"generator:  bits/char {g['bpc']['fp32']:.4f} -> {g['bpc']['int8']:.4f} ({g['bpc_change']:+.4f}) "
-              f"on {g['evaluated_on']}; step {g['step_ms']['fp32']:.3f} -> {g['step_ms']['int8']:.3f} ms "
-              f"({g['step_speedup']:.2f}x), prefill {g['prefill_speedup']:.2f}x")
+        print(
+            f"generator:  bits/char {g['bpc']['fp32']:.4f} -> {g['bpc']['int8']:.4f} ({g['bpc_change']:+.4f}) "
+            f"on {g['evaluated_on']}; step {g['step_ms']['fp32']:.3f} -> {g['step_ms']['int8']:.3f} ms "
+            f"({g['step_speedup']:.2f}x), prefill {g['prefill_speedup']:.2f}x"
+        )
 
 
 def report_ceiling(c: dict) -> None:
-    print(f"\n== in-process ceiling: {c['articles_per_s']:.0f} articles/s ({c['method']}; precision "
-          f"{c['precision']}, providers {c['providers']}) ==")
+    print(
+        f"\n== in-process ceiling: {c['articles_per_s']:.0f} articles/s ({c['method']}; precision "
+        f"{c['precision']}, providers {c['providers']}) =="
+    )
     if "server_cpu_s_meanwhile" in c:
-        print(f"(the idle server used {c['server_cpu_s_meanwhile']:.2f} CPU s meanwhile; waited "
-              f"{c['waited_for_idle_server_s']:.1f} s for it to go idle first)")
+        print(
+            f"(the idle server used {c['server_cpu_s_meanwhile']:.2f} CPU s meanwhile; waited "
+            f"{c['waited_for_idle_server_s']:.1f} s for it to go idle first)"
+        )
 
 
 def report_http(r: dict) -> None:
@@ -109,9 +128,11 @@ def report_http(r: dict) -> None:
     for mode in ("batching_on", "batching_off"):
         for row in r.get(mode, []):
             w = row.get("workers") or {}
-            print(f"{row['concurrency']:7d} {mode:>12} {row['throughput_rps']:8.1f} {row['p50_ms']:8.1f} "
-                  f"{row['p95_ms']:8.1f} {row['failures']:6d}  {w.get('spread', 'unknown')} "
-                  f"{w.get('connections_by_worker', '')}")
+            print(
+                f"{row['concurrency']:7d} {mode:>12} {row['throughput_rps']:8.1f} {row['p50_ms']:8.1f} "
+                f"{row['p95_ms']:8.1f} {row['failures']:6d}  {w.get('spread', 'unknown')} "
+                f"{w.get('connections_by_worker', '')}"
+            )
     if "speedup_at_max" in r:
         print(f"adaptive batching vs off at {r['max_concurrency']} clients: {r['speedup_at_max']:.2f}x throughput")
     if r.get("vs_ceiling_at_max") is not None:
@@ -122,22 +143,28 @@ def report_generation(r: dict) -> None:
     print("\n== generation (streaming /generate) ==")
     print(f"time to first chunk: p50 {r['ttfc_p50_ms']:.1f} ms, p95 {r['ttfc_p95_ms']:.1f} ms")
     for n, row in r["by_streams"].items():
-        print(f"{n:>3} stream(s) of {r['stream_chars']} chars: aggregate {row['aggregate_chars_per_s']:8.0f} chars/s,"
-              f" per stream {row['per_stream_chars_per_s']:7.0f} chars/s")
+        print(
+            f"{n:>3} stream(s) of {r['stream_chars']} chars: aggregate {row['aggregate_chars_per_s']:8.0f} chars/s,"
+            f" per stream {row['per_stream_chars_per_s']:7.0f} chars/s"
+        )
     if "in_process" in r:
         ip = r["in_process"]
-        print(f"one stream without the server (in-process sample + step on {ip.get('wide_threads', ip['threads'])} "
-              f"core(s), "
-              f"{ip.get('precision', 'fp32')}): {ip['chars_per_s']:.0f} chars/s")
+        print(
+            f"one stream without the server (in-process sample + step on {ip.get('wide_threads', ip['threads'])} "
+            f"core(s), "
+            f"{ip.get('precision', 'fp32')}): {ip['chars_per_s']:.0f} chars/s"
+        )
     top = max(r["by_streams"], key=int)
     print(f"aggregate {top} streams vs one: {r[f'aggregate_{top}_vs_1']:.2f}x")
 
 
 def report_session(r: dict) -> None:
     print(f"\n== session continuation: {r['new_chars']} new chars ==")
-    print(f"fresh request {r['fresh_ms']:.0f} ms, after {r['history_chars']:,} chars of history "
-          f"{r['continued_ms']:.0f} ms: ratio {r['ratio']:.2f} (medians; fastest vs fastest "
-          f"{r['ratio_best']:.2f})")
+    print(
+        f"fresh request {r['fresh_ms']:.0f} ms, after {r['history_chars']:,} chars of history "
+        f"{r['continued_ms']:.0f} ms: ratio {r['ratio']:.2f} (medians; fastest vs fastest "
+        f"{r['ratio_best']:.2f})"
+    )
 
 
 def report_service(svc: dict) -> None:
@@ -151,7 +178,7 @@ def _num(x) -> float | None:
         x = float(x)
     except (TypeError, ValueError):
         return None
-    return x if x == x else None        # NaN = not measured
+    return x if x == x else None  # NaN = not measured
 
 
 def verdicts(res: dict) -> dict:
@@ -181,9 +208,15 @@ def verdicts(res: dict) -> dict:
         value = _num(measured[key])
         met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
         sampled = "/".join(rss.get("sampled_during") or ["http", "generation", "session"])
-        out[key] = {"what": what.format(top=top, streams=streams, rss_sections=sampled),
-                    "target": f"{op} {threshold:g}{unit}",
-                    "op": op, "threshold": threshold, "unit": unit.strip(), "measured": value, "met": met}
+        out[key] = {
+            "what": what.format(top=top, streams=streams, rss_sections=sampled),
+            "target": f"{op} {threshold:g}{unit}",
+            "op": op,
+            "threshold": threshold,
+            "unit": unit.strip(),
+            "measured": value,
+            "met": met,
+        }
     return out
 
 
@@ -259,8 +292,9 @@ def _ints(s: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m loadtests.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     ap.add_argument("--models", type=Path, default=ROOT / "exported_models")
     ap.add_argument("--threads", type=int, default=1, help="threads for the models/quant sections (default 1)")
@@ -270,13 +304,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", type=_ints, default=[1, 4, 16], help="concurrent streams (default 1,4,16)")
     ap.add_argument("--stream-chars", type=int, default=1000, help="characters per benchmark stream")
     ap.add_argument("--url", help="use a running server for http(batching on)/generation/session")
-    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                    help="server setting for the http/generation/session sections, e.g. RNNTEXT_THREADS=1")
-    ap.add_argument("--precision", choices=PRECISIONS, default=None,
-                    help="RNNTEXT_PRECISION for the servers (default: the service's default, auto = int8 on CPU "
-                         "where its quality holds); the in-process ceiling uses whatever the server reports")
-    ap.add_argument("--ceiling-duration", type=float, default=None,
-                    help="seconds of the in-process ceiling (default: --duration)")
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="server setting for the http/generation/session sections, e.g. RNNTEXT_THREADS=1",
+    )
+    ap.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="RNNTEXT_PRECISION for the servers (default: the service's default, auto = int8 on CPU "
+        "where its quality holds); the in-process ceiling uses whatever the server reports",
+    )
+    ap.add_argument(
+        "--ceiling-duration", type=float, default=None, help="seconds of the in-process ceiling (default: --duration)"
+    )
     ap.add_argument("--out", type=Path, default=None, help="output folder (default results/bench-<stamp>)")
     ap.add_argument("--docs", action="store_true", help="also copy the PNG plots to docs/img/")
     args = ap.parse_args(argv)
@@ -284,11 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
         ap.error(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     out = args.out or ROOT / "results" / f"bench-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
-    res: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
-                 "command": "python -m loadtests.bench " + " ".join(argv if argv is not None else sys.argv[1:])}
+    res: dict = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": "python -m loadtests.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
     t_start = time.perf_counter()
 
     if "models" in sections:
@@ -299,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     if "quant" in sections:
         from loadtests.bench.models import quantize_classifier, quantize_generator
 
-        res["quant"] = {"classifier": quantize_classifier(args.models / "classifier", args.threads),
-                        "generator": quantize_generator(args.models / "generator", args.threads)}
+        res["quant"] = {
+            "classifier": quantize_classifier(args.models / "classifier", args.threads),
+            "generator": quantize_generator(args.models / "generator", args.threads),
+        }
         report_quant(res["quant"])
     if {"http", "generation", "session"} & set(sections):
         run_server_sections(args, sections, res, out)
@@ -316,8 +365,11 @@ def main(argv: list[str] | None = None) -> int:
         (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
         for p in made:
             shutil.copy(p, ROOT / "docs" / "img" / p.name)
-    print(f"\nresults: {out / 'bench.json'}, bench.md" + (f", plots: {', '.join(p.name for p in made)}" if made else "")
-          + f" ({res['seconds']:.0f} s)")
+    print(
+        f"\nresults: {out / 'bench.json'}, bench.md"
+        + (f", plots: {', '.join(p.name for p in made)}" if made else "")
+        + f" ({res['seconds']:.0f} s)"
+    )
     return 0
 
 
@@ -333,10 +385,18 @@ def service_info(url: str) -> dict:
 def describe_service(info: dict) -> dict:
     """What the server runs with, from its /info."""
     settings = info["settings"]
-    return {"workers": info["workers"], "device": info["device"], "provider": info["providers"]["classifier"][0],
-            "providers": info["providers"], "precision": info["precision"], "threads": settings["threads"],
-            "settings": {k: settings[k] for k in ("provider", "precision", "workers", "threads", "batching",
-                                                  "max_batch_size", "session_store")}}
+    return {
+        "workers": info["workers"],
+        "device": info["device"],
+        "provider": info["providers"]["classifier"][0],
+        "providers": info["providers"],
+        "precision": info["precision"],
+        "threads": settings["threads"],
+        "settings": {
+            k: settings[k]
+            for k in ("provider", "precision", "workers", "threads", "batching", "max_batch_size", "session_store")
+        },
+    }
 
 
 def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None:
@@ -345,8 +405,12 @@ def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None
     from loadtests.server import ONE_CLIENT_LIMITS, RssSampler, Server, announce
 
     texts = [t for _, t in articles(limit=500, seed=2)]
-    env = {**ONE_CLIENT_LIMITS, "RNNTEXT_MODELS": str(args.models),
-           **({"RNNTEXT_PRECISION": args.precision} if args.precision else {}), **dict(kv.split("=", 1) for kv in args.env)}
+    env = {
+        **ONE_CLIENT_LIMITS,
+        "RNNTEXT_MODELS": str(args.models),
+        **({"RNNTEXT_PRECISION": args.precision} if args.precision else {}),
+        **dict(kv.split("=", 1) for kv in args.env),
+    }
     res["server_env"] = env
     print(announce(env), flush=True)
     top = max(args.concurrency)
@@ -372,9 +436,14 @@ def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None
             waited = ceil.wait_idle(server.proc.pid) if server else 0.0
             cpu0 = ceil.tree_cpu_seconds(server.proc.pid) if server else 0.0
             res["ceiling"] = ceil.classify_ceiling(
-                args.models, texts, precision, provider, processes=None if provider == "cpu" else workers,
-                duration=args.ceiling_duration or args.duration)
-            if server:      # what the idle server took meanwhile (start-up of the processes included)
+                args.models,
+                texts,
+                precision,
+                provider,
+                processes=None if provider == "cpu" else workers,
+                duration=args.ceiling_duration or args.duration,
+            )
+            if server:  # what the idle server took meanwhile (start-up of the processes included)
                 res["ceiling"]["server_cpu_s_meanwhile"] = ceil.tree_cpu_seconds(server.proc.pid) - cpu0
                 res["ceiling"]["waited_for_idle_server_s"] = waited
             report_ceiling(res["ceiling"])
@@ -386,8 +455,7 @@ def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None
         if "generation" in sections:
             res["generation"] = bh.generation(url, args.stream_chars, tuple(args.streams))
             gen_precision = svc["precision"]["generator"]
-            res["generation"]["in_process"] = ceil.stream_in_process(
-                args.models, gen_precision, provider, threads)
+            res["generation"]["in_process"] = ceil.stream_in_process(args.models, gen_precision, provider, threads)
             report_generation(res["generation"])
         if "session" in sections:
             res["session"] = bh.session_continuation(url)
@@ -399,31 +467,48 @@ def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None
             server.stop()
     if sampler and sampler.samples:
         values = [r for _, r in sampler.samples]
-        res["server_rss"] = {"max_bytes": max(values), "max_mb": max(values) / 2**20,
-                             "mean_mb": sum(values) / len(values) / 2**20, "samples": len(values),
-                             "period_s": RSS_PERIOD_S, "sampled_during": [s for s in sections if s in
-                                                                          ("http", "generation", "session")]}
+        res["server_rss"] = {
+            "max_bytes": max(values),
+            "max_mb": max(values) / 2**20,
+            "mean_mb": sum(values) / len(values) / 2**20,
+            "samples": len(values),
+            "period_s": RSS_PERIOD_S,
+            "sampled_during": [s for s in sections if s in ("http", "generation", "session")],
+        }
     if "http" in sections:
         # batching off with the batching-on server's worker count and classifier precision, set explicitly
-        off_env = {**env, **BATCHING_OFF_ENV, "RNNTEXT_WORKERS": str(svc["workers"]),
-                   "RNNTEXT_PRECISION": svc["precision"]["classifier"]}
+        off_env = {
+            **env,
+            **BATCHING_OFF_ENV,
+            "RNNTEXT_WORKERS": str(svc["workers"]),
+            "RNNTEXT_PRECISION": svc["precision"]["classifier"],
+        }
         with Server(env=off_env, log_path=out / "server-batching-off.log") as off:
             off.wait_ready()
             off_info = service_info(off.url)
             res["http"]["batching_off"] = classify_levels(off.url)
-        res["http"]["batching_off_server"] = {"env": off_env, "workers": off_info["workers"],
-                                              "precision": off_info["precision"]["classifier"]}
+        res["http"]["batching_off_server"] = {
+            "env": off_env,
+            "workers": off_info["workers"],
+            "precision": off_info["precision"]["classifier"],
+        }
         on = {r["concurrency"]: r for r in res["http"]["batching_on"]}
         offr = {r["concurrency"]: r for r in res["http"]["batching_off"]}
-        res["http"].update(max_concurrency=top, batching_off_baseline="RNNTEXT_BATCHING=0",
-                           speedup_at_max=on[top]["throughput_rps"] / offr[top]["throughput_rps"],
-                           vs_ceiling_at_max=on[top]["throughput_rps"] / res["ceiling"]["articles_per_s"])
+        res["http"].update(
+            max_concurrency=top,
+            batching_off_baseline="RNNTEXT_BATCHING=0",
+            speedup_at_max=on[top]["throughput_rps"] / offr[top]["throughput_rps"],
+            vs_ceiling_at_max=on[top]["throughput_rps"] / res["ceiling"]["articles_per_s"],
+        )
         if 1 in on:
             res["http"]["single_client_p50_ms"] = on[1]["p50_ms"]
         report_http(res["http"])
     if res.get("server_rss"):
-        print(f"\nserver RSS (whole process tree, every {RSS_PERIOD_S:g} s during "
-              f"{'/'.join(res['server_rss']['sampled_during'])}): max {res['server_rss']['max_mb']:.0f} MB", flush=True)
+        print(
+            f"\nserver RSS (whole process tree, every {RSS_PERIOD_S:g} s during "
+            f"{'/'.join(res['server_rss']['sampled_during'])}): max {res['server_rss']['max_mb']:.0f} MB",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ request for 60 s, or, without ``connections``, without its connection limits (do
 dependencies"). This package imports neither BentoML nor uvicorn until the guard has passed (so
 serving/config.py can read ``NAMES``).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -41,21 +42,26 @@ def wanted(settings: Any) -> list[str]:
     off (RNNTEXT_TRACING=0), ``accept`` only with more than one worker."""
     off = set(settings.patches_off)
     if settings.tracing:
-        off.add("tracing")      # BentoML's tracing stays as it is (OTEL_* variables, its tracing config)
+        off.add("tracing")  # BentoML's tracing stays as it is (OTEL_* variables, its tracing config)
     if settings.workers <= 1:
-        off.add("accept")       # one worker has nobody to share connections with
+        off.add("accept")  # one worker has nobody to share connections with
     return [n for n in NAMES if n not in off]
 
 
 def _module(name: str):
-    return importlib.import_module(f"{__name__}.{name}")     # only once the guard has passed: they import BentoML
+    return importlib.import_module(f"{__name__}.{name}")  # only once the guard has passed: they import BentoML
 
 
 def _connections(settings: Any, board: Any, names: list[str]) -> None:
     # the accept patch's fair share reads every worker's open connections, which the guarded protocol counts
     count = board.set_connections if board is not None and "accept" in names else None
-    _module("connections").install(settings.max_connections, settings.read_timeout_s,
-                                   settings.client_max_connections, settings.directory, count=count)
+    _module("connections").install(
+        settings.max_connections,
+        settings.read_timeout_s,
+        settings.client_max_connections,
+        settings.directory,
+        count=count,
+    )
 
 
 INSTALL: dict[str, Callable[[Any, Any, list[str]], Any]] = {
@@ -73,7 +79,7 @@ def install(settings: Any, board: Any = None) -> list[str]:
     """Check, then install the patches ``settings`` asks for (idempotent); the names checked. ``board``: this
     worker's WorkerBoard (serving/board.py), None in the main process."""
     names = wanted(settings)
-    guard.check(names)          # raises guard.Refused (SystemExit, one line) on unverified versions or loop
+    guard.check(names)  # raises guard.Refused (SystemExit, one line) on unverified versions or loop
     for name in names:
         INSTALL[name](settings, board, names)
     off = [n for n in NAMES if n in set(settings.patches_off)]

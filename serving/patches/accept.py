@@ -19,6 +19,7 @@ to 18:14 over 2 workers from run to run without it (513 articles/s at 32:0), 16:
 Upstream issue: none known for the fairness between processes (tornadoweb/tornado#698 made the same change in
 Tornado). Switched off (``RNNTEXT_PATCHES_OFF=accept``): asyncio's own accept, correct but unevenly spread.
 """
+
 from __future__ import annotations
 
 import time
@@ -26,8 +27,8 @@ from typing import Any
 
 ORIGINAL: dict[str, Any] = {}
 _installed: dict[str, Any] = {}
-DEFER_S = 0.002         # a worker ahead of the others looks again after this...
-MAX_DEFER_S = 0.05      # ...and accepts anyway once a connection has waited this long (the others may be stuck)
+DEFER_S = 0.002  # a worker ahead of the others looks again after this...
+MAX_DEFER_S = 0.05  # ...and accepts anyway once a connection has waited this long (the others may be stuck)
 
 
 def install(board: Any = None, per_turn: int = 1) -> None:
@@ -40,7 +41,7 @@ def install(board: Any = None, per_turn: int = 1) -> None:
     if "accept" in ORIGINAL:
         return
     accept = ORIGINAL["accept"] = loop_cls._accept_connection
-    deferred: dict[int, float] = {}         # listening fd -> when this worker first let a connection wait
+    deferred: dict[int, float] = {}  # listening fd -> when this worker first let a connection wait
 
     def accept_few(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *args):
         fd, board = sock.fileno(), _installed.get("board")
@@ -51,8 +52,9 @@ def install(board: Any = None, per_turn: int = 1) -> None:
 
                 def resume() -> None:
                     if sock.fileno() != -1 and (server is None or server.is_serving()):
-                        self._add_reader(fd, self._accept_connection, protocol_factory, sock, sslcontext, server,
-                                         backlog, *args)
+                        self._add_reader(
+                            fd, self._accept_connection, protocol_factory, sock, sslcontext, server, backlog, *args
+                        )
 
                 self.call_later(DEFER_S, resume)
                 return None

@@ -15,12 +15,13 @@ closed-loop /classify clients (py-spy), 0 with the patch; with the ``tracing`` p
 Upstream issue: none known. Switched off (``RNNTEXT_PATCHES_OFF=api_callers``): BentoML's own method, ~3.5% more
 CPU per request.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 ORIGINAL: dict[str, Any] = {}
-CACHE = "_rnntext_api_callers"      # the instance attribute that holds the callers
+CACHE = "_rnntext_api_callers"  # the instance attribute that holds the callers
 
 
 def install() -> None:

@@ -29,6 +29,7 @@ added) and Kludex/uvicorn#160 (keep-alive timeout for the first request too); no
 (``RNNTEXT_PATCHES_OFF=connections``): uvicorn's own protocol, correct answers, but none of those three limits
 (and the ``accept`` patch gets no connection counts: it still accepts one connection per turn).
 """
+
 from __future__ import annotations
 
 import json
@@ -40,18 +41,27 @@ _installed: dict[str, Any] = {}
 
 
 def _refusal(max_connections: int) -> bytes:
-    body = json.dumps({"error": f"too many open connections (limit {max_connections} per worker); retry later",
-                       "kind": "overloaded"}).encode()
-    head = (f"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n")
+    body = json.dumps(
+        {"error": f"too many open connections (limit {max_connections} per worker); retry later", "kind": "overloaded"}
+    ).encode()
+    head = (
+        f"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
+    )
     return head.encode() + body
 
 
 def _quota_refusal(per_address: int) -> bytes:
-    body = json.dumps({"error": f"too many open connections from this address (limit {per_address} per worker); "
-                                "retry later", "kind": "quota_exceeded"}).encode()
-    head = (f"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n")
+    body = json.dumps(
+        {
+            "error": f"too many open connections from this address (limit {per_address} per worker); retry later",
+            "kind": "quota_exceeded",
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -61,13 +71,14 @@ def _count(open_connections: int) -> None:
         count(open_connections)
 
 
-def guarded(protocol: type, max_connections: int, read_timeout_s: float, per_address: int | None = None,
-            directory: Any = None) -> type:
+def guarded(
+    protocol: type, max_connections: int, read_timeout_s: float, per_address: int | None = None, directory: Any = None
+) -> type:
     """A subclass of one of uvicorn's HTTP protocols (h11 or httptools) with the checks above."""
     refusal = _refusal(max_connections)
     per_address = per_address or max_connections
     quota_refusal = _quota_refusal(per_address)
-    by_address: dict[str, int] = {}     # this worker's open connections per peer address (trusted proxies: none)
+    by_address: dict[str, int] = {}  # this worker's open connections per peer address (trusted proxies: none)
 
     class Guarded(protocol):
         _head_timer = None
@@ -78,7 +89,7 @@ def guarded(protocol: type, max_connections: int, read_timeout_s: float, per_add
             _count(len(self.connections))
             if len(self.connections) > max_connections:
                 transport.write(refusal)
-                transport.close()       # connection_lost then removes it from ``connections``
+                transport.close()  # connection_lost then removes it from ``connections``
                 return
             peer = transport.get_extra_info("peername")
             address = peer[0] if isinstance(peer, tuple) and peer else None
@@ -93,7 +104,7 @@ def guarded(protocol: type, max_connections: int, read_timeout_s: float, per_add
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            self._arm()                 # the next request head must arrive in time too
+            self._arm()  # the next request head must arrive in time too
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -118,7 +129,7 @@ def guarded(protocol: type, max_connections: int, read_timeout_s: float, per_add
 
         def _head_expired(self) -> None:
             self._head_timer = None
-            idle = self.cycle is None or self.cycle.response_complete     # no request has started since _arm
+            idle = self.cycle is None or self.cycle.response_complete  # no request has started since _arm
             if idle and not self.transport.is_closing():
                 self.transport.close()
 
@@ -126,22 +137,36 @@ def guarded(protocol: type, max_connections: int, read_timeout_s: float, per_add
     return Guarded
 
 
-def install(max_connections: int, read_timeout_s: float, per_address: int | None = None,
-            directory: Any = None, count: Callable[[int], None] | None = None) -> None:
+def install(
+    max_connections: int,
+    read_timeout_s: float,
+    per_address: int | None = None,
+    directory: Any = None,
+    count: Callable[[int], None] | None = None,
+) -> None:
     """Make every uvicorn server started in this process use the guarded protocol (idempotent; the latest
     settings win). ``count`` is told this worker's open connections whenever they change."""
     import uvicorn
 
-    _installed.update(max_connections=max_connections, read_timeout_s=read_timeout_s, per_address=per_address,
-                      directory=directory, count=count)
+    _installed.update(
+        max_connections=max_connections,
+        read_timeout_s=read_timeout_s,
+        per_address=per_address,
+        directory=directory,
+        count=count,
+    )
     if "load" in ORIGINAL:
         return
     load = ORIGINAL["load"] = uvicorn.Config.load
 
     def guarded_load(config: Any) -> None:
         load(config)
-        config.http_protocol_class = guarded(config.http_protocol_class, _installed["max_connections"],
-                                             _installed["read_timeout_s"], _installed["per_address"],
-                                             _installed["directory"])
+        config.http_protocol_class = guarded(
+            config.http_protocol_class,
+            _installed["max_connections"],
+            _installed["read_timeout_s"],
+            _installed["per_address"],
+            _installed["directory"],
+        )
 
     uvicorn.Config.load = guarded_load

@@ -22,6 +22,7 @@ Upstream issue: none known (BentoML's maintainers hold changes to the adaptive p
 bentoml/BentoML#3664). Switched off (``RNNTEXT_PATCHES_OFF=dispatcher``): BentoML's own batcher, same answers and
 503s, slower for a lone client.
 """
+
 from __future__ import annotations
 
 import time
@@ -38,11 +39,11 @@ class ContinuousDispatcher(CorkDispatcher):
 
     async def controller(self) -> None:
         while True:
-            async with self._wake_event:        # a new request (inbound_call notifies) or a finished batch
+            async with self._wake_event:  # a new request (inbound_call notifies) or a finished batch
                 await self._wake_event.wait_for(self._ready)
             now = time.time()
             while self._queue and now - self._queue[0].enqueue_time >= self.max_latency:
-                self._queue.popleft().future.cancel()   # waited past max_latency_ms: BentoML answers 503
+                self._queue.popleft().future.cancel()  # waited past max_latency_ms: BentoML answers 503
             if not self._queue:
                 continue
             self._sema.acquire()
@@ -52,7 +53,7 @@ class ContinuousDispatcher(CorkDispatcher):
         try:
             await super().outbound_call(inputs_info, training)
         finally:
-            async with self._wake_event:        # the model is free: the controller takes what has gathered
+            async with self._wake_event:  # the model is free: the controller takes what has gathered
                 self._wake_event.notify_all()
 
 

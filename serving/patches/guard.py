@@ -10,6 +10,7 @@ To upgrade BentoML or uvicorn: run ``tests/serving/test_patches.py`` (it fails w
 changed shape) and the serving tests against the new version, then widen ``VERIFIED`` here and the same ranges in
 pyproject.toml's ``serve`` extra (a test keeps the two equal).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,7 +27,7 @@ VERIFIED = {
     "bentoml": ">=1.4.40,<1.5",
     "uvicorn": ">=0.54,<0.55",
 }
-LOOP = "event-loop"       # the accept patch needs asyncio's selector loop, not uvloop
+LOOP = "event-loop"  # the accept patch needs asyncio's selector loop, not uvloop
 NEEDS = {
     "timeout": ("bentoml",),
     "api_callers": ("bentoml",),
@@ -81,13 +82,13 @@ def loop_problem() -> str | None:
     """Why the accept patch cannot work on the loop uvicorn will use, or None."""
     try:
         cls = event_loop_class()
-    except Exception as exc:    # uvicorn's Config or loop factory changed shape
+    except Exception as exc:  # uvicorn's Config or loop factory changed shape
         return f"the event loop uvicorn will use could not be determined ({type(exc).__name__}: {exc})"
     name = f"{cls.__module__}.{cls.__qualname__}"
     if not issubclass(cls, selector_events.BaseSelectorEventLoop):
         return f"it patches asyncio's selector event loop, but uvicorn will run {name} (uvloop is installed?)"
     params = tuple(inspect.signature(selector_events.BaseSelectorEventLoop._accept_connection).parameters)
-    if params[:len(ACCEPT_PARAMS)] != ACCEPT_PARAMS:
+    if params[: len(ACCEPT_PARAMS)] != ACCEPT_PARAMS:
         return f"asyncio's BaseSelectorEventLoop._accept_connection{params} is not the verified {ACCEPT_PARAMS}"
     return None
 
@@ -114,11 +115,14 @@ def refusal(found: list[tuple[str, str]]) -> str:
     for problem, name in found:
         by_problem.setdefault(problem, []).append(name)
     names = list(dict.fromkeys(name for _, name in found))
-    parts = [f"{'patches' if len(ps) > 1 else 'patch'} {', '.join(ps)}: {problem}"
-             for problem, ps in by_problem.items()]
-    return (f"rnntext refuses to start: {'; '.join(parts)}. Check them with tests/serving/test_patches.py and widen "
-            f"serving/patches/guard.py, or set RNNTEXT_PATCHES_OFF={','.join(names)} to start without "
-            f"{'them' if len(names) > 1 else 'it'} (docs/serving.md, \"Patches of dependencies\")")
+    parts = [
+        f"{'patches' if len(ps) > 1 else 'patch'} {', '.join(ps)}: {problem}" for problem, ps in by_problem.items()
+    ]
+    return (
+        f"rnntext refuses to start: {'; '.join(parts)}. Check them with tests/serving/test_patches.py and widen "
+        f"serving/patches/guard.py, or set RNNTEXT_PATCHES_OFF={','.join(names)} to start without "
+        f'{"them" if len(names) > 1 else "it"} (docs/serving.md, "Patches of dependencies")'
+    )
 
 
 def check(names: list[str] | tuple[str, ...]) -> None:

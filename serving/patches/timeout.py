@@ -21,6 +21,7 @@ reproduction and the proposed diff. (bentoml/BentoML#5642 is another defect of t
 keep running after the 504.) Switched off (``RNNTEXT_PATCHES_OFF=timeout``): BentoML's own middleware, correct
 answers, memory up to rate x timeout x ~5 KB.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,7 +31,7 @@ import logging
 from typing import Any
 
 log = logging.getLogger(__name__)
-ORIGINAL: dict[str, Any] = {}      # BentoML's own method, kept for the tests that show the defect
+ORIGINAL: dict[str, Any] = {}  # BentoML's own method, kept for the tests that show the defect
 
 
 async def _timeout_call(self: Any, scope: dict, receive: Any, send: Any) -> None:
@@ -51,7 +52,7 @@ async def _timeout_call(self: Any, scope: dict, receive: Any, send: Any) -> None
     async def _send(message: dict) -> None:
         if not state["started"]:
             state["started"] = True
-            timer.cancel()      # the response has started: a long event stream is not cut
+            timer.cancel()  # the response has started: a long event stream is not cut
         await send(message)
 
     # the app runs in this request's own task (no second task per request, as BentoML's method has): on time-out
@@ -64,8 +65,9 @@ async def _timeout_call(self: Any, scope: dict, receive: Any, send: Any) -> None
         task.uncancel()
         from starlette.responses import JSONResponse
 
-        await JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"},
-                           status_code=504)(scope, receive, send)
+        await JSONResponse({"error": f"Not able to process the request in {self.timeout} seconds"}, status_code=504)(
+            scope, receive, send
+        )
     finally:
         timer.cancel()
 

@@ -15,6 +15,7 @@ closed-loop /classify clients (py-spy), 0 with the patch; with the ``api_callers
 Upstream issue: none known. Switched off (``RNNTEXT_PATCHES_OFF=tracing``): the middleware runs with no-op spans,
 ~7% more CPU per request; tracing stays disabled.
 """
+
 from __future__ import annotations
 
 from typing import Any

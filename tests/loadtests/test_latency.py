@@ -7,6 +7,7 @@ themselves. One pair of servers for the module, started together with the same s
 worker count and precision); the in-process ceiling (loadtests/bench/ceiling.py) runs in this process's
 children with the precision the server reports.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -22,12 +23,12 @@ from loadtests.texts import articles
 pytestmark = [pytest.mark.latency, pytest.mark.slow]
 
 # asserted bounds (issue target in the comment)
-CEILING_MIN_RATIO = 0.45        # target >= 0.60: /classify at 32 clients vs the in-process ceiling
-BATCHING_MIN_RATIO = 1.2        # target >= 1.5x: adaptive batching vs off, throughput at 32 clients
-STREAMS_MIN_SPEEDUP = 3.0       # target >= 4x aggregate chars/s, 16 streams vs 1
-CONTINUE_MAX_RATIO = 1.3        # target <= 1.1: continuing after 10,000 chars vs a fresh request
-ORT_MIN_SPEEDUP = 1.1           # target >= 1.3x ONNX Runtime vs eager PyTorch at batch 1 (asserted here; 1.20-1.39x
-                                # measured on a quiet host) and at batch 32 (not asserted: missed, ~1.0-1.1x)
+CEILING_MIN_RATIO = 0.45  # target >= 0.60: /classify at 32 clients vs the in-process ceiling
+BATCHING_MIN_RATIO = 1.2  # target >= 1.5x: adaptive batching vs off, throughput at 32 clients
+STREAMS_MIN_SPEEDUP = 3.0  # target >= 4x aggregate chars/s, 16 streams vs 1
+CONTINUE_MAX_RATIO = 1.3  # target <= 1.1: continuing after 10,000 chars vs a fresh request
+ORT_MIN_SPEEDUP = 1.1  # target >= 1.3x ONNX Runtime vs eager PyTorch at batch 1 (asserted here; 1.20-1.39x
+# measured on a quiet host) and at batch 32 (not asserted: missed, ~1.0-1.1x)
 CLIENTS = 32
 
 
@@ -36,11 +37,11 @@ def servers(exported, tmp_path_factory):
     assert (exported / "classifier" / "manifest.json").is_file(), "no exported classifier"
     assert (exported / "generator" / "manifest.json").is_file(), "no exported generator"
     logs = tmp_path_factory.mktemp("servers")
-    env = {"RNNTEXT_MODELS": str(exported), **ONE_CLIENT_LIMITS}     # the whole load comes from one address
+    env = {"RNNTEXT_MODELS": str(exported), **ONE_CLIENT_LIMITS}  # the whole load comes from one address
     on = Server(env=env, log_path=logs / "on.log")
     off = Server(env={**env, **BATCHING_OFF_ENV}, log_path=logs / "off.log")
     try:
-        with cf.ThreadPoolExecutor(2) as pool:     # start both at once: start-up is most of the wait
+        with cf.ThreadPoolExecutor(2) as pool:  # start both at once: start-up is most of the wait
             for f in [pool.submit(on.wait_ready), pool.submit(off.wait_ready)]:
                 f.result()
         yield {"on": on.url, "off": off.url, "pids": (on.proc.pid, off.proc.pid)}
@@ -59,12 +60,11 @@ def classify_32(servers, texts, exported):
     """The in-process ceiling, then 32 closed-loop clients on each server, one after the other."""
     svc = describe_service(service_info(servers["on"]))
     off_info = service_info(servers["off"])
-    for pid in servers["pids"]:     # the servers answer /readyz before every worker has warmed up
+    for pid in servers["pids"]:  # the servers answer /readyz before every worker has warmed up
         ceiling.wait_idle(pid, timeout=30)
     precision = svc["precision"]["classifier"]
     provider = "cuda" if str(svc["provider"]).startswith("CUDA") else "cpu"
-    ceil = ceiling.classify_ceiling(exported, texts, precision, provider,
-                                    duration=4)
+    ceil = ceiling.classify_ceiling(exported, texts, precision, provider, duration=4)
     # on, off, on, off (4 s each): the faster run of each, so that a burst of background load on this shared
     # 2-core host during one run (it moved a single on/off pair between 1.11x and 1.19x) does not decide the ratio
     runs = {"on": [], "off": []}
@@ -86,9 +86,13 @@ def test_http_classify_near_in_process_ceiling(classify_32):
     on, ceil = classify_32["on"], classify_32["ceiling"]
     assert on["failures"] == 0 and on["requests"] > 0, on
     ratio = on["throughput_rps"] / ceil["articles_per_s"]
-    assert ratio >= CEILING_MIN_RATIO, (f"/classify {on['throughput_rps']:.0f} articles/s at {CLIENTS} clients vs "
-                                        f"in-process ceiling {ceil['articles_per_s']:.0f} = {ratio:.2f} (connections"
-                                        f" per worker {on['workers']['spread']})", on, ceil)
+    assert ratio >= CEILING_MIN_RATIO, (
+        f"/classify {on['throughput_rps']:.0f} articles/s at {CLIENTS} clients vs "
+        f"in-process ceiling {ceil['articles_per_s']:.0f} = {ratio:.2f} (connections"
+        f" per worker {on['workers']['spread']})",
+        on,
+        ceil,
+    )
 
 
 def test_adaptive_batching_beats_batching_off(classify_32):
@@ -96,9 +100,13 @@ def test_adaptive_batching_beats_batching_off(classify_32):
     assert on["failures"] == 0 and off["failures"] == 0, (on, off)
     assert on["requests"] > 0 and off["requests"] > 0
     ratio = on["throughput_rps"] / off["throughput_rps"]
-    assert ratio >= BATCHING_MIN_RATIO, (f"adaptive batching {on['throughput_rps']:.1f} req/s (connections per "
-                                         f"worker {on['workers']['spread']}) vs off {off['throughput_rps']:.1f} "
-                                         f"req/s ({off['workers']['spread']}) = {ratio:.2f}x", on, off)
+    assert ratio >= BATCHING_MIN_RATIO, (
+        f"adaptive batching {on['throughput_rps']:.1f} req/s (connections per "
+        f"worker {on['workers']['spread']}) vs off {off['throughput_rps']:.1f} "
+        f"req/s ({off['workers']['spread']}) = {ratio:.2f}x",
+        on,
+        off,
+    )
 
 
 def test_step_batching_16_streams(servers):

@@ -1,5 +1,6 @@
 """The committed generator through runtime/generator.py (int8 on CPU by default, fp32 asked for), its IO-binding
 path, and the generate / evaluate-generator commands."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,9 @@ import numpy as np
 import pytest
 
 from runtime.generator import BoundStep, GeneratorRuntime, GenState, generate, sample_next
+from tests.conftest import training_cli as _cli
 from training.common.files import read_text
 from training.generator.data import split_text
-
-from tests.conftest import training_cli as _cli
 
 MAX_VAL_BPC = 1.49  # issue 12 target; the committed model measures 1.425 (fp32), 1.427 (int8) (docs/generator.md)
 MAX_MODEL_MB = 70  # four fp32 copies of the weights (step/prefill x ONNX/TorchScript, 53 MB) + two int8 (7 MB)
@@ -47,14 +47,17 @@ def test_committed_model_is_small_and_complete(rt, folder):
 
 def test_committed_int8_variant_is_accepted_and_chosen_on_cpu(rt, rt32, folder):
     int8 = rt.manifest["precisions"]["int8"]
-    assert (rt.provider, rt.precision, rt.files) == ("cpu", "int8", {"step": "step.int8.onnx",
-                                                                      "prefill": "prefill.int8.onnx"})
+    assert (rt.provider, rt.precision, rt.files) == (
+        "cpu",
+        "int8",
+        {"step": "step.int8.onnx", "prefill": "prefill.int8.onnx"},
+    )
     assert (rt32.precision, rt32.files) == ("fp32", {"step": "step.onnx", "prefill": "prefill.onnx"})
     q = int8["quality"]
     assert int8["accepted"] is True and q["n_chars"] == 64_000 and q["streams"] == 64
-    assert 1.45 < q["bits_per_char"]["fp32"] < 1.55                   # from the zero state, no context: 1.505
-    assert 0 <= q["bits_per_char_change"] <= MAX_INT8_BPC_CHANGE      # measured +0.0023
-    for name in int8["files"].values():                                # a quarter of the fp32 13.4 MB
+    assert 1.45 < q["bits_per_char"]["fp32"] < 1.55  # from the zero state, no context: 1.505
+    assert 0 <= q["bits_per_char_change"] <= MAX_INT8_BPC_CHANGE  # measured +0.0023
+    for name in int8["files"].values():  # a quarter of the fp32 13.4 MB
         assert 3.0e6 < (folder / name).stat().st_size < 3.8e6
     # same model: the greedy text of the two precisions starts the same
     assert "".join(generate(rt, "Holmes", 20, temperature=0)) == "".join(generate(rt32, "Holmes", 20, temperature=0))
@@ -87,8 +90,9 @@ def test_seeded_sampling_is_reproducible_and_resumable(rt):
     # stop after 60 characters, store the state as JSON, resume: the same 150 characters
     first = generate(rt, "It was", 60, temperature=0.8, top_k=20, top_p=0.95, seed=7)
     head = "".join(first)
-    doc = json.loads(json.dumps({k: v.tolist() if isinstance(v, np.ndarray) else v
-                                 for k, v in asdict(first.state).items()}))
+    doc = json.loads(
+        json.dumps({k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in asdict(first.state).items()})
+    )
     state = GenState(**{k: np.asarray(v, np.float32) if k != "rng_state" else v for k, v in doc.items()})
     assert head + "".join(generate(rt, "", 90, temperature=0.8, top_k=20, top_p=0.95, state=state)) == a
 
@@ -122,7 +126,7 @@ def test_io_binding_path_equals_the_plain_path(folder, precision):
     numbers as step() with numpy arrays, bit for bit, for a batch over many steps and through TextStream."""
     rt = GeneratorRuntime(folder, "cpu", precision=precision)
     assert rt.io_binding is False and rt.device == ("cpu", 0)  # no GPU here: the plain path is the default
-    ids = np.stack([rt.encode("Holmes and Watson, " * 6)[k:k + 60] for k in range(3)], 1)  # (60, B=3)
+    ids = np.stack([rt.encode("Holmes and Watson, " * 6)[k : k + 60] for k in range(3)], 1)  # (60, B=3)
     h, c = rt.prefill(ids[:5].T, *rt.zero_state(3))[1:]
     bound = rt.bind(h, c)
     assert isinstance(bound, BoundStep)
@@ -204,6 +208,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path, folder):
         f.write(b"\0")
     one_line_error(_cli("generate", "--models", str(broken), "x"), "does not match the manifest")
     (tmp_path / "t.txt").write_text("Holmes")
-    one_line_error(_cli("evaluate-generator", "--models", str(broken), "--text", str(tmp_path / "t.txt")),
-                   "does not match the manifest")
+    one_line_error(
+        _cli("evaluate-generator", "--models", str(broken), "--text", str(tmp_path / "t.txt")),
+        "does not match the manifest",
+    )
     one_line_error(_cli("generate", "--models", str(folder), "--top-p", "2", "x"), "--top-p")

@@ -1,5 +1,6 @@
 """runtime.hardware: usable cores, the CPU model and the GPUs, on this machine and on faked ones (a cgroup quota, a
 /proc/cpuinfo, an nvidia-smi), and that the service and the benchmarks take their figures from it."""
+
 from __future__ import annotations
 
 import os
@@ -24,11 +25,13 @@ def no_quota(monkeypatch, tmp_path):
 @pytest.fixture
 def fake_smi(monkeypatch, tmp_path):
     """Put an ``nvidia-smi`` that prints ``out`` and exits with ``rc`` first on PATH."""
+
     def make(out: str, rc: int = 0) -> None:
         exe = tmp_path / "nvidia-smi"
         exe.write_text(f"#!/bin/sh\nprintf '{out}'\nexit {rc}\n")
         exe.chmod(0o755)
         monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+
     return make
 
 
@@ -47,13 +50,13 @@ def test_usable_cores_respects_a_cgroup_quota(monkeypatch, tmp_path):
     monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
     cpu_max = tmp_path / "cpu.max"
     monkeypatch.setattr(hardware, "CGROUP_CPU_MAX", str(cpu_max))
-    cpu_max.write_text("250000 100000\n")      # 2.5 CPUs -> 3 workers
+    cpu_max.write_text("250000 100000\n")  # 2.5 CPUs -> 3 workers
     assert hardware.usable_cores() == 3
     cpu_max.write_text("max 100000\n")
     assert hardware.usable_cores() == 6
-    cpu_max.write_text("50000 100000\n")       # half a CPU: still one
+    cpu_max.write_text("50000 100000\n")  # half a CPU: still one
     assert hardware.usable_cores() == 1
-    cpu_max.write_text("garbage\n")            # unreadable: the affinity mask alone
+    cpu_max.write_text("garbage\n")  # unreadable: the affinity mask alone
     assert hardware.usable_cores() == 6
     assert hardware.affinity_cores() == 6
 
@@ -62,15 +65,20 @@ def test_usable_cores_respects_a_cgroup_quota(monkeypatch, tmp_path):
 def test_cpu_model_of_this_machine():
     model = hardware.cpu_model()
     assert isinstance(model, str) and model.strip() == model and model
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")]
+    names = [
+        line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("model name")
+    ]
     assert model == (names[0] if names else platform.processor() or "CPU")
 
 
 def test_cpu_model_from_a_cpuinfo_and_without_one(monkeypatch, tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Fake Xeon @ 2.10GHz \n\n"
-                    "processor\t: 1\nmodel name\t: Fake Xeon @ 2.10GHz\n")
+    info.write_text(
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Fake Xeon @ 2.10GHz \n\n"
+        "processor\t: 1\nmodel name\t: Fake Xeon @ 2.10GHz\n"
+    )
     monkeypatch.setattr(hardware, "CPUINFO", str(info))
     assert hardware.cpu_model() == "Fake Xeon @ 2.10GHz"
     monkeypatch.setattr(hardware, "CPUINFO", str(tmp_path / "absent"))
@@ -112,8 +120,9 @@ def test_gpus_of_this_machine():
     import onnxruntime
 
     assert hardware.available_providers() == onnxruntime.get_available_providers()
-    assert hardware.cuda_available() == ("CUDAExecutionProvider" in onnxruntime.get_available_providers()
-                                         and len(names) > 0)
+    assert hardware.cuda_available() == (
+        "CUDAExecutionProvider" in onnxruntime.get_available_providers() and len(names) > 0
+    )
 
 
 def test_cuda_needs_both_the_provider_and_a_gpu(monkeypatch):
@@ -126,18 +135,22 @@ def test_cuda_needs_both_the_provider_and_a_gpu(monkeypatch):
 
 def test_describe_is_the_functions(no_quota):
     d = hardware.describe()
-    assert d == {"cpu": hardware.cpu_model(), "cores": len(os.sched_getaffinity(0)),
-                 "usable_cores": len(os.sched_getaffinity(0)), "gpu": (hardware.gpu_names() or [None])[0]}
+    assert d == {
+        "cpu": hardware.cpu_model(),
+        "cores": len(os.sched_getaffinity(0)),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "gpu": (hardware.gpu_names() or [None])[0],
+    }
 
 
 def test_the_service_and_the_runtime_probe_through_this_module():
     """/info's device and the worker and thread defaults (serving), and the runtime's provider check."""
     from serving import app_state, config
 
-    assert app_state.device_name is hardware.device_name           # AppState.device, /info "device"
-    assert app_state.usable_cores is hardware.usable_cores          # the generator's wide session
-    assert app_state.available_providers is hardware.available_providers   # preflight's CUDA check
-    assert config.usable_cores is hardware.usable_cores             # RNNTEXT_WORKERS / RNNTEXT_THREADS defaults
+    assert app_state.device_name is hardware.device_name  # AppState.device, /info "device"
+    assert app_state.usable_cores is hardware.usable_cores  # the generator's wide session
+    assert app_state.available_providers is hardware.available_providers  # preflight's CUDA check
+    assert config.usable_cores is hardware.usable_cores  # RNNTEXT_WORKERS / RNNTEXT_THREADS defaults
     assert config.gpu_count is hardware.gpu_count
     assert config.cuda_available is hardware.cuda_available
     assert runtime.providers.available_providers is hardware.available_providers
@@ -148,7 +161,7 @@ def test_the_benchmarks_machine_comes_from_this_module(monkeypatch, no_quota):
 
     from loadtests.bench import ceiling, run
 
-    assert ceiling.usable_cores is hardware.usable_cores        # one ceiling process per usable core
+    assert ceiling.usable_cores is hardware.usable_cores  # one ceiling process per usable core
     m = run.machine()
     assert {k: m[k] for k in ("cpu", "cores", "usable_cores", "gpu")} == hardware.describe()
     assert m["cores"] == m["usable_cores"] == len(os.sched_getaffinity(0))

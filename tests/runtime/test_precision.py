@@ -1,5 +1,6 @@
 """Precision selection (runtime.manifest.select_precision and both runtimes), int8 vs fp32 on the tiny models,
 and the ``python -m training quantize`` command's files, manifest and exit codes."""
+
 from __future__ import annotations
 
 import json
@@ -8,16 +9,15 @@ import random
 
 import numpy as np
 import pytest
+import tiny_models
 
 import runtime.providers
 import training.common.quantize as quantize
 from runtime.classifier import ClassifierRuntime
 from runtime.generator import GeneratorRuntime
 from runtime.manifest import ArtifactError, load_manifest, select_precision, sha256_file
-from training.__main__ import main as training_main
-
-import tiny_models
 from tests.conftest import training_cli
+from training.__main__ import main as training_main
 
 FP32 = {"model": "model.onnx"}
 INT8 = {"model": "model.int8.onnx"}
@@ -32,16 +32,26 @@ def manifest(int8: bool | None) -> dict:
     return doc
 
 
-@pytest.mark.parametrize("int8, provider, wanted, expected", [
-    # accepted int8 variant
-    (True, "cpu", "auto", "int8"), (True, "cuda", "auto", "fp32"),
-    (True, "cpu", "fp32", "fp32"), (True, "cuda", "fp32", "fp32"),
-    (True, "cpu", "int8", "int8"), (True, "cuda", "int8", "int8"),
-    # rejected int8 variant: auto keeps fp32, an explicit int8 still gets it
-    (False, "cpu", "auto", "fp32"), (False, "cuda", "auto", "fp32"), (False, "cpu", "int8", "int8"),
-    # no precisions entry (older exports): fp32 only
-    (None, "cpu", "auto", "fp32"), (None, "cuda", "auto", "fp32"), (None, "cpu", "fp32", "fp32"),
-])
+@pytest.mark.parametrize(
+    "int8, provider, wanted, expected",
+    [
+        # accepted int8 variant
+        (True, "cpu", "auto", "int8"),
+        (True, "cuda", "auto", "fp32"),
+        (True, "cpu", "fp32", "fp32"),
+        (True, "cuda", "fp32", "fp32"),
+        (True, "cpu", "int8", "int8"),
+        (True, "cuda", "int8", "int8"),
+        # rejected int8 variant: auto keeps fp32, an explicit int8 still gets it
+        (False, "cpu", "auto", "fp32"),
+        (False, "cuda", "auto", "fp32"),
+        (False, "cpu", "int8", "int8"),
+        # no precisions entry (older exports): fp32 only
+        (None, "cpu", "auto", "fp32"),
+        (None, "cuda", "auto", "fp32"),
+        (None, "cpu", "fp32", "fp32"),
+    ],
+)
 def test_selection_rule(int8, provider, wanted, expected):
     precision, files = select_precision(manifest(int8), provider, wanted)
     assert precision == expected
@@ -70,23 +80,32 @@ def test_explicit_int8_warns_when_rejected_or_on_cuda(caplog):
         select_precision(manifest(True), "cuda", "int8")
     assert [r.getMessage() for r in caplog.records] == [
         "int8 classifier variant runs although it missed its quality bar: v",
-        "int8 on cuda: the dynamic-quantization ops run on CPU kernels"]
+        "int8 on cuda: the dynamic-quantization ops run on CPU kernels",
+    ]
 
 
 # ------------------------------------------------------------------ the runtimes on the tiny models
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    return {"int8": tiny_models.build(root / "int8", int8=True),
-            "rejected": tiny_models.build(root / "rejected", int8=False),
-            "fp32": tiny_models.build(root / "fp32")}
+    return {
+        "int8": tiny_models.build(root / "int8", int8=True),
+        "rejected": tiny_models.build(root / "rejected", int8=False),
+        "fp32": tiny_models.build(root / "fp32"),
+    }
 
 
 @pytest.mark.parametrize("cls", [ClassifierRuntime, GeneratorRuntime])
 def test_runtimes_follow_the_rule(tiny, cls):
     kind = "classifier" if cls is ClassifierRuntime else "generator"
-    cases = [("int8", "auto", "int8"), ("int8", "fp32", "fp32"), ("int8", "int8", "int8"),
-             ("rejected", "auto", "fp32"), ("rejected", "int8", "int8"), ("fp32", "auto", "fp32")]
+    cases = [
+        ("int8", "auto", "int8"),
+        ("int8", "fp32", "fp32"),
+        ("int8", "int8", "int8"),
+        ("rejected", "auto", "fp32"),
+        ("rejected", "int8", "int8"),
+        ("fp32", "auto", "fp32"),
+    ]
     for folder, wanted, expected in cases:
         rt = cls(tiny[folder] / kind, "cpu", precision=wanted)
         assert (rt.provider, rt.precision) == ("cpu", expected), (folder, wanted)
@@ -99,8 +118,9 @@ def test_runtimes_follow_the_rule(tiny, cls):
 @pytest.mark.filterwarnings("ignore::UserWarning")  # onnxruntime: CUDAExecutionProvider not available
 def test_auto_on_cuda_runs_fp32(tiny, monkeypatch):
     """With a CUDA provider present, auto resolves to cuda and fp32 even where an accepted int8 variant exists."""
-    monkeypatch.setattr(runtime.providers, "available_providers",
-                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(
+        runtime.providers, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
     for cls, kind in ((ClassifierRuntime, "classifier"), (GeneratorRuntime, "generator")):
         rt = cls(tiny["int8"] / kind)
         assert (rt.provider, rt.precision) == ("cuda", "fp32")
@@ -159,19 +179,26 @@ def test_quantize_command_adds_measured_variants(tiny_export):
     old = {k: json.loads((models / k / "manifest.json").read_text()) for k in ("classifier", "generator")}
     r = training_cli("quantize", "--models", str(models), "--data-dir", str(data))
     assert r.returncode == 0, r.stderr
-    for line in ("classifier: model.onnx", "-> model.int8.onnx", "classifier: accuracy", "generator: bits/char",
-                 "manifest updated"):
+    for line in (
+        "classifier: model.onnx",
+        "-> model.int8.onnx",
+        "classifier: accuracy",
+        "generator: bits/char",
+        "manifest updated",
+    ):
         assert line in r.stdout, line
     assert {p: sha256_file(p) for p in fp32} == before  # the fp32 graphs and TorchScript files are only read
     for kind, roles in (("classifier", ["model"]), ("generator", ["prefill", "step"])):
         man = load_manifest(models / kind, kind)
-        assert {k: v for k, v in man.items() if k not in ("precisions", "files")} == \
-               {k: v for k, v in old[kind].items() if k != "files"}
+        assert {k: v for k, v in man.items() if k not in ("precisions", "files")} == {
+            k: v for k, v in old[kind].items() if k != "files"
+        }
         int8 = man["precisions"]["int8"]
         assert sorted(int8["files"]) == roles and int8["accepted"] is True and int8["verdict"] == "meets the bar"
         assert set(man["files"]) == set(old[kind]["files"]) | set(int8["files"].values())
-        assert man["precisions"]["fp32"] == {"files": {r: f"{r}.onnx" if kind == "generator" else "model.onnx"
-                                                       for r in roles}}
+        assert man["precisions"]["fp32"] == {
+            "files": {r: f"{r}.onnx" if kind == "generator" else "model.onnx" for r in roles}
+        }
     q = load_manifest(models / "classifier")["precisions"]["int8"]["quality"]
     assert q["n"] == 20 and q["evaluated_on"] == "the 20-article held-out test split"
     assert q["accuracy"]["int8"] >= q["accuracy"]["fp32"] and q["agreement"] >= 0.995
@@ -202,7 +229,8 @@ def test_quantize_command_exit_codes(tiny_export, monkeypatch, capsys):
     bare = tiny_models.build(models.parent / "bare")
     r = training_cli("quantize", "--models", str(bare / "classifier"), "--data-dir", str(data))
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
-        "error: the classifier manifest records no test split: nothing held out to measure int8 on")
+        "error: the classifier manifest records no test split: nothing held out to measure int8 on"
+    )
     with open(models / "classifier" / "model.ts", "ab") as f:
         f.write(b"\0")
     r = training_cli("quantize", "--models", str(models), "--data-dir", str(data))

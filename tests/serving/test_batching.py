@@ -1,6 +1,7 @@
 """The batching policy of the ``dispatcher`` patch (serving/patches/dispatcher.py) on BentoML's own dispatcher
 class, without a server: a lone request runs at once, requests that arrive while a batch runs go together in the
 next one, and one that waits past max_latency_ms is cancelled (BentoML answers it 503)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,8 +20,7 @@ def make(max_latency_ms: int = 5000, max_batch_size: int = 32, delay: float = 0.
         await asyncio.sleep(delay)
         return [[x * 10 for x in b] for b in batches]
 
-    d = ContinuousDispatcher(max_latency_ms, max_batch_size, fallback=lambda: "fallback",
-                             get_batch_size=len)
+    d = ContinuousDispatcher(max_latency_ms, max_batch_size, fallback=lambda: "fallback", get_batch_size=len)
     return d(model), calls
 
 
@@ -36,20 +36,20 @@ def test_a_lone_request_does_not_wait_for_company():
 
     calls, p50 = asyncio.run(main())
     assert calls == [1] * 20
-    assert p50 < 0.003     # BentoML's CorkDispatcher holds such a request for the average past wait
+    assert p50 < 0.003  # BentoML's CorkDispatcher holds such a request for the average past wait
 
 
 def test_requests_arriving_during_a_batch_form_the_next_batch():
     async def main():
         infer, calls = make(delay=0.05)
         first = asyncio.ensure_future(infer([0]))
-        await asyncio.sleep(0.01)                         # the first batch (1 text) is running
+        await asyncio.sleep(0.01)  # the first batch (1 text) is running
         rest = [asyncio.ensure_future(infer([i, i])) for i in range(1, 11)]
         out = await asyncio.gather(first, *rest)
         return calls, out
 
     calls, out = asyncio.run(main())
-    assert calls == [1, 20]                               # 10 requests of 2 texts, in one call
+    assert calls == [1, 20]  # 10 requests of 2 texts, in one call
     assert out == [[0]] + [[i * 10, i * 10] for i in range(1, 11)]
 
 
@@ -63,7 +63,7 @@ def test_batches_are_capped_and_split_at_max_batch_size():
         return calls, out
 
     calls, out = asyncio.run(main())
-    assert calls == [1, 8, 7]                             # 15 texts: 8 (one request split), then 7
+    assert calls == [1, 8, 7]  # 15 texts: 8 (one request split), then 7
     assert out[1:] == [[10, 20, 30]] * 5
 
 

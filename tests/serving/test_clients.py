@@ -1,5 +1,6 @@
 """Client identities and quotas without a server: key lists, trusted proxies, the settings that carry them, the
 token bucket and stream slots of every quota backend, and the gate's refusals of unread bodies."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,11 @@ LIMITS = Limits(rate=10, burst=3, streams=2, sessions=5)
 
 def test_key_lists_with_names_options_comments_and_a_file(tmp_path):
     keys = parse_keys("alice:KEY1, bob:KEY2:rate=50,burst=7 ,carol:K3:streams=1,sessions=9")
-    assert keys == {"alice": ("KEY1", {}), "bob": ("KEY2", {"rate": 50.0, "burst": 7}),
-                    "carol": ("K3", {"streams": 1, "sessions": 9})}
+    assert keys == {
+        "alice": ("KEY1", {}),
+        "bob": ("KEY2", {"rate": 50.0, "burst": 7}),
+        "carol": ("K3", {"streams": 1, "sessions": 9}),
+    }
     f = tmp_path / "keys"
     f.write_text("# team keys\nteam-a:AAA  # the first team\n\nteam-b:BBB:rate=0\n")
     assert load_keys(None, "", str(f)) == {"team-a": ("AAA", {}), "team-b": ("BBB", {"rate": 0.0})}
@@ -24,17 +28,20 @@ def test_key_lists_with_names_options_comments_and_a_file(tmp_path):
     assert load_keys("  solo ", "x:Y", "") == {"default": ("solo", {}), "x": ("Y", {})}
 
 
-@pytest.mark.parametrize("text, message", [
-    ("alice:", "RNNTEXT_API_KEYS: the key of 'alice' is empty or whitespace only"),
-    ("alice:   ", "RNNTEXT_API_KEYS: the key of 'alice' is empty or whitespace only"),
-    ("alice", "RNNTEXT_API_KEYS: entry 1 is not name:key[:option=value,...]"),
-    ("a:K1,a:K2", "RNNTEXT_API_KEYS: 'a' is named twice"),
-    ("a:K1,b:K1", "RNNTEXT_API_KEYS: 'b' has the same key as another client"),
-    ("bad name:K", "RNNTEXT_API_KEYS: entry 1: name 'bad name' must be 1-64 of A-Z a-z 0-9 _ . @ -"),
-    ("a:K:speed=3", "RNNTEXT_API_KEYS: 'a': unknown option 'speed' (known: rate, burst, streams, sessions)"),
-    ("a:K:rate=fast", "RNNTEXT_API_KEYS: 'a': rate='fast' is not a number"),
-    ("a:K:streams=0", "RNNTEXT_API_KEYS: 'a': streams must be positive"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("alice:", "RNNTEXT_API_KEYS: the key of 'alice' is empty or whitespace only"),
+        ("alice:   ", "RNNTEXT_API_KEYS: the key of 'alice' is empty or whitespace only"),
+        ("alice", "RNNTEXT_API_KEYS: entry 1 is not name:key[:option=value,...]"),
+        ("a:K1,a:K2", "RNNTEXT_API_KEYS: 'a' is named twice"),
+        ("a:K1,b:K1", "RNNTEXT_API_KEYS: 'b' has the same key as another client"),
+        ("bad name:K", "RNNTEXT_API_KEYS: entry 1: name 'bad name' must be 1-64 of A-Z a-z 0-9 _ . @ -"),
+        ("a:K:speed=3", "RNNTEXT_API_KEYS: 'a': unknown option 'speed' (known: rate, burst, streams, sessions)"),
+        ("a:K:rate=fast", "RNNTEXT_API_KEYS: 'a': rate='fast' is not a number"),
+        ("a:K:streams=0", "RNNTEXT_API_KEYS: 'a': streams must be positive"),
+    ],
+)
 def test_bad_key_lists_are_refused_without_showing_the_key(text, message):
     with pytest.raises(KeysError) as exc:
         parse_keys(text)
@@ -47,8 +54,14 @@ def test_settings_refuse_a_blank_key_and_never_echo_keys():
     with pytest.raises(ConfigError) as exc:
         Settings.from_env({"RNNTEXT_API_KEYS": "a:SECRET1,b:SECRET1"})
     assert "SECRET1" not in str(exc.value)
-    s = Settings.from_env({"RNNTEXT_API_KEYS": "a:SECRET1", "RNNTEXT_MAX_STREAMS": "64",
-                           "RNNTEXT_MAX_SESSIONS": "10000", "RNNTEXT_MAX_CONNECTIONS": "1000"})
+    s = Settings.from_env(
+        {
+            "RNNTEXT_API_KEYS": "a:SECRET1",
+            "RNNTEXT_MAX_STREAMS": "64",
+            "RNNTEXT_MAX_SESSIONS": "10000",
+            "RNNTEXT_MAX_CONNECTIONS": "1000",
+        }
+    )
     public = s.public()
     assert "SECRET1" not in repr(public) and public["api_key_required"] is True
     # the defaults: a quarter of the streams and connections, a tenth of the sessions, 100 requests/s
@@ -98,13 +111,14 @@ def test_token_bucket_allows_the_burst_then_the_rate(backend):
         # 8 tokens/s: one per 0.125 s (binary fractions, so the sums are exact)
         got = [await q.take("a", 8, 3) for _ in range(4)]
         assert got == [0.0, 0.0, 0.0, 0.125]
-        assert await q.take("b", 8, 3) == 0.0                                   # buckets are per client
+        assert await q.take("b", 8, 3) == 0.0  # buckets are per client
         clock.t += 0.0625
         assert await q.take("a", 8, 3) == 0.0625
         clock.t += 0.0625
         assert await q.take("a", 8, 3) == 0.0
-        clock.t += 100                                                          # refills to the burst, no more
+        clock.t += 100  # refills to the burst, no more
         assert [await q.take("a", 8, 3) for _ in range(4)] == [0.0, 0.0, 0.0, 0.125]
+
     asyncio.run(go())
 
 
@@ -114,14 +128,15 @@ def test_stream_slots_are_counted_per_client_and_lapse_with_their_lease(backend)
     async def go():
         assert await q.open_stream("a", "s1", 2, 30) and await q.open_stream("a", "s2", 2, 30)
         assert not await q.open_stream("a", "s3", 2, 30)
-        assert await q.open_stream("b", "s4", 2, 30)                 # another client is not affected
+        assert await q.open_stream("b", "s4", 2, 30)  # another client is not affected
         await q.close_stream("a", "s1")
         assert await q.open_stream("a", "s5", 2, 30)
         clock.t += 20
-        await q.refresh_stream("a", "s5", 30)                        # s2 lapses at 30 s, s5 is renewed
+        await q.refresh_stream("a", "s5", 30)  # s2 lapses at 30 s, s5 is renewed
         clock.t += 15
-        assert await q.open_stream("a", "s6", 2, 30)                 # s2 (killed worker) freed its slot
+        assert await q.open_stream("a", "s6", 2, 30)  # s2 (killed worker) freed its slot
         assert not await q.open_stream("a", "s7", 2, 30)
+
     asyncio.run(go())
 
 
@@ -131,6 +146,7 @@ def test_quotas_fall_back_to_the_worker_when_the_shared_store_fails(tmp_path):
 
         async def take(self, *a):
             from serving.sessions import StoreUnavailable
+
             raise StoreUnavailable("down")
 
         open_stream = refresh_stream = close_stream = take
@@ -138,11 +154,12 @@ def test_quotas_fall_back_to_the_worker_when_the_shared_store_fails(tmp_path):
     async def go():
         q = Quotas(Broken(), lease_s=30)
         assert [await q.take("a", 10, 2) for _ in range(3)][:2] == [0.0, 0.0]
-        assert await q.take("a", 0, 2) == 0.0               # rate 0: unlimited, the store is not asked
+        assert await q.take("a", 0, 2) == 0.0  # rate 0: unlimited, the store is not asked
         assert await q.open_stream("a", "s1", 1) and not await q.open_stream("a", "s2", 1)
-        await q.close_stream("a", "s1")                      # the shared store's failure is not raised
+        await q.close_stream("a", "s1")  # the shared store's failure is not raised
         assert await q.open_stream("a", "s3", 1)
         assert q.fallbacks == 6
+
     asyncio.run(go())
 
 

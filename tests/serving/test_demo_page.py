@@ -5,6 +5,7 @@ Every test's page records its console messages and every request it makes; the `
 each test that the console stayed clean and that no request left the service. Screenshots of the demo at 1280
 and 390 px go to ``$RNNTEXT_ARTIFACTS`` (default ``results/demo-page/``).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,25 +16,34 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serving_helpers import Server, client, generated_text, server, sse_events  # noqa: F401 (fixtures)
 
 from loadtests.soak import gauge
-
-from serving_helpers import Server, client, generated_text, server, sse_events  # noqa: F401 (fixtures)
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # no background traffic: this machine's network is closed, and the tests assert that nothing leaves the service
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # a long stream, so that Stop and closing the tab land mid-stream on any machine; the page reads this bound
 SERVER_ENV = {"RNNTEXT_MAX_CHARS": "20000"}
 ARTIFACTS = Path(os.environ.get("RNNTEXT_ARTIFACTS", ROOT / "results" / "demo-page"))
-SPORT = ("The home side won the cup final 2-1 after extra time. Their captain headed the winner in the 112th "
-         "minute, and the goalkeeper saved a penalty before the break. The manager said the squad had shown "
-         "great character all season, and the striker, who scored the first goal, was named man of the match.")
+SPORT = (
+    "The home side won the cup final 2-1 after extra time. Their captain headed the winner in the 112th "
+    "minute, and the goalkeeper saved a penalty before the break. The manager said the squad had shown "
+    "great character all season, and the striker, who scored the first goal, was named man of the match."
+)
 PROMPT = "Holmes looked at me and said, "
-LOADED = "document.querySelector('#models table') !== null"     # /info has been rendered
+LOADED = "document.querySelector('#models table') !== null"  # /info has been rendered
 FINISHED = "document.querySelector('#generate-button').disabled === false"
 EXPECTED_4XX = re.compile(r"Failed to load resource: the server responded with a status of (\d+)")
 
@@ -43,7 +53,7 @@ def browser():
     if not Path(CHROMIUM).exists():
         reason = "no chromium binary: apt-get install chromium (.ci/run installs it)"
         if os.environ.get("CI"):
-            pytest.fail(reason)         # CI must run these, not skip them
+            pytest.fail(reason)  # CI must run these, not skip them
         pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
@@ -86,8 +96,9 @@ class Watched:
         """Nothing left the service; the console holds only the 4xx a test provoked on purpose."""
         outside = [u for u in self.requests if not u.startswith(self.base)]
         assert outside == []
-        unexpected = [m for m in self.console
-                      if not ((g := EXPECTED_4XX.search(m)) and int(g.group(1)) in allowed_statuses)]
+        unexpected = [
+            m for m in self.console if not ((g := EXPECTED_4XX.search(m)) and int(g.group(1)) in allowed_statuses)
+        ]
         assert unexpected == []
 
     def close(self) -> None:
@@ -138,6 +149,7 @@ def output(page) -> str:
 
 # --- classify ------------------------------------------------------------------------------------------------
 
+
 def test_classify_a_sport_article_shows_sorted_bars_that_sum_to_one(watched):
     page = watched.open()
     page.get_by_test_id("classify-input").fill(SPORT)
@@ -164,7 +176,7 @@ def test_an_empty_text_shows_the_services_error_and_the_page_keeps_working(watch
     error = page.get_by_test_id("error")
     error.wait_for(state="visible")
     assert "texts[0]: String should have at least 1 character (400, invalid_request)" in error.text_content()
-    page.get_by_test_id("classify-input").fill("x" * 20_001)     # over max_text_chars: maxLength cuts it
+    page.get_by_test_id("classify-input").fill("x" * 20_001)  # over max_text_chars: maxLength cuts it
     assert len(page.get_by_test_id("classify-input").input_value()) == 20_000
     page.get_by_test_id("classify-input").fill(SPORT)
     page.get_by_test_id("classify-button").click()
@@ -174,6 +186,7 @@ def test_an_empty_text_shows_the_services_error_and_the_page_keeps_working(watch
 
 
 # --- generate ------------------------------------------------------------------------------------------------
+
 
 def test_greedy_generation_equals_the_api_and_streams_in_several_steps(watched, client):
     n = 2000
@@ -201,7 +214,7 @@ def test_continue_gives_exactly_the_greedy_continuation(watched, client):
     page.get_by_test_id("generate-continue").click()
     until(page, FINISHED + " && document.querySelector('#generate-meta').textContent.includes('done')")
     assert output(page) == expected
-    page.get_by_test_id("generate-continue").click()     # and again: the session moved on
+    page.get_by_test_id("generate-continue").click()  # and again: the session moved on
     until(page, "document.querySelector('[data-testid=generate-output]').textContent.length === 900")
     assert output(page)[:600] == expected
     watched.check()
@@ -209,7 +222,7 @@ def test_continue_gives_exactly_the_greedy_continuation(watched, client):
 
 def test_stop_freezes_the_output_and_frees_the_stream_slot(watched, server):
     page = watched.open()
-    assert page.get_by_test_id("generate-max-chars").get_attribute("max") == "20000"   # the service's bound
+    assert page.get_by_test_id("generate-max-chars").get_attribute("max") == "20000"  # the service's bound
     start_long_stream(page)
     page.get_by_test_id("generate-stop").click()
     until(page, FINISHED)
@@ -245,6 +258,7 @@ def test_reloading_or_closing_the_tab_mid_stream_frees_the_stream_slot(browser, 
 
 # --- models, layout, accessibility ---------------------------------------------------------------------------
 
+
 def test_models_panel_shows_what_info_says(watched, client):
     info = client.get("/info").json()
     page = watched.open()
@@ -252,7 +266,7 @@ def test_models_panel_shows_what_info_says(watched, client):
     assert f"{info['models']['classifier']['metrics']['test_accuracy']:.4f}" in text
     assert f"{info['models']['generator']['metrics']['val_bits_per_char']:.4f}" in text
     assert info["precision"]["classifier"] in text and info["providers"]["generator"][0] in text
-    assert "20,000" in text      # characters per generation, as this server is configured
+    assert "20,000" in text  # characters per generation, as this server is configured
     watched.check()
 
 
@@ -267,7 +281,7 @@ def test_layout_fits_the_width_and_is_screenshotted(browser, server, width, heig
     page.get_by_test_id("generate-button").click()
     until(page, FINISHED)
     assert len(output(page)) == 400
-    assert page.evaluate("document.documentElement.scrollWidth") <= width     # no sideways scrolling
+    assert page.evaluate("document.documentElement.scrollWidth") <= width  # no sideways scrolling
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"demo-{width}.png"), full_page=True)
     w.check()
@@ -276,7 +290,8 @@ def test_layout_fits_the_width_and_is_screenshotted(browser, server, width, heig
 
 CONTRAST_JS = """() => {
   const rgb = (s) => (s.match(/[\\d.]+/g) || []).map(Number);
-  const lum = ([r, g, b]) => { const f = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+  const lin = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+  const lum = ([r, g, b]) => { const f = lin;
                                return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
   const bg = (el) => { for (; el; el = el.parentElement) { const c = rgb(getComputedStyle(el).backgroundColor);
                        if (c.length === 3 || c[3] > 0) return c.slice(0, 3); } return [255, 255, 255]; };
@@ -318,6 +333,7 @@ def test_controls_have_labels_keyboard_access_and_aa_contrast(watched):
 
 # --- the API docs page ---------------------------------------------------------------------------------------
 
+
 def test_the_api_docs_page_describes_this_service_and_loads_nothing_from_outside(watched, client):
     spec = client.get("/docs.json").json()
     assert spec["info"]["title"] == "rnntext: BBC News topics and Sherlock Holmes text"
@@ -340,6 +356,7 @@ def test_the_api_docs_page_describes_this_service_and_loads_nothing_from_outside
 
 # --- with an API key -----------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def keyed_server():
     srv = Server(env={"RNNTEXT_API_KEY": "demo-secret", "RNNTEXT_WORKERS": "1"})
@@ -352,9 +369,9 @@ def keyed_server():
 
 def test_with_an_api_key_the_page_asks_for_it_and_sends_it(browser, keyed_server):
     base = keyed_server.url
-    assert httpx.get(f"{base}/demo").status_code == 200            # the pages need no key...
+    assert httpx.get(f"{base}/demo").status_code == 200  # the pages need no key...
     assert httpx.get(f"{base}/").status_code == 200
-    assert httpx.post(f"{base}/classify", json={"texts": [SPORT]}).status_code == 401     # ...the API does
+    assert httpx.post(f"{base}/classify", json={"texts": [SPORT]}).status_code == 401  # ...the API does
     w = Watched(browser, base)
     page = w.page
     page.goto("/demo")
@@ -379,6 +396,7 @@ def test_with_an_api_key_the_page_asks_for_it_and_sends_it(browser, keyed_server
 
 
 # --- the files themselves ------------------------------------------------------------------------------------
+
 
 def test_the_page_files_reference_nothing_outside_the_service():
     web = ROOT / "serving" / "web"

@@ -3,6 +3,7 @@ declarations and the folder each runtime loads; and ``bentoml build`` packing th
 
 In-process tests use the tiny models (tests/tiny_models.py) and a model store of their own (never ~/bentoml);
 the build test builds the project with the committed models and its own BENTOML_HOME."""
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import tiny_models
 import yaml
 
 from runtime.manifest import ArtifactError, load_manifest, sha256_file
 from serving import model_store
 from serving.model_store import EXPORTED, KINDS, NAMES, ExportedModel
-
-import tiny_models
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,8 +107,7 @@ def test_the_stored_files_match_the_manifest(store, tiny):
         assert manifest["files"]
         for name, sha in manifest["files"].items():
             assert sha256_file(folder / name) == sha, name
-        assert sorted(p.name for p in folder.iterdir()) == sorted([*manifest["files"], "manifest.json",
-                                                                    "model.yaml"])
+        assert sorted(p.name for p in folder.iterdir()) == sorted([*manifest["files"], "manifest.json", "model.yaml"])
 
 
 def test_a_damaged_export_is_not_registered(store, tiny):
@@ -139,14 +138,15 @@ def test_the_default_folder_declares_the_manifests_tags():
 
 
 def test_resolve_registers_on_first_use_and_gives_the_store_folder(store, tiny):
-    declared = {kind: ExportedModel(model_store.tag_of(tiny / kind, kind), kind=kind, source=tiny / kind)
-                for kind in KINDS}
+    declared = {
+        kind: ExportedModel(model_store.tag_of(tiny / kind, kind), kind=kind, source=tiny / kind) for kind in KINDS
+    }
     dirs = model_store.resolve(EXPORTED, declared)
     for kind in KINDS:
         assert dirs[kind].parent.parent == store and dirs[kind].parent.name == NAMES[kind]
-        load_manifest(dirs[kind], kind=kind)          # complete, every sha256 matches
+        load_manifest(dirs[kind], kind=kind)  # complete, every sha256 matches
     assert model_store.resolve(EXPORTED, declared) == dirs
-    assert declared["classifier"].to_info().tag == declared["classifier"].tag   # what `bentoml build` records
+    assert declared["classifier"].to_info().tag == declared["classifier"].tag  # what `bentoml build` records
 
 
 def test_in_a_bento_latest_means_the_version_it_was_built_with(store, tiny, tmp_path):
@@ -155,10 +155,11 @@ def test_in_a_bento_latest_means_the_version_it_was_built_with(store, tiny, tmp_
     built = model_store.register(tiny)
     tiny_models.classifier(tmp_path / "newer" / "classifier", seed=1)
     tiny_models.generator(tmp_path / "newer" / "generator", seed=1)
-    newer = model_store.register(tmp_path / "newer")         # now the store's latest
+    newer = model_store.register(tmp_path / "newer")  # now the store's latest
     declared = {kind: ExportedModel(f"{NAMES[kind]}:latest", kind=kind) for kind in KINDS}
-    bento = SimpleNamespace(info=SimpleNamespace(all_models=[SimpleNamespace(tag=bentoml.Tag.from_taglike(t))
-                                                             for t in built.values()]))
+    bento = SimpleNamespace(
+        info=SimpleNamespace(all_models=[SimpleNamespace(tag=bentoml.Tag.from_taglike(t)) for t in built.values()])
+    )
     in_bento = model_store.resolve(EXPORTED, declared, bento=bento)
     local = model_store.resolve(EXPORTED, declared)
     for kind in KINDS:
@@ -170,8 +171,9 @@ def test_an_unregistered_model_without_a_folder_is_one_line(store):
     with pytest.raises(SystemExit) as exc:
         model_store.resolve(EXPORTED, {"classifier": ExportedModel("rnntext-classifier:latest", kind="classifier")})
     msg = str(exc.value)
-    assert msg.startswith("rnntext refuses to start: model rnntext-classifier:latest is not in the BentoML model "
-                          f"store ({store})")
+    assert msg.startswith(
+        f"rnntext refuses to start: model rnntext-classifier:latest is not in the BentoML model store ({store})"
+    )
     assert "make register" in msg and "\n" not in msg
     with pytest.raises(SystemExit, match="^rnntext: cannot build: model rnntext-generator:latest is not in"):
         ExportedModel("rnntext-generator:latest", kind="generator").to_info()
@@ -180,8 +182,9 @@ def test_an_unregistered_model_without_a_folder_is_one_line(store):
 def test_a_damaged_export_stops_the_server_with_one_line(store, tiny):
     with open(tiny / "classifier" / "model.onnx", "ab") as f:
         f.write(b"\0")
-    model = ExportedModel(model_store.tag_of(tiny / "classifier", "classifier"), kind="classifier",
-                          source=tiny / "classifier")
+    model = ExportedModel(
+        model_store.tag_of(tiny / "classifier", "classifier"), kind="classifier", source=tiny / "classifier"
+    )
     with pytest.raises(SystemExit, match=f"^rnntext refuses to start: {tiny / 'classifier' / 'model.onnx'}: sha256 "):
         model.resolve()
     with pytest.raises(SystemExit, match="^rnntext: cannot build: "):
@@ -192,18 +195,25 @@ def test_command_line(tmp_path, tiny):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "True"}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "serving.model_store", *args], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "serving.model_store", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     out = cli("register", "--help")
     assert out.returncode == 0 and "--models" in out.stdout
-    assert not (tmp_path / "home" / "models").exists()          # importing and --help do no work
+    assert not (tmp_path / "home" / "models").exists()  # importing and --help do no work
     first = cli("register", "--models", str(tiny))
     assert first.returncode == 0, first.stderr
     assert [line.split()[1] for line in first.stdout.splitlines()] == ["registered", "registered"]
     again = cli("register", "--models", str(tiny))
-    assert [line.split()[0] for line in again.stdout.splitlines()] == \
-        [line.split()[0] for line in first.stdout.splitlines()]
+    assert [line.split()[0] for line in again.stdout.splitlines()] == [
+        line.split()[0] for line in first.stdout.splitlines()
+    ]
     assert "already registered" in again.stdout
     missing = cli("register", "--models", str(tmp_path / "nowhere"))
     assert missing.returncode == 2
@@ -218,8 +228,9 @@ def test_bentoml_build_packs_both_models(tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
 
     def bentoml_cli(*args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "bentoml", *args], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-m", "bentoml", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         return out.stdout
 

@@ -1,6 +1,7 @@
 """The OpenAPI document (serving/openapi.py): valid OpenAPI 3.1 under openapi-spec-validator, every response with
 the body actually sent, and schemathesis against a real ``bentoml serve`` finding nothing, with and without keys.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,20 +15,42 @@ import pytest
 from openapi_spec_validator import OpenAPIV31SpecValidator
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
+from serving_helpers import Server
 
 from loadtests.server import ONE_CLIENT_LIMITS
 from serving import openapi
 from serving.config import Settings
 from serving.errors import ClientError, normalize, quota_exceeded, rate_limited, session_busy, store_down
 from serving.schemas import EndSessionRequest, EndSessionResponse, Info, Prediction, Schemas
-from serving_helpers import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 # the JSON Schema 2020-12 keywords (and OpenAPI's own) a schema here may use: a misspelt constraint ("ge" for
 # "minimum", as pydantic writes inside some unions) is valid JSON but constrains nothing for any client
-KEYWORDS = {"type", "properties", "required", "additionalProperties", "items", "anyOf", "enum", "const", "$ref",
-            "title", "description", "default", "examples", "minimum", "maximum", "exclusiveMinimum", "minLength",
-            "maxLength", "minItems", "maxItems", "pattern", "contentMediaType", "contentSchema"}
+KEYWORDS = {
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "anyOf",
+    "enum",
+    "const",
+    "$ref",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "pattern",
+    "contentMediaType",
+    "contentSchema",
+}
 
 
 def build(keyed: bool = False) -> dict:
@@ -36,13 +59,26 @@ def build(keyed: bool = False) -> dict:
     import bentoml
 
     from serving.service import RnnText
-    base = bentoml.Service.openapi_spec.fget(RnnText).asdict()     # BentoML's own document, before ours
+
+    base = bentoml.Service.openapi_spec.fget(RnnText).asdict()  # BentoML's own document, before ours
     return openapi.document(
-        base, title=openapi.TITLE, version="9.9", description="d", keyed=keyed,
-        request_models={"classify": schemas.ClassifyRequest, "generate": schemas.GenerateRequest,
-                        "end_session": EndSessionRequest},
-        response_models={"classify": list[Prediction], "generate": None, "end_session": EndSessionResponse,
-                         "info": Info})
+        base,
+        title=openapi.TITLE,
+        version="9.9",
+        description="d",
+        keyed=keyed,
+        request_models={
+            "classify": schemas.ClassifyRequest,
+            "generate": schemas.GenerateRequest,
+            "end_session": EndSessionRequest,
+        },
+        response_models={
+            "classify": list[Prediction],
+            "generate": None,
+            "end_session": EndSessionResponse,
+            "info": Info,
+        },
+    )
 
 
 def subschemas(schema: dict, path: str):
@@ -59,13 +95,14 @@ def subschemas(schema: dict, path: str):
 
 def test_bentomls_own_document_is_invalid_for_the_version_it_declares():
     """Why serving/openapi.py exists; when this fails, BentoML fixed it and the module can shrink."""
-    from serving.service import RnnText
     import bentoml
+
+    from serving.service import RnnText
 
     base = json.loads(json.dumps(bentoml.Service.openapi_spec.fget(RnnText).asdict()))
     assert base["openapi"] == "3.0.2"
     top_p = base["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert top_p["properties"]["top_p"]["exclusiveMinimum"] == 0     # 2020-12's numeric form; 3.0 wants a bool
+    assert top_p["properties"]["top_p"]["exclusiveMinimum"] == 0  # 2020-12's numeric form; 3.0 wants a bool
     # BentoML's layout that serving/openapi.py relies on
     for name in ("classify", "generate", "end_session", "info"):
         op = base["paths"][f"/{name}"]["post"]
@@ -88,9 +125,12 @@ def test_the_served_document_is_valid_openapi_3_1(keyed):
 
 def test_every_operation_documents_the_statuses_it_can_answer():
     plain, keyed = build(False), build(True)
-    expected = {"classify": {200, 400, 408, 413, 429, 503, 500}, "info": {200, 400, 408, 413, 429, 503, 500},
-                "generate": {200, 400, 404, 408, 409, 413, 429, 503, 500},
-                "end_session": {200, 400, 404, 408, 409, 413, 429, 503, 500}}
+    expected = {
+        "classify": {200, 400, 408, 413, 429, 503, 500},
+        "info": {200, 400, 408, 413, 429, 503, 500},
+        "generate": {200, 400, 404, 408, 409, 413, 429, 503, 500},
+        "end_session": {200, 400, 404, 408, 409, 413, 429, 503, 500},
+    }
     for name, statuses in expected.items():
         assert {int(s) for s in plain["paths"][f"/{name}"]["post"]["responses"]} == statuses, name
         assert {int(s) for s in keyed["paths"][f"/{name}"]["post"]["responses"]} == statuses | {401}, name
@@ -111,7 +151,9 @@ def test_generate_is_an_event_stream_with_a_session_header_and_links_to_its_sess
     assert list(ok["content"]) == ["text/event-stream"]
     assert ok["headers"][openapi.SESSION_HEADER]["schema"] == {"type": "string"}
     assert {k: v["operationId"] for k, v in ok["links"].items()} == {
-        "ContinueSession": "rnntext__generate", "EndSession": "rnntext__end_session"}
+        "ContinueSession": "rnntext__generate",
+        "EndSession": "rnntext__end_session",
+    }
     assert ok["links"]["EndSession"]["requestBody"] == {"session_id": f"$response.header.{openapi.SESSION_HEADER}"}
     # an empty body is all defaults (a new text from nothing), so the body is optional
     assert gen["requestBody"]["required"] is False
@@ -130,16 +172,22 @@ def test_the_error_model_is_what_the_service_sends():
         s.ClassifyRequest.model_validate_json(b'{"texts": [" "]}')
     except ValidationError as exc:
         raw = json.dumps({"error": "1 validation error", "detail": exc.errors()}).encode()
-    bodies = [normalize(400, raw), normalize(400, b'{"detail": [{"type": "json_invalid", "loc": [], "msg": "x"}]}'),
-              normalize(404, b"Not Found"), normalize(415, b'[{"error": "pickle"}]'),
-              session_busy().body(), store_down().body(), quota_exceeded("x").body(),
-              ClientError(408, "request_timeout", "late").body()]
+    bodies = [
+        normalize(400, raw),
+        normalize(400, b'{"detail": [{"type": "json_invalid", "loc": [], "msg": "x"}]}'),
+        normalize(404, b"Not Found"),
+        normalize(415, b'[{"error": "pickle"}]'),
+        session_busy().body(),
+        store_down().body(),
+        quota_exceeded("x").body(),
+        ClientError(408, "request_timeout", "late").body(),
+    ]
     client = type("C", (), {"name": "bob", "limits": type("L", (), {"rate": 5.0, "burst": 10})()})()
     bodies.append(rate_limited(client, 0.3).body())
     assert isinstance(bodies[0]["detail"], list) and bodies[0]["detail"][0]["loc"] == ["texts", 0]
     for body in bodies:
         assert list(validator.iter_errors(body)) == [], body
-    assert list(validator.iter_errors({"error": "x", "kind": "no_such_kind"}))      # the kinds are an enum
+    assert list(validator.iter_errors({"error": "x", "kind": "no_such_kind"}))  # the kinds are an enum
     assert list(validator.iter_errors({"error": "x", "kind": "invalid_request", "detail": "a string"}))
 
 
@@ -150,20 +198,48 @@ def test_integers_accept_json_numbers_without_a_fraction():
     req = s.GenerateRequest.model_validate_json(b'{"max_chars": 130.0, "top_k": 3.0, "seed": 7e0}')
     assert (req.max_chars, req.top_k, req.seed) == (130, 3, 7)
     assert all(type(v) is int for v in (req.max_chars, req.top_k, req.seed))
-    for bad in (b'{"max_chars": "7"}', b'{"max_chars": true}', b'{"max_chars": 7.5}', b'{"top_k": 0.0}',
-                b'{"seed": -1.0}', b'{"top_k": 2.5}', b'{"max_chars": 1e300}'):
+    for bad in (
+        b'{"max_chars": "7"}',
+        b'{"max_chars": true}',
+        b'{"max_chars": 7.5}',
+        b'{"top_k": 0.0}',
+        b'{"seed": -1.0}',
+        b'{"top_k": 2.5}',
+        b'{"max_chars": 1e300}',
+    ):
         with pytest.raises(ValidationError):
             s.GenerateRequest.model_validate_json(bad)
 
 
 # --- schemathesis against a real server --------------------------------------------------------------------
 
+
 def schemathesis(url: str, report_dir: Path, examples: int, headers: tuple[str, ...] = ()) -> dict:
     """One ``st run`` with every check and phase and a fixed seed; returns its JSON report."""
-    cmd = [str(Path(sys.executable).with_name("st")), "run", f"{url}/docs.json", "--checks", "all",
-           "--phases", "examples,coverage,fuzzing,stateful", "--seed", "7", "--max-examples", str(examples),
-           "--generation-database", "none", "--no-color", "--report", "json", "--report-dir", str(report_dir),
-           "--request-timeout", "60", "--workers", "1"]
+    cmd = [
+        str(Path(sys.executable).with_name("st")),
+        "run",
+        f"{url}/docs.json",
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--seed",
+        "7",
+        "--max-examples",
+        str(examples),
+        "--generation-database",
+        "none",
+        "--no-color",
+        "--report",
+        "json",
+        "--report-dir",
+        str(report_dir),
+        "--request-timeout",
+        "60",
+        "--workers",
+        "1",
+    ]
     for h in headers:
         cmd += ["-H", h]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=report_dir)

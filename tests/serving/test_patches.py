@@ -2,6 +2,7 @@
 when upgrading BentoML or uvicorn), and the guard refuses unverified versions and uvloop with one line, unless
 RNNTEXT_PATCHES_OFF switches the patch off. What each patch does is tested in test_upstream.py (timeout),
 test_batching.py (dispatcher), test_connections.py (connections) and the server tests (accept: test_service_workers)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,12 +22,11 @@ import pytest
 import uvicorn
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
+from serving_helpers import ROOT, Server
 
 from serving import patches
 from serving.config import ConfigError, Settings
 from serving.patches import accept, api_callers, connections, dispatcher, guard, timeout, tracing
-
-from serving_helpers import ROOT, Server
 
 BENTOML_PATCHES = ("timeout", "api_callers", "tracing", "dispatcher")
 
@@ -41,6 +41,7 @@ def params(func) -> list[str]:
 
 # --- each patch: the upstream code it relies on ------------------------------------------------------------------
 
+
 def test_timeout_bentomls_middleware_still_leaks_and_is_the_one_bentoml_uses():
     from bentoml._internal.server.base_app import BaseAppFactory
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
@@ -51,9 +52,9 @@ def test_timeout_bentomls_middleware_still_leaks_and_is_the_one_bentoml_uses():
     # the defect the patch is for is still there (once upstream cancels its timer, drop this patch)
     assert timeout._leaks(original) and "loop.call_later(self.timeout" in src(original)
     middleware = TimeoutMiddleware(app=None, timeout=7)
-    assert (middleware.app, middleware.timeout) == (None, 7)      # what the replacement reads
+    assert (middleware.app, middleware.timeout) == (None, 7)  # what the replacement reads
     assert "Middleware(TimeoutMiddleware, timeout=self.timeout)" in src(BaseAppFactory.middlewares.fget)
-    assert hasattr(asyncio.Task, "uncancel")                      # the replacement turns its cancel into the 504
+    assert hasattr(asyncio.Task, "uncancel")  # the replacement turns its cancel into the 504
 
 
 def test_api_callers_local_call_takes_only_the_instance_and_is_called_per_lookup():
@@ -73,9 +74,9 @@ def test_api_callers_local_call_takes_only_the_instance_and_is_called_per_lookup
             return text
 
     svc = Svc()
-    assert svc.echo is svc.echo and svc.echo("x") == "x"       # built once, still calls the method
+    assert svc.echo is svc.echo and svc.echo("x") == "x"  # built once, still calls the method
     assert list(svc.__dict__[api_callers.CACHE]) == ["echo"]
-    assert api_callers.install() is None and APIMethod._local_call is not original      # idempotent
+    assert api_callers.install() is None and APIMethod._local_call is not original  # idempotent
 
 
 def test_tracing_bentomls_middlewares_property_adds_the_opentelemetry_middleware():
@@ -89,7 +90,7 @@ def test_tracing_bentomls_middlewares_property_adds_the_opentelemetry_middleware
     assert re.search(r"middlewares\.append\(\s*Middleware\(\s*OpenTelemetryMiddleware,", code)
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-    assert Middleware(OpenTelemetryMiddleware).cls is OpenTelemetryMiddleware      # what the patch filters on
+    assert Middleware(OpenTelemetryMiddleware).cls is OpenTelemetryMiddleware  # what the patch filters on
 
 
 def test_dispatcher_cork_dispatcher_keeps_the_private_state_the_subclass_uses():
@@ -98,7 +99,7 @@ def test_dispatcher_cork_dispatcher_keeps_the_private_state_the_subclass_uses():
     from bentoml._internal.marshal.dispatcher import CorkDispatcher, Job
 
     assert issubclass(dispatcher.ContinuousDispatcher, CorkDispatcher)
-    assert "CorkDispatcher(" in src(app.ServiceAppFactory.__init__)    # built from the module global swapped
+    assert "CorkDispatcher(" in src(app.ServiceAppFactory.__init__)  # built from the module global swapped
     assert {"enqueue_time", "future"} <= {f.name for f in attr.fields(Job)}
 
     async def main():
@@ -110,8 +111,8 @@ def test_dispatcher_cork_dispatcher_keeps_the_private_state_the_subclass_uses():
     asyncio.run(main())
     assert params(CorkDispatcher.outbound_call) == ["self", "inputs_info", "training"]
     assert params(CorkDispatcher._get_inputs)[0] == "self" and "controller" in vars(CorkDispatcher)
-    assert "self._wake_event.notify_all()" in src(CorkDispatcher.inbound_call)     # wakes the controller
-    assert "self._sema.release()" in src(CorkDispatcher.outbound_call)             # frees the model
+    assert "self._wake_event.notify_all()" in src(CorkDispatcher.inbound_call)  # wakes the controller
+    assert "self._sema.release()" in src(CorkDispatcher.outbound_call)  # frees the model
     dispatcher.install()
     assert app.CorkDispatcher is dispatcher.ContinuousDispatcher
     assert dispatcher.ORIGINAL["CorkDispatcher"] is CorkDispatcher
@@ -144,13 +145,15 @@ def test_connections_bentomls_worker_builds_its_server_through_uvicorn_config():
     code = src(worker)
     assert "config = uvicorn.Config(" in code and "uvicorn.Server(config).run(sockets=[socket])" in code
     # no uvicorn limits passed (the reason for the patch), and the loop left at "auto" outside Windows (accept)
-    config_call = code[code.index("config = uvicorn.Config("):code.index("socket = socket.socket(fileno=fd)")]
+    config_call = code[code.index("config = uvicorn.Config(") : code.index("socket = socket.socket(fileno=fd)")]
     assert "limit_concurrency" not in config_call and "loop" not in config_call
     assert code.count('uvicorn_extra_options["loop"]') == 1 and "if psutil.WINDOWS:" in code
 
 
 def test_connections_install_wraps_the_protocol_config_load_picks(monkeypatch):
-    monkeypatch.setattr(uvicorn.Config, "load", uvicorn.Config.load)     # put back after the test
+    # uvicorn's own load, even when an earlier test in this process imported the service (which installed it)
+    original = connections.ORIGINAL.get("load", uvicorn.Config.load)
+    monkeypatch.setattr(uvicorn.Config, "load", original)  # put back after the test
     monkeypatch.setattr(connections, "ORIGINAL", {})
     monkeypatch.setattr(connections, "_installed", {})
     counts = []
@@ -173,13 +176,14 @@ def test_accept_selector_loops_accept_connection_keeps_its_shape():
     assert "for _ in range(backlog):" in code and "conn, addr = sock.accept()" in code
     assert "self._add_reader(sock.fileno(), self._accept_connection," in src(loop_cls._start_serving)
     assert all(callable(getattr(loop_cls, m)) for m in ("_add_reader", "_remove_reader", "call_later"))
-    assert issubclass(guard.event_loop_class(), loop_cls)     # the loop uvicorn runs here: asyncio's
+    assert issubclass(guard.event_loop_class(), loop_cls)  # the loop uvicorn runs here: asyncio's
 
 
 def test_accept_takes_one_connection_per_turn_and_waits_while_ahead(monkeypatch):
     calls = []
-    monkeypatch.setattr(selector_events.BaseSelectorEventLoop, "_accept_connection",
-                        lambda self, *args: calls.append(args))
+    monkeypatch.setattr(
+        selector_events.BaseSelectorEventLoop, "_accept_connection", lambda self, *args: calls.append(args)
+    )
     monkeypatch.setattr(accept, "ORIGINAL", {})
     monkeypatch.setattr(accept, "_installed", {})
     accept.install(board=None)
@@ -189,13 +193,14 @@ def test_accept_takes_one_connection_per_turn_and_waits_while_ahead(monkeypatch)
     loop.call_later = lambda delay, callback: loop.later.append(delay)
     with socket.socket() as sock:
         patched(loop, "factory", sock, None, None, 2048, 60.0, 30.0)
-        assert calls == [("factory", sock, None, None, 1, 60.0, 30.0)]      # one per turn, not 2048
+        assert calls == [("factory", sock, None, None, 1, 60.0, 30.0)]  # one per turn, not 2048
         accept._installed["board"] = types.SimpleNamespace(connections_ahead=lambda: True)
         assert patched(loop, "factory", sock, None, None, 2048) is None
         assert len(calls) == 1 and loop.removed == [sock.fileno()] and loop.later == [accept.DEFER_S]
 
 
 # --- the guard and the setting ------------------------------------------------------------------------------------
+
 
 def versions(monkeypatch, **installed: str | None) -> None:
     real = guard.installed_version
@@ -221,7 +226,8 @@ def test_bentoml_out_of_range_refuses_with_one_line(monkeypatch):
         "rnntext refuses to start: patches timeout, api_callers, tracing, dispatcher, connections, accept: verified "
         "on bentoml>=1.4.40,<1.5, installed: bentoml 1.5.0. Check them with tests/serving/test_patches.py and widen "
         "serving/patches/guard.py, or set RNNTEXT_PATCHES_OFF=timeout,api_callers,tracing,dispatcher,connections,"
-        "accept to start without them (docs/serving.md, \"Patches of dependencies\")")
+        'accept to start without them (docs/serving.md, "Patches of dependencies")'
+    )
     assert isinstance(refused.value, SystemExit) and refused.value.code == str(refused.value)
 
 
@@ -229,12 +235,14 @@ def test_uvicorn_out_of_range_or_missing_names_only_its_patches(monkeypatch):
     versions(monkeypatch, uvicorn="0.55.0")
     with pytest.raises(guard.Refused) as refused:
         guard.check(["timeout", "connections"])
-    assert str(refused.value).startswith("rnntext refuses to start: patch connections: verified on "
-                                         "uvicorn>=0.54,<0.55, installed: uvicorn 0.55.0. ")
+    assert str(refused.value).startswith(
+        "rnntext refuses to start: patch connections: verified on uvicorn>=0.54,<0.55, installed: uvicorn 0.55.0. "
+    )
     assert "RNNTEXT_PATCHES_OFF=connections to start without it" in str(refused.value)
     versions(monkeypatch, uvicorn=None, bentoml="1.4.40")
-    assert guard.problems(["connections"]) == [("verified on uvicorn>=0.54,<0.55, installed: uvicorn none",
-                                                "connections")]
+    assert guard.problems(["connections"]) == [
+        ("verified on uvicorn>=0.54,<0.55, installed: uvicorn none", "connections")
+    ]
     assert guard.problems(BENTOML_PATCHES) == []
     versions(monkeypatch, uvicorn="0.54.3", bentoml="1.4.99")
     assert guard.problems(patches.NAMES) == []
@@ -244,16 +252,17 @@ def test_uvloop_is_refused_for_the_accept_patch_only(monkeypatch):
     Loop = type("Loop", (), {"__module__": "uvloop", "close": lambda self: None})
     monkeypatch.setitem(sys.modules, "uvloop", types.SimpleNamespace(new_event_loop=Loop, Loop=Loop))
     try:
-        assert guard.event_loop_class() is Loop          # uvicorn's loop="auto" takes uvloop when importable
+        assert guard.event_loop_class() is Loop  # uvicorn's loop="auto" takes uvloop when importable
         with pytest.raises(guard.Refused) as refused:
             guard.check(["connections", "accept"])
     finally:
-        sys.modules.pop("uvicorn.loops.uvloop", None)    # imported by uvicorn with the stand-in
+        sys.modules.pop("uvicorn.loops.uvloop", None)  # imported by uvicorn with the stand-in
     assert str(refused.value) == (
         "rnntext refuses to start: patch accept: it patches asyncio's selector event loop, but uvicorn will run "
         "uvloop.Loop (uvloop is installed?). Check them with tests/serving/test_patches.py and widen "
         "serving/patches/guard.py, or set RNNTEXT_PATCHES_OFF=accept to start without it (docs/serving.md, "
-        "\"Patches of dependencies\")")
+        '"Patches of dependencies")'
+    )
 
 
 def test_the_setting_switches_patches_off():
@@ -263,16 +272,23 @@ def test_the_setting_switches_patches_off():
     assert Settings.from_env({}).patches_off == ()
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"RNNTEXT_PATCHES_OFF": "timeout,uvloop"})
-    assert str(err.value) == ("RNNTEXT_PATCHES_OFF='timeout,uvloop': Value error, unknown patch 'uvloop' "
-                              "(the patches: timeout, api_callers, tracing, dispatcher, connections, accept)")
+    assert str(err.value) == (
+        "RNNTEXT_PATCHES_OFF='timeout,uvloop': Value error, unknown patch 'uvloop' "
+        "(the patches: timeout, api_callers, tracing, dispatcher, connections, accept)"
+    )
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({"RNNTEXT_WORKERS": "2"}, list(patches.NAMES)),
-    ({"RNNTEXT_WORKERS": "1"}, ["timeout", "api_callers", "tracing", "dispatcher", "connections"]),
-    ({"RNNTEXT_WORKERS": "2", "RNNTEXT_TRACING": "1"}, ["timeout", "api_callers", "dispatcher", "connections",
-                                                       "accept"]),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({"RNNTEXT_WORKERS": "2"}, list(patches.NAMES)),
+        ({"RNNTEXT_WORKERS": "1"}, ["timeout", "api_callers", "tracing", "dispatcher", "connections"]),
+        (
+            {"RNNTEXT_WORKERS": "2", "RNNTEXT_TRACING": "1"},
+            ["timeout", "api_callers", "dispatcher", "connections", "accept"],
+        ),
+    ],
+)
 def test_which_patches_a_server_uses(env, expected):
     assert patches.wanted(Settings.from_env(env)) == expected
 
@@ -299,7 +315,7 @@ def test_install_checks_then_installs_what_the_settings_ask_for(recorded, caplog
     assert recorded[3][2] == {"count": board.set_connections} and recorded[4][1] == (board,)
     assert "patches switched off by RNNTEXT_PATCHES_OFF: dispatcher" in caplog.text
     recorded.clear()
-    patches.install(s)          # bentoml serve's main process: no board, nothing to accept, nothing to count
+    patches.install(s)  # bentoml serve's main process: no board, nothing to accept, nothing to count
     assert [name for name, _, _ in recorded] == ["timeout", "api_callers", "tracing", "connections"]
     assert recorded[3][2] == {"count": None}
 
@@ -323,7 +339,7 @@ def test_the_bentos_pack_the_patches():
     files = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "serving" / "patches").glob("*.py"))
     assert "serving/patches/__init__.py" in files
     for name in ("bentofile.yaml", "bentofile-cuda.yaml"):
-        with warnings.catch_warnings():     # BentoML's own matcher: pathspec's deprecated "gitwildmatch"
+        with warnings.catch_warnings():  # BentoML's own matcher: pathspec's deprecated "gitwildmatch"
             warnings.simplefilter("ignore", DeprecationWarning)
             include = PathSpec.from_lines("gitwildmatch", BentoBuildConfig.from_file(str(ROOT / name)).include)
         assert [f for f in files if not include.match_file(f)] == [], f'{name}: add "serving/patches/*.py" to include'
@@ -334,13 +350,16 @@ def test_bentoml_serve_refuses_to_start_on_an_unverified_uvicorn(tmp_path):
     """The real start-up path: the main process imports the service, the guard stops it with its one line."""
     (tmp_path / "sitecustomize.py").write_text(
         "import importlib.metadata as m\n_version = m.version\n"
-        "m.version = lambda name: '0.99.0' if name == 'uvicorn' else _version(name)\n")
+        "m.version = lambda name: '0.99.0' if name == 'uvicorn' else _version(name)\n"
+    )
     path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
     srv = Server(env={"PYTHONPATH": path, "RNNTEXT_WORKERS": "2"})
     try:
         assert srv.proc.wait(timeout=120) != 0
     finally:
         srv.stop()
-    assert ("rnntext refuses to start: patches connections, accept: verified on uvicorn>=0.54,<0.55, installed: "
-            "uvicorn 0.99.0. Check them with tests/serving/test_patches.py and widen serving/patches/guard.py, or "
-            "set RNNTEXT_PATCHES_OFF=connections,accept to start without them") in srv.output()
+    assert (
+        "rnntext refuses to start: patches connections, accept: verified on uvicorn>=0.54,<0.55, installed: "
+        "uvicorn 0.99.0. Check them with tests/serving/test_patches.py and widen serving/patches/guard.py, or "
+        "set RNNTEXT_PATCHES_OFF=connections,accept to start without them"
+    ) in srv.output()

@@ -1,5 +1,6 @@
 """The request models (serving/schemas.py) and the error bodies made from pydantic's report (serving/errors.py),
 without BentoML: the exact ``{"error", "kind"}`` a client gets for each mistake, and the OpenAPI constraints."""
+
 from __future__ import annotations
 
 import json
@@ -11,21 +12,31 @@ from serving.config import Settings
 from serving.errors import normalize
 from serving.schemas import EndSessionRequest, Schemas
 
-S = Schemas(Settings.from_env({"RNNTEXT_MAX_TEXTS": "4", "RNNTEXT_MAX_TEXT_CHARS": "1000",
-                               "RNNTEXT_MAX_PROMPT_CHARS": "200", "RNNTEXT_MAX_CHARS": "300",
-                               "RNNTEXT_DEFAULT_CHARS": "20"}))
+S = Schemas(
+    Settings.from_env(
+        {
+            "RNNTEXT_MAX_TEXTS": "4",
+            "RNNTEXT_MAX_TEXT_CHARS": "1000",
+            "RNNTEXT_MAX_PROMPT_CHARS": "200",
+            "RNNTEXT_MAX_CHARS": "300",
+            "RNNTEXT_DEFAULT_CHARS": "20",
+        }
+    )
+)
 
 
 def reply(model, body: bytes) -> dict | None:
     """What the client gets: BentoML's 400 body for the ValidationError (its api_endpoint_wrapper), normalized."""
     try:
-        model.model_validate_json(body or b"{}")    # BentoML reads an empty body as {}
+        model.model_validate_json(body or b"{}")  # BentoML reads an empty body as {}
     except ValidationError as exc:
-        bentoml_body = {"error": f"{exc.error_count()} validation error for {exc.title}",
-                        "detail": exc.errors(include_context=False, include_input=False)}
+        bentoml_body = {
+            "error": f"{exc.error_count()} validation error for {exc.title}",
+            "detail": exc.errors(include_context=False, include_input=False),
+        }
         raw = json.dumps(bentoml_body).encode()
         doc = normalize(400, raw)
-        if doc["kind"] == "invalid_request":     # pydantic's full report stays available to the client
+        if doc["kind"] == "invalid_request":  # pydantic's full report stays available to the client
             assert doc["detail"] == json.loads(raw)["detail"]
         return {k: doc[k] for k in ("error", "kind")}
     return None
@@ -35,56 +46,78 @@ def invalid(message: str) -> dict:
     return {"error": message, "kind": "invalid_request"}
 
 
-@pytest.mark.parametrize("body, expected", [
-    (b'{"texts": ["a"', {"error": "body is not valid JSON: EOF while parsing a list at line 1 column 14",
-                         "kind": "malformed_json"}),
-    (b"", invalid("texts: Field required")),
-    (b'"just a string"', invalid("body must be a JSON object")),
-    (b'{"texts": "one text"}', invalid("texts: Input should be a valid array")),
-    (b'{"texts": []}', invalid("texts: List should have at least 1 item after validation, not 0")),
-    (b'{"texts": ["a", "b", "c", "d", "e"]}', invalid("texts: List should have at most 4 items after validation, not 5")),
-    (b'{"texts": ["ok", 42]}', invalid("texts[1]: Input should be a valid string")),
-    (b'{"texts": [""]}', invalid("texts[0]: String should have at least 1 character")),
-    (b'{"texts": ["ok", "  \\n\\t "]}', invalid("texts[1]: is empty or whitespace only")),
-    (('{"texts": ["' + "x" * 1001 + '"]}').encode(), invalid("texts[0]: String should have at most 1000 characters")),
-    (b'{"texts": ["ok"], "lang": "en"}', invalid("unknown field 'lang'")),
-    (b'{"texts": ["ok", "x"]}', None),
-])
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (
+            b'{"texts": ["a"',
+            {"error": "body is not valid JSON: EOF while parsing a list at line 1 column 14", "kind": "malformed_json"},
+        ),
+        (b"", invalid("texts: Field required")),
+        (b'"just a string"', invalid("body must be a JSON object")),
+        (b'{"texts": "one text"}', invalid("texts: Input should be a valid array")),
+        (b'{"texts": []}', invalid("texts: List should have at least 1 item after validation, not 0")),
+        (
+            b'{"texts": ["a", "b", "c", "d", "e"]}',
+            invalid("texts: List should have at most 4 items after validation, not 5"),
+        ),
+        (b'{"texts": ["ok", 42]}', invalid("texts[1]: Input should be a valid string")),
+        (b'{"texts": [""]}', invalid("texts[0]: String should have at least 1 character")),
+        (b'{"texts": ["ok", "  \\n\\t "]}', invalid("texts[1]: is empty or whitespace only")),
+        (
+            ('{"texts": ["' + "x" * 1001 + '"]}').encode(),
+            invalid("texts[0]: String should have at most 1000 characters"),
+        ),
+        (b'{"texts": ["ok"], "lang": "en"}', invalid("unknown field 'lang'")),
+        (b'{"texts": ["ok", "x"]}', None),
+    ],
+)
 def test_classify_request(body, expected):
     assert reply(S.ClassifyRequest, body) == expected
 
 
-@pytest.mark.parametrize("body, expected", [
-    (b"[]", invalid("body must be a JSON object")),
-    (b'{"prompt": 12}', invalid("prompt: Input should be a valid string")),
-    (('{"prompt": "' + "y" * 201 + '"}').encode(), invalid("prompt: String should have at most 200 characters")),
-    (b'{"max_chars": 0}', invalid("max_chars: Input should be greater than or equal to 1")),
-    (b'{"max_chars": 301}', invalid("max_chars: Input should be less than or equal to 300")),
-    (b'{"max_chars": "10"}', invalid("max_chars: Input should be a valid integer")),
-    (b'{"max_chars": 10.5}', invalid("max_chars: Input should be a valid integer")),
-    (b'{"temperature": -1}', invalid("temperature: Input should be greater than or equal to 0")),
-    (b'{"temperature": NaN}', invalid("temperature: Input should be a finite number")),
-    (b'{"temperature": 1e999}', invalid("temperature: Input should be a finite number")),
-    (b'{"temperature": "warm"}', invalid("temperature: Input should be a valid number")),
-    (b'{"top_p": 0}', invalid("top_p: Input should be greater than 0")),
-    (b'{"top_p": 1.01}', invalid("top_p: Input should be less than or equal to 1")),
-    (b'{"top_k": 0}', invalid("top_k: Input should be greater than or equal to 1")),
-    (b'{"top_k": true}', invalid("top_k: Input should be a valid integer")),
-    (b'{"seed": -5}', invalid("seed: Input should be greater than or equal to 0")),
-    (b'{"seed": 9223372036854775808}', invalid("seed: Input should be less than or equal to 9223372036854775807")),
-    (b'{"keep_session": 1}', invalid("keep_session: Input should be a valid boolean")),
-    (b'{"session_id": ["x"]}', invalid("session_id: Input should be a valid string")),
-    (b'{"maxchars": 3}', invalid("unknown field 'maxchars'")),
-    (b'{"temperature": 1, "top_k": null}', None),
-])
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (b"[]", invalid("body must be a JSON object")),
+        (b'{"prompt": 12}', invalid("prompt: Input should be a valid string")),
+        (('{"prompt": "' + "y" * 201 + '"}').encode(), invalid("prompt: String should have at most 200 characters")),
+        (b'{"max_chars": 0}', invalid("max_chars: Input should be greater than or equal to 1")),
+        (b'{"max_chars": 301}', invalid("max_chars: Input should be less than or equal to 300")),
+        (b'{"max_chars": "10"}', invalid("max_chars: Input should be a valid integer")),
+        (b'{"max_chars": 10.5}', invalid("max_chars: Input should be a valid integer")),
+        (b'{"temperature": -1}', invalid("temperature: Input should be greater than or equal to 0")),
+        (b'{"temperature": NaN}', invalid("temperature: Input should be a finite number")),
+        (b'{"temperature": 1e999}', invalid("temperature: Input should be a finite number")),
+        (b'{"temperature": "warm"}', invalid("temperature: Input should be a valid number")),
+        (b'{"top_p": 0}', invalid("top_p: Input should be greater than 0")),
+        (b'{"top_p": 1.01}', invalid("top_p: Input should be less than or equal to 1")),
+        (b'{"top_k": 0}', invalid("top_k: Input should be greater than or equal to 1")),
+        (b'{"top_k": true}', invalid("top_k: Input should be a valid integer")),
+        (b'{"seed": -5}', invalid("seed: Input should be greater than or equal to 0")),
+        (b'{"seed": 9223372036854775808}', invalid("seed: Input should be less than or equal to 9223372036854775807")),
+        (b'{"keep_session": 1}', invalid("keep_session: Input should be a valid boolean")),
+        (b'{"session_id": ["x"]}', invalid("session_id: Input should be a valid string")),
+        (b'{"maxchars": 3}', invalid("unknown field 'maxchars'")),
+        (b'{"temperature": 1, "top_k": null}', None),
+    ],
+)
 def test_generate_request(body, expected):
     assert reply(S.GenerateRequest, body) == expected
 
 
 def test_generate_defaults_come_from_the_settings():
     r = S.GenerateRequest.model_validate_json(b"{}")
-    assert (r.prompt, r.max_chars, r.temperature, r.top_k, r.top_p, r.seed, r.session_id, r.keep_session) == \
-        ("", 20, 1.0, None, 1.0, None, None, False)
+    assert (r.prompt, r.max_chars, r.temperature, r.top_k, r.top_p, r.seed, r.session_id, r.keep_session) == (
+        "",
+        20,
+        1.0,
+        None,
+        1.0,
+        None,
+        None,
+        False,
+    )
     assert r.sampling() == {"temperature": 1.0, "top_k": None, "top_p": 1.0}
 
 
@@ -104,11 +137,17 @@ def test_openapi_schema_carries_the_limits_and_examples():
     assert len(texts["examples"][0]) == 1
 
 
-@pytest.mark.parametrize("status, body, expected", [
-    (415, b'[{"error": "application/vnd.bentoml+pickle is not allowed in main server"}]',
-     {"error": "application/vnd.bentoml+pickle is not allowed in main server", "kind": "unsupported_media_type"}),
-    (404, b"Not Found", {"error": "Not Found", "kind": "not_found"}),
-    (409, b'{"error": "busy", "kind": "session_busy"}', None),     # already ours: left as it is
-])
+@pytest.mark.parametrize(
+    "status, body, expected",
+    [
+        (
+            415,
+            b'[{"error": "application/vnd.bentoml+pickle is not allowed in main server"}]',
+            {"error": "application/vnd.bentoml+pickle is not allowed in main server", "kind": "unsupported_media_type"},
+        ),
+        (404, b"Not Found", {"error": "Not Found", "kind": "not_found"}),
+        (409, b'{"error": "busy", "kind": "session_busy"}', None),  # already ours: left as it is
+    ],
+)
 def test_other_bentoml_errors_get_the_same_shape(status, body, expected):
     assert normalize(status, body) == expected

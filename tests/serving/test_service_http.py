@@ -5,6 +5,7 @@ step-loop ticks, its active streams); tests/serving/test_service_workers.py cove
 Classification and its batching, streaming framing, greedy continuation across requests, sessions, client
 errors, disconnects, metrics.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -14,20 +15,29 @@ import time
 
 import httpx
 import pytest
-
-from loadtests.server import ONE_CLIENT_LIMITS
 from serving_helpers import client, generated_text, server, sse_events  # noqa: F401 (fixtures)
 
+from loadtests.server import ONE_CLIENT_LIMITS
+
 pytestmark = pytest.mark.slow
-SERVER_ENV = {"RNNTEXT_WORKERS": "1", **ONE_CLIENT_LIMITS}   # 16 clients flat out from one address
+SERVER_ENV = {"RNNTEXT_WORKERS": "1", **ONE_CLIENT_LIMITS}  # 16 clients flat out from one address
 LABELS = {"business", "entertainment", "politics", "sport", "tech"}
-ARTICLE = ("Shares in the telecoms group rose sharply on Monday after it reported profits above forecasts.\n\n"
-           "The company said strong demand for broadband and mobile contracts had lifted revenue, and the chief "
-           "executive told investors that the outlook for the coming year remained good despite the slowdown "
-           "in the wider economy. Analysts said the figures were a pleasant surprise. ") * 3
-TEXTS = [ARTICLE, "Chelsea won the cup final", "The film won three awards at the ceremony in London.",
-         "Ministers said the election would be held in May. " * 20, "New phone software update released",
-         ARTICLE[:300], "Profits fell.", "The striker scored twice in the second half. " * 8]
+ARTICLE = (
+    "Shares in the telecoms group rose sharply on Monday after it reported profits above forecasts.\n\n"
+    "The company said strong demand for broadband and mobile contracts had lifted revenue, and the chief "
+    "executive told investors that the outlook for the coming year remained good despite the slowdown "
+    "in the wider economy. Analysts said the figures were a pleasant surprise. "
+) * 3
+TEXTS = [
+    ARTICLE,
+    "Chelsea won the cup final",
+    "The film won three awards at the ceremony in London.",
+    "Ministers said the election would be held in May. " * 20,
+    "New phone software update released",
+    ARTICLE[:300],
+    "Profits fell.",
+    "The striker scored twice in the second half. " * 8,
+]
 
 
 def classify(client, texts):
@@ -63,10 +73,10 @@ def test_classify_one_and_many(client):
 def test_concurrent_requests_batched_in_order_and_equal_to_single(client):
     singles = [classify(client, [t])[0] for t in TEXTS]
     requests = [[TEXTS[(i + j) % len(TEXTS)] for j in range(1 + i % 4)] for i in range(64)]
-    with cf.ThreadPoolExecutor(16) as pool:     # 16 concurrent clients
+    with cf.ThreadPoolExecutor(16) as pool:  # 16 concurrent clients
         replies = list(pool.map(lambda texts: client.post("/classify", json={"texts": texts}), requests))
     codes = [r.status_code for r in replies]
-    assert codes.count(200) == len(requests), codes      # no 503 from the batcher, no error at all
+    assert codes.count(200) == len(requests), codes  # no 503 from the batcher, no error at all
     worst = 0.0
     for texts, reply in zip(requests, replies):
         out = reply.json()
@@ -80,14 +90,15 @@ def test_concurrent_requests_batched_in_order_and_equal_to_single(client):
     bound = 1e-5 if client.get("/info").json()["precision"]["classifier"] == "fp32" else 0.06
     assert worst < bound, worst
     metrics = client.get("/metrics").text
-    batched = re.search(r'^rnntext_classify_batch_texts_count(?:\{[^}]*\})? (\S+)$', metrics, re.M)
-    texts_total = re.search(r'^rnntext_classified_texts_total(?:\{[^}]*\})? (\S+)$', metrics, re.M)
+    batched = re.search(r"^rnntext_classify_batch_texts_count(?:\{[^}]*\})? (\S+)$", metrics, re.M)
+    texts_total = re.search(r"^rnntext_classified_texts_total(?:\{[^}]*\})? (\S+)$", metrics, re.M)
     # more texts than batch calls: requests were merged into batches
     assert float(texts_total.group(1)) > float(batched.group(1))
 
 
 def test_16_concurrent_clients_sustained_get_no_503(client):
     """16 clients in a closed loop for 8 s, 1 or 8 article-length texts per request: every reply is a 200."""
+
     def user(i: int) -> list[int]:
         codes, end = [], time.monotonic() + 8
         while time.monotonic() < end:
@@ -129,17 +140,33 @@ def test_greedy_continuation_equals_one_long_request(client):
 def test_seeded_sampling_continues_its_random_stream(client):
     body = {"prompt": "It was a dark night", "temperature": 0.8, "top_k": 20, "top_p": 0.95, "seed": 1234}
     whole = generated_text(generate(client, max_chars=120, **body))
-    assert generated_text(generate(client, max_chars=120, **body)) == whole     # same seed, same text
+    assert generated_text(generate(client, max_chars=120, **body)) == whole  # same seed, same text
     first = generate(client, max_chars=60, keep_session=True, **body)
-    rest = generate(client, prompt="", max_chars=60, session_id=first[-1]["session_id"], temperature=0.8,
-                    top_k=20, top_p=0.95)
+    rest = generate(
+        client, prompt="", max_chars=60, session_id=first[-1]["session_id"], temperature=0.8, top_k=20, top_p=0.95
+    )
     assert generated_text(first) + generated_text(rest) == whole
-    assert "session_id" not in rest[-1]     # keep_session false: that was the session's last request
+    assert "session_id" not in rest[-1]  # keep_session false: that was the session's last request
+
+
+def test_a_kept_session_is_announced_in_a_header_before_the_first_event(client):
+    with client.stream("POST", "/generate", json={"prompt": "Holmes", "max_chars": 30, "keep_session": True}) as r:
+        announced = r.headers["x-rnntext-session-id"]  # read before any of the body
+        events = sse_events(r.read() and r)
+    assert len(announced) >= 22 and events[-1]["session_id"] == announced
+    with client.stream("POST", "/generate", json={"session_id": announced, "max_chars": 5, "keep_session": True}) as r:
+        assert r.headers["x-rnntext-session-id"] == announced  # continued: the same id
+        assert sse_events(r.read() and r)[-1]["session_id"] == announced
+    r = client.post("/generate", json={"prompt": "Holmes", "max_chars": 5})
+    assert r.status_code == 200 and "x-rnntext-session-id" not in r.headers  # nothing kept, nothing announced
+    r = client.post("/generate", json={"session_id": announced, "max_chars": 5})  # its last request: not kept
+    assert r.status_code == 200 and "x-rnntext-session-id" not in r.headers
+    assert client.post("/end_session", json={"session_id": announced}).status_code == 404
 
 
 def test_session_ends_and_unknown_ids_are_404(client):
     sid = generate(client, prompt="Watson", max_chars=5, keep_session=True)[-1]["session_id"]
-    assert len(sid) >= 22          # >= 128 bits in URL-safe base64
+    assert len(sid) >= 22  # >= 128 bits in URL-safe base64
     r = client.post("/end_session", json={"session_id": sid})
     assert (r.status_code, r.json()) == (200, {"ended": sid})
     gone = {"error": "unknown or expired session_id", "kind": "unknown_session"}
@@ -155,11 +182,12 @@ def test_concurrent_use_of_one_session_is_409(client, server):
     sid = generate(client, prompt="The game is afoot", max_chars=5, keep_session=True)[-1]["session_id"]
     busy = {"error": "session is in use by another request; retry when it has finished", "kind": "session_busy"}
     with httpx.Client(base_url=server.url, timeout=120) as other:
-        with client.stream("POST", "/generate", json={"session_id": sid, "max_chars": 2000,
-                                                      "keep_session": True}) as long:
+        with client.stream(
+            "POST", "/generate", json={"session_id": sid, "max_chars": 2000, "keep_session": True}
+        ) as long:
             assert long.status_code == 200
-            lines = long.iter_lines()   # keep this iterator: dropping it would close the response
-            next(lines)                 # the stream is running
+            lines = long.iter_lines()  # keep this iterator: dropping it would close the response
+            next(lines)  # the stream is running
             r = other.post("/generate", json={"session_id": sid, "max_chars": 5})
             assert (r.status_code, r.json()) == (409, busy)
             r = other.post("/end_session", json={"session_id": sid})
@@ -180,12 +208,13 @@ def test_disconnect_frees_slot_and_leaves_session_unchanged(client, server):
     a = generate(client, prompt=prompt, max_chars=10, temperature=0, keep_session=True)[-1]["session_id"]
     b = generate(client, prompt=prompt, max_chars=10, temperature=0, keep_session=True)[-1]["session_id"]
     with httpx.Client(base_url=server.url, timeout=60) as walker:
-        with walker.stream("POST", "/generate", json={"session_id": a, "max_chars": 2000, "temperature": 0,
-                                                       "keep_session": True}) as r:
+        with walker.stream(
+            "POST", "/generate", json={"session_id": a, "max_chars": 2000, "temperature": 0, "keep_session": True}
+        ) as r:
             lines = r.iter_lines()
             next(lines)
             assert info(client)["streams"]["active"] == 1
-    t0 = time.monotonic()                 # the client is gone: the slot must be free almost at once
+    t0 = time.monotonic()  # the client is gone: the slot must be free almost at once
     while info(client)["streams"]["active"] and time.monotonic() - t0 < 2:
         time.sleep(0.02)
     assert info(client)["streams"]["active"] == 0
@@ -199,8 +228,9 @@ def sixteen_streams(client, n: int) -> tuple[list, int, float]:
     ticks0 = info(client)["streams"]["ticks"]
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda i: generate(client, prompt=f"Holmes {i}", max_chars=n, temperature=0.7,
-                                                   seed=i), range(16)))
+        results = list(
+            pool.map(lambda i: generate(client, prompt=f"Holmes {i}", max_chars=n, temperature=0.7, seed=i), range(16))
+        )
     return results, info(client)["streams"]["ticks"] - ticks0, time.perf_counter() - t0
 
 
@@ -209,7 +239,7 @@ def test_step_batching_16_streams_share_steps(client):
     n = 150
     results, ticks, _ = sixteen_streams(client, n)
     assert [len(generated_text(ev)) for ev in results] == [n] * 16
-    assert ticks < 2 * n, ticks                 # 16 separate streams would take 16 * n = 2400 steps
+    assert ticks < 2 * n, ticks  # 16 separate streams would take 16 * n = 2400 steps
 
 
 @pytest.mark.latency
@@ -245,9 +275,14 @@ def test_metrics_endpoint_has_custom_metrics(client):
     client.post("/classify", json={"texts": []})
     generate(client, prompt="abc", max_chars=3)
     text = client.get("/metrics").text
-    for name in ("rnntext_classify_batch_texts_bucket", "rnntext_generate_step_streams_bucket",
-                 "rnntext_generated_chars_total", "rnntext_active_sessions", "rnntext_active_streams",
-                 'rnntext_errors_total{client="anonymous",kind="invalid_request"}'):   # a client known by address
+    for name in (
+        "rnntext_classify_batch_texts_bucket",
+        "rnntext_generate_step_streams_bucket",
+        "rnntext_generated_chars_total",
+        "rnntext_active_sessions",
+        "rnntext_active_streams",
+        'rnntext_errors_total{client="anonymous",kind="invalid_request"}',
+    ):  # a client known by address
         assert name in text, name
     chars = re.search(r"^rnntext_generated_chars_total (\S+)$", text, re.M)
     assert float(chars.group(1)) >= 3
@@ -263,17 +298,19 @@ def test_events_are_flushed_as_they_are_made(server):
     over the whole time, the first one long before the end, not all at once when the stream is done."""
     arrivals = []
     t0 = time.perf_counter()
-    with httpx.Client(base_url=server.url, timeout=60) as c, c.stream(
-            "POST", "/generate", json={"prompt": "Holmes", "max_chars": 2000, "temperature": 0}) as r:
+    with (
+        httpx.Client(base_url=server.url, timeout=60) as c,
+        c.stream("POST", "/generate", json={"prompt": "Holmes", "max_chars": 2000, "temperature": 0}) as r,
+    ):
         assert r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
             if line.startswith("data: "):
                 arrivals.append(time.perf_counter() - t0)
     total = arrivals[-1]
     assert len(arrivals) >= 5, arrivals
-    assert arrivals[0] < 0.25 * total, arrivals                 # the first chunk does not wait for the rest
+    assert arrivals[0] < 0.25 * total, arrivals  # the first chunk does not wait for the rest
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    assert max(gaps) < 0.5 * total, arrivals                   # no event held back until the end
+    assert max(gaps) < 0.5 * total, arrivals  # no event held back until the end
 
 
 def test_bentoml_clients_have_every_endpoint_and_stream_generate(server):
@@ -284,8 +321,12 @@ def test_bentoml_clients_have_every_endpoint_and_stream_generate(server):
     with bentoml.SyncHTTPClient(server.url) as c:
         assert c.classify(texts=[ARTICLE])[0]["label"] == "business"
         chunks = list(c.generate(prompt="Holmes", max_chars=120, temperature=0, keep_session=True))
-        events = [json.loads(line[len("data: "):]) for chunk in chunks for line in chunk.splitlines()
-                  if line.startswith("data: ")]
+        events = [
+            json.loads(line[len("data: ") :])
+            for chunk in chunks
+            for line in chunk.splitlines()
+            if line.startswith("data: ")
+        ]
         assert len(chunks) >= 2 and events[-1]["done"] is True and events[-1]["chars"] == 120
         assert c.end_session(session_id=events[-1]["session_id"]) == {"ended": events[-1]["session_id"]}
         assert c.info()["workers"] == 1
@@ -293,7 +334,7 @@ def test_bentoml_clients_have_every_endpoint_and_stream_generate(server):
     async def main():
         async with bentoml.AsyncHTTPClient(server.url) as c:
             text = "".join([chunk async for chunk in c.generate(prompt="Holmes", max_chars=120, temperature=0)])
-            return [json.loads(line[len("data: "):]) for line in text.splitlines() if line.startswith("data: ")]
+            return [json.loads(line[len("data: ") :]) for line in text.splitlines() if line.startswith("data: ")]
 
     events_async = asyncio.run(main())
     assert generated_text(events_async) == generated_text(events)

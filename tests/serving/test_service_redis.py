@@ -1,10 +1,10 @@
 """The Redis session store end to end: a real redis-server (started here on a free port) shared by two
 ``bentoml serve`` replicas; a session continues on either replica, and across a restart of the service."""
+
 from __future__ import annotations
 
 import httpx
 import pytest
-
 from serving_helpers import Server, generated_text, sse_events
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -39,7 +39,7 @@ def test_session_continues_on_the_other_replica_and_after_a_restart(redis_server
     assert second[-1]["session_id"] == sid
     assert httpx.get(b.url + "/info", timeout=30).json()["sessions"]["store"] == "redis"
 
-    a.stop()        # restart the service in the middle of the session
+    a.stop()  # restart the service in the middle of the session
     replicas[0] = a = Server(env={"RNNTEXT_REDIS_URL": redis_server.url}, port=a.port)
     a.wait_ready()
     third = gen(a.url, prompt="", max_chars=30, temperature=0, session_id=sid, keep_session=True)
@@ -54,10 +54,12 @@ def test_session_continues_on_the_other_replica_and_after_a_restart(redis_server
 def test_busy_session_is_409_on_the_other_replica(replicas):
     a, b = replicas
     sid = gen(a.url, prompt=PROMPT, max_chars=5, keep_session=True)[-1]["session_id"]
-    with httpx.Client(timeout=120) as c, c.stream("POST", a.url + "/generate",
-                                                  json={"session_id": sid, "max_chars": 2000}) as long:
+    with (
+        httpx.Client(timeout=120) as c,
+        c.stream("POST", a.url + "/generate", json={"session_id": sid, "max_chars": 2000}) as long,
+    ):
         assert long.status_code == 200
-        lines = long.iter_lines()   # keep this iterator: dropping it would close the response
+        lines = long.iter_lines()  # keep this iterator: dropping it would close the response
         next(lines)
         r = httpx.post(b.url + "/generate", json={"session_id": sid, "max_chars": 5}, timeout=30)
         assert (r.status_code, r.json()["kind"]) == (409, "session_busy")
@@ -66,8 +68,11 @@ def test_busy_session_is_409_on_the_other_replica(replicas):
 def _fault_replies(url: str, sid: str) -> list[tuple[int, str]]:
     """Status and kind of every session operation (a mid-stream error counts as its event's kind)."""
     out = []
-    for body in ({"prompt": "x", "max_chars": 5, "keep_session": True}, {"session_id": sid, "max_chars": 5},
-                 {"session_id": sid, "max_chars": 5, "keep_session": True}):
+    for body in (
+        {"prompt": "x", "max_chars": 5, "keep_session": True},
+        {"session_id": sid, "max_chars": 5},
+        {"session_id": sid, "max_chars": 5, "keep_session": True},
+    ):
         r = httpx.post(url + "/generate", json=body, timeout=60)
         if r.headers["content-type"].startswith("text/event-stream"):
             last = sse_events(r)[-1]
@@ -87,7 +92,7 @@ def test_redis_refusing_writes_is_503_never_500_and_classify_goes_on(redis_serve
 
     a, _ = replicas
     sid = gen(a.url, prompt=PROMPT, max_chars=5, keep_session=True)[-1]["session_id"]
-    kept = gen(a.url, prompt=PROMPT, max_chars=5, keep_session=True)[-1]["session_id"]     # untouched meanwhile
+    kept = gen(a.url, prompt=PROMPT, max_chars=5, keep_session=True)[-1]["session_id"]  # untouched meanwhile
     admin = redis.Redis(host="127.0.0.1", port=redis_server.port)
     admin.execute_command("ACL", "SETUSER", "admin", "on", ">adminpw", "~*", "&*", "+@all")
     admin = redis.Redis(host="127.0.0.1", port=redis_server.port, username="admin", password="adminpw")
@@ -124,4 +129,4 @@ def test_redis_down_is_503_not_500_and_only_the_sessions_probe_says_so(redis_ser
     info = httpx.get(a.url + "/info", timeout=30).json()
     assert info["sessions"]["available"] is False and info["sessions"]["active"] is None
     r = httpx.post(a.url + "/classify", json={"texts": ["Shares fell"]}, timeout=60)
-    assert r.status_code == 200         # classification does not need the store
+    assert r.status_code == 200  # classification does not need the store

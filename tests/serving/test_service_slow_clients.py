@@ -1,5 +1,6 @@
 """Slow and greedy clients against a real ``bentoml serve``: a body that trickles in gets 408, a request head that
 trickles in is cut, connections over the per-worker cap get a JSON 503; the service keeps serving throughout."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,6 @@ import time
 from urllib.parse import urlparse
 
 import pytest
-
 from serving_helpers import client, read_all, response, server  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
@@ -16,8 +16,12 @@ TIMEOUT_S, MAX_CONNECTIONS = 2, 12
 # one worker: the connection cap is per worker
 # every connection comes from 127.0.0.1: the per-address cap (a quarter, by default) is lifted to the worker's,
 # which is what these tests reach (tests/serving/test_connections.py tests the per-address cap)
-SERVER_ENV = {"RNNTEXT_READ_TIMEOUT_S": str(TIMEOUT_S), "RNNTEXT_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
-              "RNNTEXT_CLIENT_MAX_CONNECTIONS": str(MAX_CONNECTIONS), "RNNTEXT_WORKERS": "1"}
+SERVER_ENV = {
+    "RNNTEXT_READ_TIMEOUT_S": str(TIMEOUT_S),
+    "RNNTEXT_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+    "RNNTEXT_CLIENT_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+    "RNNTEXT_WORKERS": "1",
+}
 
 
 def connect(server) -> socket.socket:
@@ -39,12 +43,14 @@ def test_settings_are_reported(client):
 def test_a_body_sent_one_byte_at_a_time_gets_408(server, client, path):
     body = json.dumps({"texts": ["x" * 40]} if path == "/classify" else {"prompt": "x" * 40}).encode()
     with connect(server) as s:
-        s.sendall(f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {len(body)}\r\n\r\n".encode())
+        s.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
         t0 = time.monotonic()
         s.setblocking(False)
         reply = b""
-        for byte in body:           # ~3 bytes a second: the whole body would take 15 s
+        for byte in body:  # ~3 bytes a second: the whole body would take 15 s
             # look for the answer before each byte: a byte sent after the server has answered and closed makes
             # its kernel reset the connection, and the answer would be lost (the deadline, 2 s, is not a
             # multiple of the 0.3 s pace, so the answer never races a send)
@@ -56,7 +62,7 @@ def test_a_body_sent_one_byte_at_a_time_gets_408(server, client, path):
                 break
             try:
                 s.send(bytes([byte]))
-            except OSError:         # the server has answered and closed
+            except OSError:  # the server has answered and closed
                 break
             time.sleep(0.3)
         s.setblocking(True)
@@ -74,7 +80,7 @@ def test_a_body_sent_one_byte_at_a_time_gets_408(server, client, path):
 def test_a_request_head_sent_too_slowly_is_cut(server, client):
     with connect(server) as s:
         t0 = time.monotonic()
-        s.sendall(b"POST /classify HTTP/1.1\r\nHost: t\r\n")       # the head never ends
+        s.sendall(b"POST /classify HTTP/1.1\r\nHost: t\r\n")  # the head never ends
         assert read_all(s) == b""
         assert TIMEOUT_S * 0.9 <= time.monotonic() - t0 < TIMEOUT_S + 3
     still_serving(client)
@@ -95,14 +101,16 @@ def test_connections_over_the_cap_get_a_json_503(server, client):
             try:
                 replies.append(s.recv(65536))
             except BlockingIOError:
-                replies.append(None)    # held: silent
+                replies.append(None)  # held: silent
         held = replies.count(None)
         assert MAX_CONNECTIONS - 3 <= held <= MAX_CONNECTIONS
-        assert replies[:held] == [None] * held         # the first ones in are held, the later ones refused
+        assert replies[:held] == [None] * held  # the first ones in are held, the later ones refused
         status, headers, payload = response(replies[-1])
         assert status == "HTTP/1.1 503 Service Unavailable" and headers["retry-after"] == "1"
-        assert json.loads(payload) == {"error": "too many open connections (limit 12 per worker); retry later",
-                                       "kind": "overloaded"}
+        assert json.loads(payload) == {
+            "error": "too many open connections (limit 12 per worker); retry later",
+            "kind": "overloaded",
+        }
     finally:
         for s in socks:
             s.close()

@@ -5,6 +5,7 @@ connections until they hold one on each of two different workers (``X-Rnntext-Wo
 two halves of one generation to different workers, hold a session on one worker while the other asks for it, and
 kill a worker with SIGKILL in the middle of a stream.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,10 +15,9 @@ import time
 
 import httpx
 import pytest
+from serving_helpers import Server, generated_text, sse_events
 
 from serving.config import usable_cores
-
-from serving_helpers import Server, generated_text, sse_events
 
 pytestmark = pytest.mark.slow
 LEASE_S = 3.0
@@ -95,14 +95,14 @@ def test_a_session_streaming_on_one_worker_is_busy_on_the_other(two):
     sid = generate(a, prompt="Holmes", max_chars=5, keep_session=True)[0][-1]["session_id"]
     with a.stream("POST", "/generate", json={"session_id": sid, "max_chars": 2000, "temperature": 0}) as r:
         lines = r.iter_lines()
-        next(lines)                                         # streaming on worker wa now
+        next(lines)  # streaming on worker wa now
         for path, body in (("/generate", {"session_id": sid, "max_chars": 5}), ("/end_session", {"session_id": sid})):
             busy = b.post(path, json=body)
             assert worker_of(busy) == wb
             assert (busy.status_code, busy.json()["kind"]) == (409, "session_busy")
         for _ in lines:
             pass
-    assert b.post("/end_session", json={"session_id": sid}).status_code == 404   # ended by its last request
+    assert b.post("/end_session", json={"session_id": sid}).status_code == 404  # ended by its last request
 
 
 def test_a_worker_killed_mid_stream_loses_only_its_request(server, two):
@@ -116,12 +116,15 @@ def test_a_worker_killed_mid_stream_loses_only_its_request(server, two):
 
     def stream():
         try:
-            with a.stream("POST", "/generate", json={"session_id": held, "max_chars": 2000, "temperature": 0,
-                                                      "keep_session": True}) as r:
+            with a.stream(
+                "POST",
+                "/generate",
+                json={"session_id": held, "max_chars": 2000, "temperature": 0, "keep_session": True},
+            ) as r:
                 for _ in r.iter_lines():
                     streaming.set()
         except httpx.HTTPError:
-            pass                                            # the worker died under it
+            pass  # the worker died under it
 
     t = threading.Thread(target=stream)
     t.start()
@@ -162,8 +165,10 @@ def test_a_burst_of_connections_is_spread_over_the_workers(server):
     serving/patches/accept.py lets a worker ahead of the others leave new connections to them."""
     import concurrent.futures as cf
 
-    clients = [httpx.Client(base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=1))
-               for _ in range(8 * WORKERS)]
+    clients = [
+        httpx.Client(base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=1))
+        for _ in range(8 * WORKERS)
+    ]
     try:
         with cf.ThreadPoolExecutor(len(clients)) as pool:
             workers = list(pool.map(lambda c: worker_of(c.get("/livez")), clients))

@@ -1,4 +1,5 @@
 """The step batcher with a small deterministic stand-in for GeneratorRuntime (no ONNX needed)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -46,7 +47,7 @@ class FakeRuntime:
         if self.fail:
             raise RuntimeError("step failed")
         if self.gate is not None:
-            self.gate.wait(10)      # hold the first tick until the test has opened all its streams
+            self.gate.wait(10)  # hold the first tick until the test has opened all its streams
         self.batches.append(len(states))
         if self.step_s:
             time.sleep(self.step_s)
@@ -81,7 +82,7 @@ async def collect(stream) -> str:
 
 def test_concurrent_streams_are_batched_and_independent():
     rt = FakeRuntime(gate=threading.Event())
-    params = [(0.1 * i, 20 + i, 0.0 if i % 2 else 0.9, i) for i in range(16)]   # greedy and sampled mixed
+    params = [(0.1 * i, 20 + i, 0.0 if i % 2 else 0.9, i) for i in range(16)]  # greedy and sampled mixed
     expected = [reference(FakeRuntime(), v, n, t, seed) for v, n, t, seed in params]
 
     async def go():
@@ -100,7 +101,7 @@ def test_concurrent_streams_are_batched_and_independent():
     # (the stepping thread may take its first tick before the other 15 streams have joined)
     assert 35 <= len(rt.batches) <= 36
     assert rt.batches.count(16) >= 19 and rt.batches[-1] == 1
-    assert sum(rt.batches) == sum(n for _, n, _, _ in params)     # no stream stepped past its max_chars
+    assert sum(rt.batches) == sum(n for _, n, _, _ in params)  # no stream stepped past its max_chars
 
 
 def test_close_frees_the_slot_at_once_and_full_is_refused():
@@ -112,14 +113,14 @@ def test_close_frees_the_slot_at_once_and_full_is_refused():
         b = st.open(rt.start(1.0), 1000, np.random.default_rng(1), 0.0, None, 1.0)
         with pytest.raises(StepperFull):
             st.open(rt.start(2.0), 10, np.random.default_rng(2), 0.0, None, 1.0)
-        await a.out.get()               # a is running
-        st.close(a)                     # its client went away
+        await a.out.get()  # a is running
+        st.close(a)  # its client went away
         assert st.active == 1
-        c = st.open(rt.start(2.0), 5, np.random.default_rng(2), 0.0, None, 1.0)    # the slot is free again
+        c = st.open(rt.start(2.0), 5, np.random.default_rng(2), 0.0, None, 1.0)  # the slot is free again
         assert len(await collect(c)) == 5
         produced = a.produced
         await asyncio.sleep(0.05)
-        assert a.produced == produced   # a is not advanced any more
+        assert a.produced == produced  # a is not advanced any more
         st.close(b)
         await st.aclose()
 
@@ -162,5 +163,5 @@ def test_ticks_give_way_to_a_running_request_but_never_starve(busy, lo, hi):
             await st.aclose()
 
     text, took = asyncio.run(main())
-    assert text == reference(rt, 0.3, 10, 0.0, 1)          # the same text either way
+    assert text == reference(rt, 0.3, 10, 0.0, 1)  # the same text either way
     assert lo <= took < hi, took

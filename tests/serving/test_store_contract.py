@@ -7,6 +7,7 @@ keeps time itself, so its cases sleep, with a 1 s TTL and lease and at least 0.2
 every deadline. Loading does not renew a session (no store implements it: every kept session ends its request
 with a save, which does); ``test_lru_order_is_by_save_not_by_load`` pins that down.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -16,9 +17,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,10 +55,11 @@ class FakeClock:
 @dataclass
 class Env:
     """How one kind of store is made, and how time passes for it."""
+
     kind: str
-    make: Callable[..., Any]            # make(ttl_s=..., max_sessions=..., lease_s=...) -> a store
-    clock: FakeClock | None             # None: the store keeps real time (Redis)
-    ttl_s: float                        # the TTL and lease the time-dependent cases use
+    make: Callable[..., Any]  # make(ttl_s=..., max_sessions=..., lease_s=...) -> a store
+    clock: FakeClock | None  # None: the store keeps real time (Redis)
+    ttl_s: float  # the TTL and lease the time-dependent cases use
     lease_s: float
 
     async def advance(self, dt: float) -> None:
@@ -67,27 +70,46 @@ class Env:
 
 
 def _prefix() -> str:
-    return f"t{new_session_id()[:8]}:"      # a fresh keyspace per store on the module's one redis-server
+    return f"t{new_session_id()[:8]}:"  # a fresh keyspace per store on the module's one redis-server
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def env(request, tmp_path) -> Env:
     if request.param == "redis":
         url = request.getfixturevalue("redis_server").url
-        return Env("redis", lambda ttl_s=60, max_sessions=100, lease_s=1.0:
-                   RedisStore(url, ttl_s, max_sessions, prefix=_prefix(), lease_s=lease_s), None, 1.0, 1.0)
+        return Env(
+            "redis",
+            lambda ttl_s=60, max_sessions=100, lease_s=1.0: RedisStore(
+                url, ttl_s, max_sessions, prefix=_prefix(), lease_s=lease_s
+            ),
+            None,
+            1.0,
+            1.0,
+        )
     clock = FakeClock()
     if request.param == "sqlite":
-        return Env("sqlite", lambda ttl_s=60, max_sessions=100, lease_s=10.0:
-                   SqliteStore(tmp_path / "sessions.db", ttl_s, max_sessions, lease_s=lease_s, clock=clock),
-                   clock, 10.0, 10.0)
-    return Env("memory", lambda ttl_s=60, max_sessions=100, lease_s=10.0:
-               MemoryStore(ttl_s, max_sessions, lease_s=lease_s, clock=clock), clock, 10.0, 10.0)
+        return Env(
+            "sqlite",
+            lambda ttl_s=60, max_sessions=100, lease_s=10.0: SqliteStore(
+                tmp_path / "sessions.db", ttl_s, max_sessions, lease_s=lease_s, clock=clock
+            ),
+            clock,
+            10.0,
+            10.0,
+        )
+    return Env(
+        "memory",
+        lambda ttl_s=60, max_sessions=100, lease_s=10.0: MemoryStore(ttl_s, max_sessions, lease_s=lease_s, clock=clock),
+        clock,
+        10.0,
+        10.0,
+    )
 
 
 def contract(max_sessions: int = 100, short_ttl: bool = False, short_lease: bool = False):
     """``async test(env, store)`` on a fresh store (TTL 60 s unless ``short_ttl``: env.ttl_s; lease 30 s unless
     ``short_lease``: env.lease_s), closed afterwards."""
+
     def decorate(test):
         def wrapper(env: Env):
             async def go():
@@ -99,18 +121,25 @@ def contract(max_sessions: int = 100, short_ttl: bool = False, short_lease: bool
                     await test(env, store)
                 finally:
                     await store.close()
+
             run(go())
+
         # not functools.wraps: pytest would read the signature of ``test`` and look for a ``store`` fixture
         wrapper.__name__, wrapper.__doc__ = test.__name__, test.__doc__
         return wrapper
+
     return decorate
 
 
 @contract()
 async def test_round_trip_of_an_encoded_state_and_the_model_check(env, store):
     rng = np.random.default_rng(3)
-    st = State(rng.standard_normal((2, 512)).astype(np.float32), rng.standard_normal((2, 512)).astype(np.float32),
-               rng.standard_normal(93).astype(np.float32), rng.bit_generator.state)
+    st = State(
+        rng.standard_normal((2, 512)).astype(np.float32),
+        rng.standard_normal((2, 512)).astype(np.float32),
+        rng.standard_normal(93).astype(np.float32),
+        rng.bit_generator.state,
+    )
     blob = encode_state(st, "model-a")
     assert store.kind == env.kind and await store.ping() is True
     assert await store.load("s1") is None
@@ -121,7 +150,7 @@ async def test_round_trip_of_an_encoded_state_and_the_model_check(env, store):
     for name in ("h", "c", "logits"):
         np.testing.assert_array_equal(getattr(state, name), getattr(st, name))
     assert state.rng_state == st.rng_state
-    assert decode_state(back, State, "model-b") is None      # saved by another model version
+    assert decode_state(back, State, "model-b") is None  # saved by another model version
     assert await store.count() == 1 and store.evicted == 0
 
 
@@ -132,22 +161,22 @@ async def test_ttl_is_idle_time_renewed_by_save(env, store):
     await store.save("b", b"1")
     await env.advance(0.6 * t)
     assert await store.load("a") == b"1"
-    await store.save("a", b"2")         # used again: a's idle time starts over, b's does not
-    await env.advance(0.6 * t)          # 1.2 ttl after the first saves, 0.6 after a's second
+    await store.save("a", b"2")  # used again: a's idle time starts over, b's does not
+    await env.advance(0.6 * t)  # 1.2 ttl after the first saves, 0.6 after a's second
     assert [await store.load("a"), await store.load("b")] == [b"2", None]
     assert await store.count() == 1
-    assert await store.delete("b") is False     # expired is gone, not deletable
+    assert await store.delete("b") is False  # expired is gone, not deletable
     await env.advance(0.6 * t)
     assert await store.load("a") is None
     assert await store.count() == 0
-    assert store.evicted == 0           # expiry is not eviction
+    assert store.evicted == 0  # expiry is not eviction
 
 
 @contract(max_sessions=3)
 async def test_lru_cap_evicts_the_oldest_saves(env, store):
     for i in range(5):
         await store.save(f"s{i}", f"v{i}".encode())
-        await env.advance(0.01)         # distinct save times (Redis scores are milliseconds)
+        await env.advance(0.01)  # distinct save times (Redis scores are milliseconds)
     assert [await store.load(f"s{i}") for i in range(5)] == [None, None, b"v2", b"v3", b"v4"]
     assert store.evicted == 2 and await store.count() == 3
 
@@ -157,11 +186,11 @@ async def test_lru_order_is_by_save_not_by_load(env, store):
     for sid in "abc":
         await store.save(sid, sid.encode())
         await env.advance(0.01)
-    assert await store.load("a") == b"a"    # a read: a stays the least recently saved
+    assert await store.load("a") == b"a"  # a read: a stays the least recently saved
     await store.save("d", b"d")
     await env.advance(0.01)
     assert [await store.load(k) for k in "abcd"] == [None, b"b", b"c", b"d"]
-    await store.save("b", b"b2")            # a save: b becomes the most recent, c the oldest
+    await store.save("b", b"b2")  # a save: b becomes the most recent, c the oldest
     await env.advance(0.01)
     await store.save("e", b"e")
     assert [await store.load(k) for k in "bcde"] == [b"b2", None, b"d", b"e"]
@@ -180,7 +209,7 @@ async def test_leased_sessions_are_never_evicted(env, store):
     # a is the oldest, but a stream holds it: b and c went instead
     assert [await store.load(k) for k in "abcde"] == [b"a", None, None, b"d", b"e"]
     assert await store.count() == 3 and store.evicted == 2
-    await store.release("a", token)         # released, it is the oldest again and goes next
+    await store.release("a", token)  # released, it is the oldest again and goes next
     await store.save("f", b"f")
     assert [await store.load(k) for k in "adef"] == [None, b"d", b"e", b"f"]
     assert await store.count() == 3 and store.evicted == 3
@@ -188,7 +217,7 @@ async def test_leased_sessions_are_never_evicted(env, store):
 
 @contract()
 async def test_an_owner_quota_evicts_only_the_owners_oldest_sessions(env, store):
-    await store.save("alice0", b"alice", "k:alice", 2)      # the oldest of all
+    await store.save("alice0", b"alice", "k:alice", 2)  # the oldest of all
     await env.advance(0.01)
     bob = [f"bob{i}" for i in range(5)]
     for sid in bob:
@@ -206,7 +235,7 @@ async def test_an_owner_quota_evicts_only_the_owners_oldest_sessions(env, store)
 async def test_delete_and_count(env, store):
     for sid in ("x", "y", "z"):
         await store.save(sid, b"v")
-    await store.save("x", b"v2")            # a second save of the same id is still one session
+    await store.save("x", b"v2")  # a second save of the same id is still one session
     assert await store.count() == 3
     assert await store.delete("y") is True
     assert await store.delete("y") is False
@@ -221,7 +250,7 @@ async def test_busy_lease_is_released_only_by_its_token(env, store):
     tok = await store.acquire("a")
     with pytest.raises(SessionBusy):
         await store.acquire("a")
-    other = await store.acquire("b")        # other sessions are not affected
+    other = await store.acquire("b")  # other sessions are not affected
     await store.release("a", "not-the-token")
     assert await store.refresh("a", "not-the-token") is False
     with pytest.raises(SessionBusy):
@@ -229,7 +258,7 @@ async def test_busy_lease_is_released_only_by_its_token(env, store):
     await store.release("a", tok)
     tok2 = await store.acquire("a")
     assert tok2 != tok
-    await store.release("a", tok)           # the old token again: the new holder keeps the lease
+    await store.release("a", tok)  # the old token again: the new holder keeps the lease
     with pytest.raises(SessionBusy):
         await store.acquire("a")
     await store.release("a", tok2)
@@ -240,13 +269,13 @@ async def test_busy_lease_is_released_only_by_its_token(env, store):
 @contract(short_lease=True)
 async def test_lease_expires_after_lease_s(env, store):
     assert store.LOCK_TTL_S == env.lease_s
-    dead = await store.acquire("a")         # a holder that never comes back
+    dead = await store.acquire("a")  # a holder that never comes back
     await env.advance(0.5 * env.lease_s)
     with pytest.raises(SessionBusy):
         await store.acquire("a")
-    await env.advance(0.7 * env.lease_s)    # 1.2 lease_s after the acquire
+    await env.advance(0.7 * env.lease_s)  # 1.2 lease_s after the acquire
     tok = await store.acquire("a")
-    assert await store.refresh("a", dead) is False      # the lost holder cannot take it back
+    assert await store.refresh("a", dead) is False  # the lost holder cannot take it back
     await store.release("a", dead)
     with pytest.raises(SessionBusy):
         await store.acquire("a")
@@ -258,11 +287,11 @@ async def test_refresh_extends_a_lease(env, store):
     tok = await store.acquire("a")
     await env.advance(0.6 * env.lease_s)
     assert await store.refresh("a", tok) is True
-    await env.advance(0.6 * env.lease_s)    # past the first lease's end, inside the refreshed one
+    await env.advance(0.6 * env.lease_s)  # past the first lease's end, inside the refreshed one
     with pytest.raises(SessionBusy):
         await store.acquire("a")
-    await env.advance(0.6 * env.lease_s)    # 1.2 lease_s after the refresh
-    assert await store.refresh("a", tok) is False       # expired: refresh does not revive it
+    await env.advance(0.6 * env.lease_s)  # 1.2 lease_s after the refresh
+    assert await store.refresh("a", tok) is False  # expired: refresh does not revive it
     await store.release("a", await store.acquire("a"))
 
 
@@ -314,6 +343,7 @@ asyncio.run(main())
 @dataclass
 class Shared:
     """A shared store as this process and its child processes (running CHILD) open it."""
+
     kind: str
     cfg: dict
     procs: list = field(default_factory=list)
@@ -325,8 +355,13 @@ class Shared:
 
     def child(self, action: str, lease_s: float = 1.0, **kw) -> subprocess.Popen:
         cfg = {**self.cfg, "kind": self.kind, "action": action, "lease_s": lease_s, **kw}
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfg)], cwd=ROOT, text=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, json.dumps(cfg)],
+            cwd=ROOT,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         self.procs.append(proc)
         return proc
 
@@ -360,13 +395,14 @@ def test_a_lease_held_in_another_process_is_busy_here(shared):
         expect(child, "held")
         with pytest.raises(SessionBusy):
             await store.acquire("s1")
-        await store.release("s2", await store.acquire("s2"))    # only that session
+        await store.release("s2", await store.acquire("s2"))  # only that session
         child.stdin.write("\n")
         child.stdin.flush()
         expect(child, "released")
         await store.release("s1", await store.acquire("s1"))
         assert child.wait(10) == 0
         await store.close()
+
     run(go())
 
 
@@ -380,7 +416,7 @@ def test_a_worker_killed_mid_stream_frees_its_lease_within_lease_s(shared):
             await store.save(sid, blob)
         child = shared.child("churn", lease_s, sid="held")
         expect(child, "ready")
-        child.kill()                        # SIGKILL, while it writes on
+        child.kill()  # SIGKILL, while it writes on
         killed = time.monotonic()
         assert child.wait(10) == -9
         with pytest.raises(SessionBusy):
@@ -397,12 +433,13 @@ def test_a_worker_killed_mid_stream_frees_its_lease_within_lease_s(shared):
             assert await store.load(sid) == blob
         assert (await store.load("churn")).startswith(b"churn-")
         assert await store.count() == 4
-        await store.save("after", b"x")     # the store still takes writes
+        await store.save("after", b"x")  # the store still takes writes
         assert await store.load("after") == b"x" and await store.count() == 5
         await store.close()
         if shared.kind == "sqlite":
             with sqlite3.connect(shared.cfg["path"]) as db:
                 assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
     run(go())
 
 
@@ -426,4 +463,5 @@ def test_two_processes_saving_at_once_lose_nothing(shared):
             for i in range(n):
                 assert await store.load(f"{tag}-{i}") == f"{tag}:{i};".encode() * 40
         await store.close()
+
     run(go())

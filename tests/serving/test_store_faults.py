@@ -14,6 +14,7 @@ This module runs its own redis-server (not the shared ``redis_server`` fixture),
 changes cannot leak into other modules; every test also undoes its own changes, and the database is flushed
 before each test.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,10 +22,10 @@ import time
 
 import pytest
 import redis
+from serving_helpers import RedisServer
 
 from serving.quotas import Quotas, RedisQuotas
-from serving.sessions import RedisStore, SessionBusy, StoreUnavailable, new_session_id
-from serving_helpers import RedisServer
+from serving.sessions import RedisStore, StoreUnavailable, new_session_id
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -68,19 +69,19 @@ async def assert_quotas_fall_back(store: RedisStore) -> None:
     """Quotas over a failing Redis answer from the worker's own limiter, and never raise."""
     quotas = Quotas(RedisQuotas(store.redis, store.prefix), lease_s=5)
     waits = [await quotas.take("k:bob", 10, 2) for _ in range(3)]
-    assert waits[:2] == [0.0, 0.0]          # a full bucket of 2
-    assert 0 < waits[2] <= 0.1              # empty: the next token in at most 1/rate s
+    assert waits[:2] == [0.0, 0.0]  # a full bucket of 2
+    assert 0 < waits[2] <= 0.1  # empty: the next token in at most 1/rate s
     assert quotas.fallbacks == 3
     assert await quotas.open_stream("k:bob", "s1", 1) is True
-    assert await quotas.open_stream("k:bob", "s2", 1) is False     # the local limiter enforces the limit
+    assert await quotas.open_stream("k:bob", "s2", 1) is False  # the local limiter enforces the limit
     assert quotas.fallbacks == 5
     await quotas.refresh_stream("k:bob", "s1")
     assert quotas.fallbacks == 6
-    await quotas.close_stream("k:bob", "s1")        # swallows the shared store's error: its lease lapses
+    await quotas.close_stream("k:bob", "s1")  # swallows the shared store's error: its lease lapses
     assert quotas.fallbacks == 6
-    assert await quotas.open_stream("k:bob", "s2", 1) is True      # the local slot was freed
+    assert await quotas.open_stream("k:bob", "s2", 1) is True  # the local slot was freed
     assert quotas.fallbacks == 7
-    assert await quotas.take("k:anon", 0, 0) == 0.0                # rate 0: never limited, store not asked
+    assert await quotas.take("k:anon", 0, 0) == 0.0  # rate 0: never limited, store not asked
     assert quotas.fallbacks == 7
 
 
@@ -136,7 +137,7 @@ def test_maxmemory_reached(rserver, admin):
             admin.config_set("maxmemory", used // 2)
 
             await assert_unavailable(store, ["save", "acquire", "count"], "new")
-            with pytest.raises(StoreUnavailable):       # overwriting an existing session too
+            with pytest.raises(StoreUnavailable):  # overwriting an existing session too
                 await store.save("kept", b"kept-state-2", "k:bob")
             assert await store.load("kept") == b"kept-state"
             assert await store.load("kept", "k:bob") == b"kept-state"
@@ -155,11 +156,11 @@ def test_maxmemory_reached(rserver, admin):
             assert quotas.fallbacks == 3
             assert await quotas.open_stream("k:bob", "s1", 1) is True
             assert await quotas.open_stream("k:bob", "s2", 1) is False
-            assert quotas.fallbacks == 3                    # served by Redis (see above)
+            assert quotas.fallbacks == 3  # served by Redis (see above)
             assert admin.zrange(f"{prefix}streams:k:bob", 0, -1) == [b"s1"]
             await quotas.refresh_stream("k:bob", "s1")
             assert quotas.fallbacks == 4
-            await quotas.close_stream("k:bob", "s1")        # ZREM: allowed at OOM
+            await quotas.close_stream("k:bob", "s1")  # ZREM: allowed at OOM
             assert admin.exists(f"{prefix}streams:k:bob") == 0
             assert quotas.fallbacks == 4
         finally:
@@ -170,6 +171,7 @@ def test_maxmemory_reached(rserver, admin):
 
     run(main())
     assert {k: v for k, v in admin.config_get("maxmemory*").items() if k in saved} == saved
+
     # and the store works again
     async def after():
         store = make_store(rserver.url, prefix)
@@ -195,7 +197,7 @@ def test_read_only_replica(rserver, admin):
     primary_admin = redis.Redis.from_url(primary.url)
     read_only = admin.config_get("replica-read-only")["replica-read-only"]
     try:
-        primary_admin.config_set("repl-diskless-sync-delay", 0)    # sync now, not in 5 s
+        primary_admin.config_set("repl-diskless-sync-delay", 0)  # sync now, not in 5 s
         primary_admin.hset(f"{prefix}sess:s1", mapping={"b": b"state", "o": "k:bob"})
         primary_admin.zadd(f"{prefix}lru", {"s1": int(time.time() * 1000)})
         primary_admin.set(f"{prefix}lock:s1", "tok", px=60_000)
@@ -204,30 +206,34 @@ def test_read_only_replica(rserver, admin):
 
         def synced() -> bool:
             info = admin.info("replication")
-            return (info["role"] == "slave" and info.get("master_link_status") == "up"
-                    and admin.exists(f"{prefix}lock:s1") == 1)
+            return (
+                info["role"] == "slave"
+                and info.get("master_link_status") == "up"
+                and admin.exists(f"{prefix}lock:s1") == 1
+            )
 
         wait_until(synced, what="the replica to sync")
 
         async def main():
             store = make_store(rserver.url, prefix)
             try:
-                await assert_unavailable(store, ["save", "acquire", "release", "refresh", "delete", "count"],
-                                         "s1", token="tok")
+                await assert_unavailable(
+                    store, ["save", "acquire", "release", "refresh", "delete", "count"], "s1", token="tok"
+                )
                 await assert_unavailable(store, ["save", "acquire", "delete"], "s2")
                 assert await store.load("s1") == b"state"
                 assert await store.load("s1", "k:alice") is None
                 assert await store.owner_of("s1") == "k:bob"
                 assert isinstance(await store.ping(), bool)
                 assert await store.ping() is True
-                await store.release("s1", "stale-token")        # writes nothing: no error
+                await store.release("s1", "stale-token")  # writes nothing: no error
                 assert await store.refresh("s1", "stale-token") is False
                 await assert_quotas_fall_back(store)
             finally:
                 await store.close()
 
         run(main())
-        assert primary_admin.get(f"{prefix}lock:s1") == b"tok"     # nothing written anywhere
+        assert primary_admin.get(f"{prefix}lock:s1") == b"tok"  # nothing written anywhere
     finally:
         admin.replicaof("NO", "ONE")
         admin.config_set("replica-read-only", read_only)
@@ -252,6 +258,7 @@ def test_acl_user_without_permission(rserver, admin, case):
     rules, password, pings = ACL_CASES[case]
     admin.execute_command("ACL", "SETUSER", "limited", *rules)
     try:
+
         async def main():
             store = make_store(f"redis://limited:{password}@127.0.0.1:{rserver.port}/0")
             try:
@@ -262,7 +269,7 @@ def test_acl_user_without_permission(rserver, admin, case):
                 await store.close()
 
         run(main())
-        assert admin.dbsize() == 0      # nothing was written
+        assert admin.dbsize() == 0  # nothing was written
     finally:
         admin.acl_deluser("limited")
     assert b"limited" not in admin.acl_users()
@@ -318,7 +325,7 @@ def test_concurrent_saves_evict_exactly_the_surplus(rserver, admin, per_worker):
                 await stores[0].save(sid, b"old")
             assert await stores[0].count() == 10
             assert stores[0].evicted == 0
-            await asyncio.sleep(0.005)      # every old session strictly older than every new one
+            await asyncio.sleep(0.005)  # every old session strictly older than every new one
             if per_worker == "many-at-once":
                 await asyncio.gather(*(stores[i % 4].save(sid, b"new") for i, sid in enumerate(new)))
             else:
@@ -326,10 +333,10 @@ def test_concurrent_saves_evict_exactly_the_surplus(rserver, admin, per_worker):
             assert await stores[1].count() == 10
             # the sorted set and the session hashes agree
             members = sorted(m.decode() for m in admin.zrange(f"{prefix}lru", 0, -1))
-            keys = sorted(k.decode()[len(f"{prefix}sess:"):] for k in admin.keys(f"{prefix}sess:*"))
+            keys = sorted(k.decode()[len(f"{prefix}sess:") :] for k in admin.keys(f"{prefix}sess:*"))
             assert members == keys
             assert len(keys) == 10
-            assert set(keys) <= set(new)        # the 10 oldest went first
+            assert set(keys) <= set(new)  # the 10 oldest went first
             assert [await stores[2].load(sid) for sid in old] == [None] * 10
             assert sum([await stores[3].load(sid) == b"new" for sid in new]) == 10
             # Redis evicted exactly 20 (above); each store's counter must add up to that
@@ -347,7 +354,7 @@ def test_prefixes_separate_deployments(rserver, admin):
         d2 = make_store(rserver.url, "d2:", max_sessions=2)
         try:
             for sid in ("x0", "x1"):
-                await d2.save(sid, b"d2-" + sid.encode())      # d2's are the oldest in the database
+                await d2.save(sid, b"d2-" + sid.encode())  # d2's are the oldest in the database
                 await asyncio.sleep(0.003)
             for i in range(5):
                 await d1.save(f"s{i}", b"d1")

@@ -3,9 +3,9 @@
 bob floods, bursts and holds streams; alice's session, requests and streams must not notice. Every quota is
 shared by the two workers (the responses' X-Rnntext-Worker shows that both served bob).
 """
+
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 import re
 import socket
@@ -16,14 +16,17 @@ import time
 
 import httpx
 import pytest
-
 from serving_helpers import generated_text, read_all, response, server, sse_events  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
 SESSIONS, STREAMS = 5, 2
-SERVER_ENV = {"RNNTEXT_WORKERS": "2", "RNNTEXT_API_KEYS": "alice:KEY-A:rate=500,burst=500,bob:KEY-B:rate=20,burst=5",
-              "RNNTEXT_CLIENT_MAX_SESSIONS": str(SESSIONS), "RNNTEXT_CLIENT_MAX_STREAMS": str(STREAMS),
-              "RNNTEXT_MAX_CHARS": "100000"}
+SERVER_ENV = {
+    "RNNTEXT_WORKERS": "2",
+    "RNNTEXT_API_KEYS": "alice:KEY-A:rate=500,burst=500,bob:KEY-B:rate=20,burst=5",
+    "RNNTEXT_CLIENT_MAX_SESSIONS": str(SESSIONS),
+    "RNNTEXT_CLIENT_MAX_STREAMS": str(STREAMS),
+    "RNNTEXT_MAX_CHARS": "100000",
+}
 ALICE, BOB = {"Authorization": "Bearer KEY-A"}, {"X-API-Key": "KEY-B"}
 GONE = {"error": "unknown or expired session_id", "kind": "unknown_session"}
 
@@ -34,7 +37,7 @@ def post(server, path: str, body: dict, headers: dict) -> httpx.Response:
         r = httpx.post(server.url + path, json=body, headers=headers, timeout=120)
         if r.status_code != 429 or r.json()["kind"] != "rate_limited":
             return r
-        time.sleep(int(r.headers["retry-after"]))       # bob's rate is not what these tests are about
+        time.sleep(int(r.headers["retry-after"]))  # bob's rate is not what these tests are about
     raise AssertionError("still rate limited")
 
 
@@ -54,7 +57,7 @@ def test_a_flood_of_bobs_sessions_leaves_alices_session_continuing_exactly(serve
         _, bob_sid, worker = generate(server, BOB, prompt="x", max_chars=1, keep_session=True)
         bobs.append(bob_sid)
         workers.add(worker)
-    assert workers == {"1", "2"}        # bob's sessions were saved by both workers: the quota is the server's
+    assert workers == {"1", "2"}  # bob's sessions were saved by both workers: the quota is the server's
     me = httpx.get(server.url + "/info", headers=BOB).json()["client"]
     assert (me["name"], me["sessions"], me["limits"]["sessions"]) == ("bob", SESSIONS, SESSIONS)
     # bob's own least recently saved sessions made room for his newer ones; his newest five are all there
@@ -69,13 +72,17 @@ def test_another_clients_session_is_unknown_even_while_it_streams(server):
     for path, body in (("/generate", {"session_id": sid, "max_chars": 5}), ("/end_session", {"session_id": sid})):
         r = post(server, path, body, ALICE)
         assert (r.status_code, r.json()) == (404, GONE)
-    with httpx.Client(base_url=server.url, timeout=120) as c, c.stream(
-            "POST", "/generate", json={"session_id": sid, "max_chars": 100000, "keep_session": True}, headers=BOB) as s:
+    with (
+        httpx.Client(base_url=server.url, timeout=120) as c,
+        c.stream(
+            "POST", "/generate", json={"session_id": sid, "max_chars": 100000, "keep_session": True}, headers=BOB
+        ) as s,
+    ):
         assert s.status_code == 200
-        chunks = s.iter_raw()       # keep this iterator: dropping it would close the response
-        next(chunks)                # bob's stream is running: the session is leased
+        chunks = s.iter_raw()  # keep this iterator: dropping it would close the response
+        next(chunks)  # bob's stream is running: the session is leased
         r = post(server, "/generate", {"session_id": sid, "max_chars": 5}, ALICE)
-        assert (r.status_code, r.json()) == (404, GONE)     # not 409: busy says the id exists
+        assert (r.status_code, r.json()) == (404, GONE)  # not 409: busy says the id exists
         r = post(server, "/generate", {"session_id": sid, "max_chars": 5}, BOB)
         assert (r.status_code, r.json()["kind"]) == (409, "session_busy")
     # bob's stream was cut by the client: his session is as it was, and still his, once the server has seen the
@@ -140,15 +147,16 @@ def quiet_machine(server, timeout: float = 60.0) -> None:
 
 def test_bob_bursting_classify_is_rate_limited_and_alice_is_not_slowed(server):
     quiet_machine(server)
-    _classify_times(server, ALICE, 50)                      # warm connections and caches
+    _classify_times(server, ALICE, 50)  # warm connections and caches
     alone, codes = _classify_times(server, ALICE, 300)
     assert codes == [200] * 300
-    time.sleep(0.5)                                         # bob's bucket is full again (5 tokens)
+    time.sleep(0.5)  # bob's bucket is full again (5 tokens)
     # bob in his own process (200 requests/s: ten times his rate, for 3 s), so that his client does not share
     # the test's interpreter lock with alice's
-    bob = subprocess.Popen([sys.executable, "-c", BOB_BURST, server.url, BOB["X-API-Key"], "3"],
-                           stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)                                         # bob's burst is on
+    bob = subprocess.Popen(
+        [sys.executable, "-c", BOB_BURST, server.url, BOB["X-API-Key"], "3"], stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(0.5)  # bob's burst is on
     together, codes = _classify_times(server, ALICE, 300)
     out, _ = bob.communicate(timeout=60)
     assert codes == [200] * 300 and bob.returncode == 0
@@ -161,7 +169,7 @@ def test_bob_bursting_classify_is_rate_limited_and_alice_is_not_slowed(server):
     assert p95(together) <= 2 * p95(alone), (p95(alone), p95(together))
     metrics = httpx.get(server.url + "/metrics", headers=ALICE).text
     counted = re.search(r'rnntext_errors_total\{client="bob",kind="rate_limited"\} (\d+)', metrics)
-    assert counted and int(counted.group(1)) >= 1           # per worker: each counts its own
+    assert counted and int(counted.group(1)) >= 1  # per worker: each counts its own
 
 
 def _hold(server, headers: dict) -> tuple[httpx.Client, object, object]:
@@ -177,7 +185,7 @@ def _hold(server, headers: dict) -> tuple[httpx.Client, object, object]:
 
 
 def test_bob_at_his_stream_quota_gets_429_on_every_worker_and_alice_still_streams(server):
-    time.sleep(1.1)                 # bob's request bucket is full again: these requests are not rate limited
+    time.sleep(1.1)  # bob's request bucket is full again: these requests are not rate limited
     held = [_hold(server, BOB) for _ in range(STREAMS)]
     try:
         workers = set()
@@ -188,7 +196,7 @@ def test_bob_at_his_stream_quota_gets_429_on_every_worker_and_alice_still_stream
             workers.add(r.headers["x-rnntext-worker"])
             if workers == {"1", "2"}:
                 break
-        assert workers == {"1", "2"}        # the quota is the server's, not each worker's
+        assert workers == {"1", "2"}  # the quota is the server's, not each worker's
         text, _, _ = generate(server, ALICE, prompt="x", max_chars=5)
         assert len(text) == 5
     finally:
@@ -202,14 +210,15 @@ def test_bob_at_his_stream_quota_gets_429_on_every_worker_and_alice_still_stream
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("path, status", [("/livez", 405), ("/readyz", 405), ("/demo", 405), ("/classify", 401),
-                                          ("/nowhere", 405)])
+@pytest.mark.parametrize(
+    "path, status", [("/livez", 405), ("/readyz", 405), ("/demo", 405), ("/classify", 401), ("/nowhere", 405)]
+)
 def test_an_unauthenticated_body_of_2_mb_is_refused_unread_within_a_second(server, path, status):
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
         t0 = time.perf_counter()
         s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n".encode())
         s.settimeout(1.0)
-        raw = read_all(s)                   # the server answers and closes: nothing of the body was sent
+        raw = read_all(s)  # the server answers and closes: nothing of the body was sent
         elapsed = time.perf_counter() - t0
     line, headers, body = response(raw)
     assert line.split()[1] == str(status) and elapsed < 1.0

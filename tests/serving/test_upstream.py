@@ -1,5 +1,6 @@
 """The ``timeout`` patch of BentoML's TimeoutMiddleware (serving/patches/timeout.py), in-process: what it must
 keep (504 on time-out) and what it must stop (the request's context kept alive by a timer after the response)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -39,7 +40,7 @@ async def call(middleware_call, app, timeout: float = 60.0) -> tuple[list[dict],
 
     async def request():
         payload = Payload()
-        REQUEST_DATA.set(payload)       # in this request's own context (its own task)
+        REQUEST_DATA.set(payload)  # in this request's own context (its own task)
         await middleware_call(TimeoutMiddleware(app, timeout=timeout), {"type": "http", "path": "/"}, receive, send)
         return weakref.ref(payload)
 
@@ -50,7 +51,7 @@ async def call(middleware_call, app, timeout: float = 60.0) -> tuple[list[dict],
 def held_after_response(middleware_call) -> bool:
     async def main():
         _, ref = await call(middleware_call, ok_app)
-        for _ in range(3):      # let the loop run the finished tasks' callbacks, which hold their contexts
+        for _ in range(3):  # let the loop run the finished tasks' callbacks, which hold their contexts
             await asyncio.sleep(0)
         gc.collect()
         return ref() is not None
@@ -105,6 +106,7 @@ def test_response_passes_through_unchanged():
 
 def test_app_that_fails_before_responding_raises_at_once():
     """BentoML's method would wait the whole timeout for a response that never comes."""
+
     async def broken(scope, receive, send):
         raise RuntimeError("boom")
 

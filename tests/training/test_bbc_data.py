@@ -1,4 +1,5 @@
 """Corpus reading, duplicate groups and the grouped stratified split."""
+
 from __future__ import annotations
 
 import collections
@@ -20,8 +21,14 @@ def write_corpus(root, files: dict[str, bytes | str]):
 
 
 def test_read_folder_ids_labels_and_latin1_warning(tmp_path):
-    write_corpus(tmp_path, {"sport/001.txt": "Title one\n\nBody.", "tech/002.txt": "Gadget\n\nBody.",
-                            "tech/003.txt": "Caf\xe9 title\n\nBody".encode("latin-1")})
+    write_corpus(
+        tmp_path,
+        {
+            "sport/001.txt": "Title one\n\nBody.",
+            "tech/002.txt": "Gadget\n\nBody.",
+            "tech/003.txt": "Caf\xe9 title\n\nBody".encode("latin-1"),
+        },
+    )
     with pytest.warns(UserWarning, match="003.txt: not valid UTF-8"):
         arts = bbc.read_folder(tmp_path)
     assert [(a.id, a.label) for a in arts] == [("sport/001.txt", 1), ("tech/002.txt", 2), ("tech/003.txt", 2)]
@@ -29,11 +36,14 @@ def test_read_folder_ids_labels_and_latin1_warning(tmp_path):
     assert arts[2].text.startswith("Café title")
 
 
-@pytest.mark.parametrize("files, message", [
-    ({}, "no topic folders"),
-    ({"sport/empty.txt": "  "}, "no non-empty"),
-    ({"weather/001.txt": "x"}, "unknown label folder"),
-])
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({}, "no topic folders"),
+        ({"sport/empty.txt": "  "}, "no non-empty"),
+        ({"weather/001.txt": "x"}, "unknown label folder"),
+    ],
+)
 def test_read_folder_errors(tmp_path, files, message):
     write_corpus(tmp_path, files)
     with pytest.raises(UserError, match=message):
@@ -50,11 +60,14 @@ def test_read_csv_numeric_and_named_labels(tmp_path):
     assert arts[0].text == "Vote, today" and arts[0].id == "row0"
 
 
-@pytest.mark.parametrize("content, message", [
-    ("body,topic\nx,0\n", r"missing column\(s\) \['label', 'text'\]"),
-    ("text,label\nx,7\n", "bbc.csv:2: unknown label '7'"),
-    ("text,label\nx,weather\n", "unknown label 'weather'"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("body,topic\nx,0\n", r"missing column\(s\) \['label', 'text'\]"),
+        ("text,label\nx,7\n", "bbc.csv:2: unknown label '7'"),
+        ("text,label\nx,weather\n", "unknown label 'weather'"),
+    ],
+)
 def test_read_csv_errors(tmp_path, content, message):
     p = tmp_path / "bbc.csv"
     p.write_text(content)
@@ -63,13 +76,22 @@ def test_read_csv_errors(tmp_path, content, message):
 
 
 def test_duplicate_groups_exact_and_near():
-    texts = [LONG, "  " + LONG.upper() + " !", LONG.replace("word100", "other"),  # exact, near duplicates
-             "a completely different article about football", "another one about the budget"]
+    texts = [
+        LONG,
+        "  " + LONG.upper() + " !",
+        LONG.replace("word100", "other"),  # exact, near duplicates
+        "a completely different article about football",
+        "another one about the budget",
+    ]
     g = bbc.duplicate_groups(texts)
     assert g[0] == g[1] == g[2]
     assert len({g[0], g[3], g[4]}) == 3
-    assert bbc.duplicate_stats(g) == {"articles": 5, "duplicate_groups": 1, "articles_in_groups": 3,
-                                      "redundant_articles": 2}
+    assert bbc.duplicate_stats(g) == {
+        "articles": 5,
+        "duplicate_groups": 1,
+        "articles_in_groups": 3,
+        "redundant_articles": 2,
+    }
 
 
 def test_split_keeps_groups_together_and_is_stratified():

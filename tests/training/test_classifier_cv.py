@@ -1,4 +1,5 @@
 """Cross-validation (cv-classifier), calibration helpers and the error analysis of the committed classifier."""
+
 from __future__ import annotations
 
 import json
@@ -9,14 +10,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from tests.conftest import training_cli as cli
 from training.classifier import data as bbc
 from training.classifier.calibration import ece, ensemble_logits, fit_temperature, nll, softmax
 from training.classifier.cv import fold_splits, t_interval
 from training.common.cli import UserError
 from training.common.files import read_json
 from training.common.study import parse_fixed
-
-from tests.conftest import training_cli as cli
 
 
 def _groups_fixture():
@@ -113,8 +113,7 @@ def test_ece_of_known_cases():
 def test_ensemble_logits_average_probabilities():
     rng = np.random.default_rng(1)
     members = [rng.normal(size=(7, 5)) for _ in range(3)]
-    np.testing.assert_allclose(softmax(ensemble_logits(members)), np.mean([softmax(m) for m in members], 0),
-                               atol=1e-9)
+    np.testing.assert_allclose(softmax(ensemble_logits(members)), np.mean([softmax(m) for m in members], 0), atol=1e-9)
 
 
 def test_t_interval_matches_the_textbook():
@@ -125,27 +124,66 @@ def test_t_interval_matches_the_textbook():
 
 def test_parse_fixed_values():
     assert parse_fixed(["cell=rnn", "bidirectional=false", "max_len=300", "lr=0.001", "x=True"]) == {
-        "cell": "rnn", "bidirectional": False, "max_len": 300, "lr": 0.001, "x": True}
+        "cell": "rnn",
+        "bidirectional": False,
+        "max_len": 300,
+        "lr": 0.001,
+        "x": True,
+    }
     with pytest.raises(UserError, match="NAME=VALUE"):
         parse_fixed(["cell"])
 
 
 def test_search_rejects_an_unknown_fixed_parameter(bbc_dir, tmp_path):
-    proc = cli("search-classifier", "--data-dir", str(bbc_dir), "--limit", "6", "--fix", "colour=blue",
-               "--storage", str(tmp_path / "s.db"))
+    proc = cli(
+        "search-classifier",
+        "--data-dir",
+        str(bbc_dir),
+        "--limit",
+        "6",
+        "--fix",
+        "colour=blue",
+        "--storage",
+        str(tmp_path / "s.db"),
+    )
     assert proc.returncode == 2 and "error: --fix: ['colour'] not in the search space" in proc.stderr
 
 
 @pytest.mark.slow
 def test_cv_command_reports_every_model_on_identical_folds_and_resumes(bbc_dir, tmp_path):
     cands = tmp_path / "cands.json"
-    cands.write_text(json.dumps({"bilstm": {"seeds": 2}, "rnn": {"model": {"cell": "rnn", "bidirectional": False}},
-                                 "vv": {"seeds": 3, "vary_val": True, "ensembles": [2, 3],
-                                        "data": {"vocab_from": "train+val"}}}))
+    cands.write_text(
+        json.dumps(
+            {
+                "bilstm": {"seeds": 2},
+                "rnn": {"model": {"cell": "rnn", "bidirectional": False}},
+                "vv": {"seeds": 3, "vary_val": True, "ensembles": [2, 3], "data": {"vocab_from": "train+val"}},
+            }
+        )
+    )
     run = tmp_path / "cv"
-    args = ["cv-classifier", "--data-dir", str(bbc_dir), "--limit", "12", "--folds", "3", "--epochs", "2",
-            "--max-len", "60", "--embed-dim", "16", "--hidden-size", "8", "--candidates", str(cands),
-            "--run-dir", str(run), "--no-progress"]
+    args = [
+        "cv-classifier",
+        "--data-dir",
+        str(bbc_dir),
+        "--limit",
+        "12",
+        "--folds",
+        "3",
+        "--epochs",
+        "2",
+        "--max-len",
+        "60",
+        "--embed-dim",
+        "16",
+        "--hidden-size",
+        "8",
+        "--candidates",
+        str(cands),
+        "--run-dir",
+        str(run),
+        "--no-progress",
+    ]
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     head = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,5 +1,6 @@
 """The committed exported classifier: contract, integrity, accuracy on held-out articles, ONNX == TorchScript, and
 its int8 variant (accepted, chosen on CPU, same answers as fp32)."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,21 @@ def test_articles(bbc_dir, runtime) -> list[bbc.Article]:
 
 def test_manifest_follows_the_contract(folder):
     m = load_manifest(folder, kind="classifier")  # verifies sha256 of every file
-    for key in ("kind", "labels", "vocab", "tokenizer", "max_len", "config", "metrics", "corpus_fingerprint",
-                "versions", "parity", "created", "precisions", "files"):
+    for key in (
+        "kind",
+        "labels",
+        "vocab",
+        "tokenizer",
+        "max_len",
+        "config",
+        "metrics",
+        "corpus_fingerprint",
+        "versions",
+        "parity",
+        "created",
+        "precisions",
+        "files",
+    ):
         assert key in m, key
     assert m["labels"] == list(bbc.LABELS)
     assert m["vocab"][:2] == ["<pad>", "<unk>"] and len(m["vocab"]) == m["config"]["vocab_size"]
@@ -65,7 +79,7 @@ def test_int8_variant_is_accepted_small_and_chosen_on_cpu(folder):
     assert q["accuracy"]["fp32"] == pytest.approx(m["metrics"]["test_accuracy"], abs=1e-9)
     assert q["accuracy"]["int8"] >= q["accuracy"]["fp32"] and q["agreement"] >= 0.995
     assert q["bar"] == {"min_accuracy_change": 0.0, "min_agreement": 0.995}
-    assert 2.0e6 < (folder / "model.int8.onnx").stat().st_size < 3.0e6   # 9.9 MB of fp32 weights -> 2.5 MB
+    assert 2.0e6 < (folder / "model.int8.onnx").stat().st_size < 3.0e6  # 9.9 MB of fp32 weights -> 2.5 MB
     rt = ClassifierRuntime(folder, provider="cpu")
     assert (rt.provider, rt.precision, rt.files) == ("cpu", "int8", {"model": "model.int8.onnx"})
 
@@ -119,9 +133,24 @@ def test_runtime_order_batching_and_encoding(runtime, test_articles):
 
 @pytest.mark.slow
 def test_evaluate_command_on_the_held_out_split(bbc_dir, exported, runtime):
-    proc = subprocess.run([sys.executable, "-m", "training", "evaluate-classifier", "--models", str(exported),
-                           "--data-dir", str(bbc_dir), "--split", "test"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "evaluate-classifier",
+            "--models",
+            str(exported),
+            "--data-dir",
+            str(bbc_dir),
+            "--split",
+            "test",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["n"] == len(runtime.manifest["split"]["test"]) == 199

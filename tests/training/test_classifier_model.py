@@ -1,4 +1,5 @@
 """The classifier module: shapes, config, padding-independence and the packed-sequence reference."""
+
 from __future__ import annotations
 
 import dataclasses

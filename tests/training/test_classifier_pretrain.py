@@ -1,5 +1,6 @@
 """Language-model pretraining of the classifier (pretrain.py): what it predicts, that it learns, that it hands its
 weights (not its heads) to the classifier, that a run folder caches it, and the flag end to end."""
+
 from __future__ import annotations
 
 import math
@@ -8,16 +9,16 @@ import random
 import pytest
 import torch
 
+from tests.training.test_cli_classifier import SMOKE
 from training.__main__ import main
 from training.classifier.model import ClassifierConfig, TextClassifier
 from training.classifier.pretrain import lm_heads, lm_loss, pretrain_lm
 from training.classifier.train import Encoded, TrainConfig, collate, train
 
-from tests.training.test_cli_classifier import SMOKE
-
 VOCAB = 40
-MODEL = ClassifierConfig(vocab_size=VOCAB, num_classes=2, embed_dim=16, hidden_size=16, word_dropout=0.0,
-                         embed_dropout=0.0, dropout=0.0)
+MODEL = ClassifierConfig(
+    vocab_size=VOCAB, num_classes=2, embed_dim=16, hidden_size=16, word_dropout=0.0, embed_dropout=0.0, dropout=0.0
+)
 
 
 @pytest.fixture(autouse=True)
@@ -58,17 +59,27 @@ def test_loss_counts_each_direction_on_the_tokens_it_has_not_read():
 def test_pretraining_learns_and_returns_the_weights_without_the_head(tmp_path):
     seqs = cycles(256, 0)
     state, history = pretrain_lm(MODEL, seqs, epochs=8, lr=3e-2, seed=0, progress=False)
-    losses = [h["lm_loss"] for h in history]     # measured: 4.37, 2.0, 0.6, ... 0.04 nats per token
+    losses = [h["lm_loss"] for h in history]  # measured: 4.37, 2.0, 0.6, ... 0.04 nats per token
     assert len(losses) == 8 and losses[-1] < 0.25 * math.log(VOCAB - 2) < losses[0]
     assert set(state) == {k for k in TextClassifier(MODEL).state_dict() if not k.startswith("head.")}
     # the classifier starts from these weights: before its first step, its embedding and LSTMs are they
-    model, _ = train(MODEL, TrainConfig(epochs=0), {"train": Encoded(seqs, [0] * 256), "val": Encoded(seqs, [0] * 256)},
-                     progress=False, init_state=state)
+    model, _ = train(
+        MODEL,
+        TrainConfig(epochs=0),
+        {"train": Encoded(seqs, [0] * 256), "val": Encoded(seqs, [0] * 256)},
+        progress=False,
+        init_state=state,
+    )
     for k, v in state.items():
         assert torch.equal(model.state_dict()[k], v), k
     with pytest.raises(ValueError, match="does not fit"):
-        train(MODEL, TrainConfig(epochs=0), {"train": Encoded(seqs, [0] * 256), "val": Encoded(seqs, [0] * 256)},
-              progress=False, init_state={"nope": torch.zeros(1)})
+        train(
+            MODEL,
+            TrainConfig(epochs=0),
+            {"train": Encoded(seqs, [0] * 256), "val": Encoded(seqs, [0] * 256)},
+            progress=False,
+            init_state={"nope": torch.zeros(1)},
+        )
 
 
 def test_a_cached_pretraining_is_read_back_not_run_again(tmp_path):
@@ -82,8 +93,23 @@ def test_a_cached_pretraining_is_read_back_not_run_again(tmp_path):
 
 @pytest.mark.slow
 def test_train_classifier_with_pretraining_on_real_articles(bbc_dir, tmp_path):
-    assert main(["train-classifier", "--data-dir", str(bbc_dir), "--out", str(tmp_path), *SMOKE, "--epochs", "2",
-                 "--pretrain-epochs", "2"]) == 0
+    assert (
+        main(
+            [
+                "train-classifier",
+                "--data-dir",
+                str(bbc_dir),
+                "--out",
+                str(tmp_path),
+                *SMOKE,
+                "--epochs",
+                "2",
+                "--pretrain-epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
     (run,) = tmp_path.iterdir()
     saved = torch.load(run / "pretrained.pt", weights_only=True)
     (h1, h2) = saved["history"]

@@ -1,4 +1,5 @@
 """Optuna search helpers, and two search workers sharing one local study."""
+
 from __future__ import annotations
 
 import subprocess
@@ -48,20 +49,44 @@ def test_local_study_resumes(tmp_path):
 @pytest.mark.slow
 def test_two_workers_share_one_study_and_the_best_is_retrained(bbc_dir, tmp_path):
     db = tmp_path / "optuna.db"
-    common = [sys.executable, "-m", "training", "search-classifier", "--data-dir", str(bbc_dir), "--limit", "6",
-              "--storage", str(db), "--study-name", "shared", "--n-trials", "2", "--trial-epochs", "1",
-              "--epochs", "1", "--hidden-size", "64", "--no-progress", "--out", str(tmp_path / "runs")]
+    common = [
+        sys.executable,
+        "-m",
+        "training",
+        "search-classifier",
+        "--data-dir",
+        str(bbc_dir),
+        "--limit",
+        "6",
+        "--storage",
+        str(db),
+        "--study-name",
+        "shared",
+        "--n-trials",
+        "2",
+        "--trial-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--hidden-size",
+        "64",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "runs"),
+    ]
     workers = []
     for extra in (["--no-retrain"], []):
-        workers.append(subprocess.Popen(common + extra, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True))
+        workers.append(
+            subprocess.Popen(common + extra, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
         time.sleep(3)  # let the first worker create the SQLite tables
     for w in workers:
         out, err = w.communicate(timeout=600)
         assert w.returncode == 0, err[-2000:]
     study = optuna.load_study(study_name="shared", storage=storage_url(str(db)))
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
-                                                        optuna.trial.TrialState.PRUNED)]
+    finished = [
+        t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
     assert len(finished) == 4
     assert len({t.user_attrs["worker"] for t in finished}) == 2  # both processes wrote trials
     assert study.trials[0].params["hidden_size"] == 64  # the CLI config is the first trial
@@ -72,7 +97,8 @@ def test_two_workers_share_one_study_and_the_best_is_retrained(bbc_dir, tmp_path
     run = retrained[0]
     doc = read_json(run / "study.json")
     assert len(doc["trials"]) >= 2 and doc["best_value"] == min(
-        t["value"] for t in doc["trials"] if t["state"] == "COMPLETE" and t["value"] is not None)
+        t["value"] for t in doc["trials"] if t["state"] == "COMPLETE" and t["value"] is not None
+    )
     assert (run / "history.png").stat().st_size > 0 and (run / "importance.png").stat().st_size > 0
     best = read_json(run / "best" / "metrics.json")
     assert best["test"]["n"] == 5 and (run / "best" / "model.pt").is_file()

@@ -1,4 +1,5 @@
 """The training loop on a tiny synthetic task: learning, seeding, callbacks, early stopping, resume."""
+
 from __future__ import annotations
 
 import random
@@ -18,8 +19,9 @@ from training.classifier.train import (
     train,
 )
 
-MODEL = ClassifierConfig(vocab_size=20, num_classes=2, embed_dim=8, hidden_size=8, word_dropout=0.0,
-                         embed_dropout=0.0, dropout=0.0)
+MODEL = ClassifierConfig(
+    vocab_size=20, num_classes=2, embed_dim=8, hidden_size=8, word_dropout=0.0, embed_dropout=0.0, dropout=0.0
+)
 FAST = TrainConfig(epochs=6, batch_size=8, lr=1e-2, patience=10)
 
 
@@ -53,7 +55,7 @@ def test_crop_views_are_windows_of_the_articles():
         views = crop_views(seqs, 1.0, rng)
         assert views[:2] == seqs[:2]  # articles of CROP_MIN tokens or fewer are never cut
         for s, v in zip(seqs[2:], views[2:]):
-            assert CROP_MIN <= len(v) <= len(s) and v == s[v[0]: v[0] + len(v)]  # one contiguous window
+            assert CROP_MIN <= len(v) <= len(s) and v == s[v[0] : v[0] + len(v)]  # one contiguous window
             lengths.setdefault(len(s), set()).add(len(v))
     assert len(lengths[750]) > 100 and min(lengths[750]) < 100 and max(lengths[750]) > 650
     half = [sum(v != s for s, v in zip(seqs[3:], crop_views(seqs, 0.5, rng)[3:])) for _ in range(400)]
@@ -72,8 +74,7 @@ def test_length_batches_cover_everything_once_and_group_lengths():
 
 def test_learns_the_task_and_calls_the_epoch_hook():
     seen = []
-    model, history = train(MODEL, FAST, DATA, on_epoch_end=lambda e, m: seen.append((e, m["val_loss"])),
-                           progress=False)
+    model, history = train(MODEL, FAST, DATA, on_epoch_end=lambda e, m: seen.append((e, m["val_loss"])), progress=False)
     assert [e for e, _ in seen] == [1, 2, 3, 4, 5, 6]
     assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
     assert max(h["val_acc"] for h in history) == 1.0

@@ -1,4 +1,5 @@
 """The classifier commands end to end on a small real subset, and their one-line errors on bad input."""
+
 from __future__ import annotations
 
 import json
@@ -8,13 +9,27 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import training_cli as cli
 from training.__main__ import main
 from training.common.files import read_json
 
-from tests.conftest import training_cli as cli
-
-SMOKE = ["--limit", "30", "--max-len", "120", "--embed-dim", "24", "--hidden-size", "16", "--epochs", "5",
-         "--batch-size", "16", "--lr", "0.01", "--no-progress"]
+SMOKE = [
+    "--limit",
+    "30",
+    "--max-len",
+    "120",
+    "--embed-dim",
+    "24",
+    "--hidden-size",
+    "16",
+    "--epochs",
+    "5",
+    "--batch-size",
+    "16",
+    "--lr",
+    "0.01",
+    "--no-progress",
+]
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -36,8 +51,19 @@ def smoke_run(bbc_dir, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_train_writes_the_run_folder(smoke_run):
-    for name in ("config.json", "split.json", "vocab.json", "metrics.json", "model.pt", "last.pt", "loss.png",
-                 "accuracy.png", "lr.png", "confusion.png", "per_class.png"):
+    for name in (
+        "config.json",
+        "split.json",
+        "vocab.json",
+        "metrics.json",
+        "model.pt",
+        "last.pt",
+        "loss.png",
+        "accuracy.png",
+        "lr.png",
+        "confusion.png",
+        "per_class.png",
+    ):
         assert (smoke_run / name).stat().st_size > 0, name
     m = read_json(smoke_run / "metrics.json")
     split = read_json(smoke_run / "split.json")
@@ -74,8 +100,22 @@ def test_export_an_ensemble_of_two_seeds(smoke_run, bbc_dir, tmp_path):
     runs = tmp_path / "runs"
     assert main(["train-classifier", "--data-dir", str(bbc_dir), "--out", str(runs), *SMOKE, "--seed", "1"]) == 0
     (seed1,) = runs.iterdir()
-    assert main(["export-classifier", str(smoke_run), str(seed1), "--temperature", "fit", "--out", str(tmp_path),
-                 "--data-dir", str(bbc_dir)]) == 0
+    assert (
+        main(
+            [
+                "export-classifier",
+                str(smoke_run),
+                str(seed1),
+                "--temperature",
+                "fit",
+                "--out",
+                str(tmp_path),
+                "--data-dir",
+                str(bbc_dir),
+            ]
+        )
+        == 0
+    )
     m = read_json(tmp_path / "classifier" / "manifest.json")
     ens = m["ensemble"]
     assert ens["members"] == 2 and ens["seeds"] == [0, 1] and 0.05 < ens["temperature"] < 20
@@ -86,7 +126,8 @@ def test_export_an_ensemble_of_two_seeds(smoke_run, bbc_dir, tmp_path):
     proc = cli("evaluate-classifier", "--models", str(tmp_path), "--data-dir", str(bbc_dir), "--split", "test")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["accuracy"] == pytest.approx(
-        m["metrics"]["test_accuracy"], abs=1e-9)  # the manifest scores the ensemble, not a member
+        m["metrics"]["test_accuracy"], abs=1e-9
+    )  # the manifest scores the ensemble, not a member
 
 
 @pytest.mark.slow
@@ -94,26 +135,76 @@ def test_members_that_hold_out_different_validation_sets_share_one_vocabulary(bb
     runs = []
     for v in (0, 1):
         out = tmp_path / f"v{v}"
-        assert main(["train-classifier", "--data-dir", str(bbc_dir), "--out", str(out), *SMOKE, "--epochs", "1",
-                     "--vocab-from", "train+val", "--val-seed", str(v)]) == 0
+        assert (
+            main(
+                [
+                    "train-classifier",
+                    "--data-dir",
+                    str(bbc_dir),
+                    "--out",
+                    str(out),
+                    *SMOKE,
+                    "--epochs",
+                    "1",
+                    "--vocab-from",
+                    "train+val",
+                    "--val-seed",
+                    str(v),
+                ]
+            )
+            == 0
+        )
         (run,) = out.iterdir()
         runs.append(run)
     a, b = (read_json(r / "split.json") for r in runs)
     assert a["test"] == b["test"] and sorted(a["train"] + a["val"]) == sorted(b["train"] + b["val"])
     assert a["val"] != b["val"] and len(a["val"]) == len(b["val"]) == 15
     assert read_json(runs[0] / "vocab.json") == read_json(runs[1] / "vocab.json")
-    assert main(["export-classifier", *map(str, runs), "--temperature", "0.5", "--out", str(tmp_path / "x"),
-                 "--data-dir", str(bbc_dir)]) == 0
+    assert (
+        main(
+            [
+                "export-classifier",
+                *map(str, runs),
+                "--temperature",
+                "0.5",
+                "--out",
+                str(tmp_path / "x"),
+                "--data-dir",
+                str(bbc_dir),
+            ]
+        )
+        == 0
+    )
     ens = read_json(tmp_path / "x" / "classifier" / "manifest.json")["ensemble"]
     assert ens["members"] == 2 and ens["temperature"] == 0.5
     # with the vocabulary of each run's own training split, the two runs cannot form one graph
     out = tmp_path / "own"
-    assert main(["train-classifier", "--data-dir", str(bbc_dir), "--out", str(out), *SMOKE, "--epochs", "1",
-                 "--val-seed", "1"]) == 0
-    assert_one_line_error(cli("export-classifier", str(runs[0]), str(next(out.iterdir())), "--out", str(tmp_path)),
-                          "vocabulary differs", "ensemble members must share it")
-    assert_one_line_error(cli("train-classifier", "--data-dir", str(bbc_dir), "--vocab-from", "test"),
-                          "--vocab-from must be one of ['train', 'train+val']")
+    assert (
+        main(
+            [
+                "train-classifier",
+                "--data-dir",
+                str(bbc_dir),
+                "--out",
+                str(out),
+                *SMOKE,
+                "--epochs",
+                "1",
+                "--val-seed",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert_one_line_error(
+        cli("export-classifier", str(runs[0]), str(next(out.iterdir())), "--out", str(tmp_path)),
+        "vocabulary differs",
+        "ensemble members must share it",
+    )
+    assert_one_line_error(
+        cli("train-classifier", "--data-dir", str(bbc_dir), "--vocab-from", "test"),
+        "--vocab-from must be one of ['train', 'train+val']",
+    )
 
 
 def test_export_errors_for_mismatched_members_and_a_bad_temperature(smoke_run, bbc_dir, tmp_path):
@@ -124,10 +215,15 @@ def test_export_errors_for_mismatched_members_and_a_bad_temperature(smoke_run, b
     ckpt = torch.load(other / "model.pt", weights_only=True)
     ckpt["max_len"] += 1
     torch.save(ckpt, other / "model.pt")
-    assert_one_line_error(cli("export-classifier", str(smoke_run), str(other), "--out", str(tmp_path)),
-                          "max_len differs", "ensemble members must share it")
-    assert_one_line_error(cli("export-classifier", str(smoke_run), "--temperature", "hot", "--out", str(tmp_path)),
-                          "--temperature must be a number > 0 or 'fit'")
+    assert_one_line_error(
+        cli("export-classifier", str(smoke_run), str(other), "--out", str(tmp_path)),
+        "max_len differs",
+        "ensemble members must share it",
+    )
+    assert_one_line_error(
+        cli("export-classifier", str(smoke_run), "--temperature", "hot", "--out", str(tmp_path)),
+        "--temperature must be a number > 0 or 'fit'",
+    )
 
 
 @pytest.mark.slow
@@ -177,8 +273,15 @@ def test_error_tampered_model_file(exported, tmp_path):
 
 
 def test_every_classifier_command_has_help():
-    for cmd in ("train-classifier", "search-classifier", "cv-classifier", "export-classifier", "evaluate-classifier",
-                "analyze-classifier", "predict-classifier"):
+    for cmd in (
+        "train-classifier",
+        "search-classifier",
+        "cv-classifier",
+        "export-classifier",
+        "evaluate-classifier",
+        "analyze-classifier",
+        "predict-classifier",
+    ):
         proc = cli(cmd, "--help")
         assert proc.returncode == 0 and "usage:" in proc.stdout, cmd
 
@@ -216,16 +319,22 @@ def test_flag_defaults_are_the_config_dataclasses_defaults(cmd):
     for cls in (ClassifierConfig, TrainConfig):
         for f in dataclasses.fields(cls):
             if f.name in MODEL_SKIP:
-                assert not hasattr(args, f.name), f.name      # vocab_size, num_classes come from the data
+                assert not hasattr(args, f.name), f.name  # vocab_size, num_classes come from the data
                 continue
             assert getattr(args, f.name) == f.default and type(getattr(args, f.name)) is type(f.default), f.name
             checked += 1
     assert checked == len(dataclasses.fields(ClassifierConfig)) - 2 + len(dataclasses.fields(TrainConfig)) == 23
-    assert (args.dropout, args.embed_dropout, args.hidden_size, args.bidirectional, args.epochs) == (0.4, 0.4, 96,
-                                                                                                      True, 20)
+    assert (args.dropout, args.embed_dropout, args.hidden_size, args.bidirectional, args.epochs) == (
+        0.4,
+        0.4,
+        96,
+        True,
+        20,
+    )
     cfg = config_from_args(args)
-    assert ClassifierConfig(vocab_size=7, num_classes=5, **cfg["model"]) == ClassifierConfig(vocab_size=7,
-                                                                                              num_classes=5)
+    assert ClassifierConfig(vocab_size=7, num_classes=5, **cfg["model"]) == ClassifierConfig(
+        vocab_size=7, num_classes=5
+    )
     assert TrainConfig.from_dict(cfg["train"]) == TrainConfig()
     assert {k: cfg["data"][k] for k in DATA_DEFAULTS} == DATA_DEFAULTS
 
@@ -235,8 +344,15 @@ def test_the_pipeline_lives_in_its_own_module_and_the_commands_share_it():
     import training.classifier.cli as cli_module
     import training.classifier.pipeline as pipeline
 
-    for name in ("fit", "run_training", "load_split", "encode_splits", "vocab_texts", "initial_embeddings",
-                 "checkpoint"):
+    for name in (
+        "fit",
+        "run_training",
+        "load_split",
+        "encode_splits",
+        "vocab_texts",
+        "initial_embeddings",
+        "checkpoint",
+    ):
         assert callable(getattr(pipeline, name)), name
         assert name not in vars(cli_module) or getattr(cli_module, name) is getattr(pipeline, name), name
     assert cli_module.run_training is pipeline.run_training and cli_module.VOCAB_FROM is pipeline.VOCAB_FROM

@@ -1,4 +1,5 @@
 """bench-generator: per-shape training (fp32 vs bf16) and served int8 speed, side by side."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,19 @@ from tests.conftest import training_cli as cli
 
 
 def test_bench_reports_every_shape_relative_to_the_first():
-    r = cli("bench-generator", "--shapes", "1x32,2x48", "--train-steps", "1", "--serve-steps", "50",
-            "--batch-size", "4", "--bptt", "8")
+    r = cli(
+        "bench-generator",
+        "--shapes",
+        "1x32,2x48",
+        "--train-steps",
+        "1",
+        "--serve-steps",
+        "50",
+        "--batch-size",
+        "4",
+        "--bptt",
+        "8",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     doc = json.loads(r.stdout.strip().splitlines()[-1])
     assert [s["shape"] for s in doc["shapes"]] == ["1x32", "2x48"]

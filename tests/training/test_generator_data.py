@@ -1,4 +1,5 @@
 """Character data: vocabulary, unknown characters, contiguous split, parallel streams and BPTT chunks."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,6 @@
 """export-generator on a small random-weight LSTM: files, manifest, parity checks, refusal on mismatch, and the
 int8 variants it writes and measures on the canon's tail ($DATA_DIR)."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,10 @@ import torch
 
 from runtime.generator import GeneratorRuntime
 from runtime.manifest import ArtifactError, load_manifest
+from tests.conftest import training_cli as _cli
 from training.generator.data import CharVocab
 from training.generator.export import check_parity, export_graphs
 from training.generator.model import CharConfig, CharRNN
-
-from tests.conftest import training_cli as _cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit")]  # exports take ~10 s each
 
@@ -30,8 +30,18 @@ def checkpoint(tmp_path_factory):
     for p in model.parameters():  # larger weights than the default init: sharper, more varied logits
         p.data.mul_(3)
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
-    torch.save({"config": cfg.to_dict(), "state_dict": model.state_dict(), "vocab": vocab.to_json(),
-                "train_config": {}, "step": 7, "val_bpc": 3.21, "corpus_fingerprint": "f" * 64}, path)
+    torch.save(
+        {
+            "config": cfg.to_dict(),
+            "state_dict": model.state_dict(),
+            "vocab": vocab.to_json(),
+            "train_config": {},
+            "step": 7,
+            "val_bpc": 3.21,
+            "corpus_fingerprint": "f" * 64,
+        },
+        path,
+    )
     return path
 
 
@@ -46,10 +56,26 @@ def exported_small(checkpoint, tmp_path_factory):
 
 def test_files_and_manifest(exported_small):
     man = load_manifest(exported_small, kind="generator")
-    assert set(man["files"]) == {"step.onnx", "prefill.onnx", "step.ts", "prefill.ts", "step.int8.onnx",
-                                 "prefill.int8.onnx"}
-    for key in ("vocab", "unk_id", "num_layers", "hidden_size", "config", "metrics", "corpus_fingerprint",
-                "versions", "parity", "created"):
+    assert set(man["files"]) == {
+        "step.onnx",
+        "prefill.onnx",
+        "step.ts",
+        "prefill.ts",
+        "step.int8.onnx",
+        "prefill.int8.onnx",
+    }
+    for key in (
+        "vocab",
+        "unk_id",
+        "num_layers",
+        "hidden_size",
+        "config",
+        "metrics",
+        "corpus_fingerprint",
+        "versions",
+        "parity",
+        "created",
+    ):
         assert key in man, key
     assert man["num_layers"] == 2 and man["hidden_size"] == 48 and man["vocab"][man["unk_id"]] == "\ufffd"
     assert man["metrics"]["val_bits_per_char"] == 3.21
@@ -68,7 +94,7 @@ def test_int8_variant_is_written_and_measured(exported_small):
     assert (q["n_chars"], q["streams"], q["evaluated_on"]) == (64_000, 64, "the last 64,000 characters of canon.txt")
     assert q["bits_per_char_change"] == pytest.approx(q["bits_per_char"]["int8"] - q["bits_per_char"]["fp32"])
     assert q["bar"] == {"max_bits_per_char_change": 0.005}
-    assert int8["accepted"] is (q["bits_per_char_change"] <= 0.005)   # random weights: either way
+    assert int8["accepted"] is (q["bits_per_char_change"] <= 0.005)  # random weights: either way
     assert 0 < q["prefill_max_abs_logit_diff"] < 5
     for role, name in int8["files"].items():  # LSTM weights -> int8 (the embedding and output layer too)
         assert (exported_small / name).stat().st_size < 0.5 * (exported_small / f"{role}.onnx").stat().st_size
@@ -88,11 +114,13 @@ def test_onnx_and_torchscript_match_pytorch_greedy_500(exported_small, checkpoin
     def onnx(ids, h, c, graph):
         return tuple(torch.from_numpy(o) for o in graph(ids.numpy(), h.numpy(), c.numpy()))
 
-    runners = {"pytorch": (lambda i, h, c: model.forward_last(i[:, None], h, c), model.forward_last),
-               "torchscript": (ts_step, ts_prefill),
-               "onnx": (lambda i, h, c: onnx(i, h, c, rt.step), lambda i, h, c: onnx(i, h, c, rt.prefill))}
+    runners = {
+        "pytorch": (lambda i, h, c: model.forward_last(i[:, None], h, c), model.forward_last),
+        "torchscript": (ts_step, ts_prefill),
+        "onnx": (lambda i, h, c: onnx(i, h, c, rt.step), lambda i, h, c: onnx(i, h, c, rt.prefill)),
+    }
     for batch in (1, 8):
-        ids = torch.from_numpy(np.stack([rt.encode(TEXT[5 * b:5 * b + 20]) for b in range(batch)]))  # (B, 20)
+        ids = torch.from_numpy(np.stack([rt.encode(TEXT[5 * b : 5 * b + 20]) for b in range(batch)]))  # (B, 20)
         outs, logits_seen = {}, {}
         with torch.no_grad():
             for name, (step, prefill) in runners.items():
@@ -118,8 +146,9 @@ def test_parity_failure_refuses_export(checkpoint, exported_small, tmp_path, mon
         check_parity(model, tmp_path, CharVocab.from_json(ckpt["vocab"]), chars=20, tol=-1.0)
     # through the command: non-zero exit, one-line error, the previous folder untouched
     before = (exported_small / "manifest.json").read_text()
-    r = _cli("export-generator", str(checkpoint), "--out", str(exported_small.parent), "--tol", "-1",
-             "--check-chars", "20")
+    r = _cli(
+        "export-generator", str(checkpoint), "--out", str(exported_small.parent), "--tol", "-1", "--check-chars", "20"
+    )
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: export check failed")
     assert (exported_small / "manifest.json").read_text() == before
     assert json.loads(before)["kind"] == "generator"
@@ -127,11 +156,14 @@ def test_parity_failure_refuses_export(checkpoint, exported_small, tmp_path, mon
 
 def test_missing_checkpoint_is_a_one_line_error(tmp_path):
     r = _cli("export-generator", str(tmp_path / "nope.pt"))
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: checkpoint not found: {tmp_path / 'nope.pt'}"]
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: checkpoint not found: {tmp_path / 'nope.pt'}"
+    ]
 
 
 def test_missing_int8_evaluation_text_is_a_one_line_error(checkpoint, tmp_path):
     r = _cli("export-generator", str(checkpoint), "--out", str(tmp_path), "--text", str(tmp_path / "none.txt"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        f"error: text to measure the int8 generator on not found: {tmp_path / 'none.txt'}"]
+        f"error: text to measure the int8 generator on not found: {tmp_path / 'none.txt'}"
+    ]
     assert not (tmp_path / "generator").exists()

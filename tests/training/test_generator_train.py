@@ -1,4 +1,5 @@
 """The char model's shapes and state handling, and a smoke training run on the real canon."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,11 +46,20 @@ def test_smoke_training_loss_goes_down_and_resumes(canon_path, tmp_path):
     train_text, val_text = split_text(text, 0.1)
     vocab = CharVocab.build(train_text)
     model_cfg = CharConfig(vocab_size=len(vocab), embed_dim=16, hidden_size=64, num_layers=1, dropout=0.0)
-    cfg = TrainConfig(batch_size=16, bptt=32, lr=5e-3, warmup_steps=5, eval_every=25, epochs=1.0,
-                      sample_every=0, patience=100)
+    cfg = TrainConfig(
+        batch_size=16, bptt=32, lr=5e-3, warmup_steps=5, eval_every=25, epochs=1.0, sample_every=0, patience=100
+    )
     seen = []
-    result = train(model_cfg, cfg, vocab.encode(train_text), vocab.encode(val_text), vocab, tmp_path,
-                   on_eval=lambda step, m: seen.append((step, m["val_bpc"])), progress=False)
+    result = train(
+        model_cfg,
+        cfg,
+        vocab.encode(train_text),
+        vocab.encode(val_text),
+        vocab,
+        tmp_path,
+        on_eval=lambda step, m: seen.append((step, m["val_bpc"])),
+        progress=False,
+    )
     hist = result["history"]
     assert [s for s, _ in seen] == [r["step"] for r in hist] and len(hist) >= 3
     assert hist[-1]["val_bpc"] < hist[0]["val_bpc"] - 0.3  # it learns
@@ -60,8 +70,9 @@ def test_smoke_training_loss_goes_down_and_resumes(canon_path, tmp_path):
     assert ckpt["config"] == model_cfg.to_dict() and CharVocab.from_json(ckpt["vocab"]) == vocab
     # resuming the finished run with a longer horizon continues from its step count
     cfg2 = TrainConfig(**{**cfg.__dict__, "epochs": 1.5})
-    more = train(model_cfg, cfg2, vocab.encode(train_text), vocab.encode(val_text), vocab, tmp_path,
-                 resume=True, progress=False)
+    more = train(
+        model_cfg, cfg2, vocab.encode(train_text), vocab.encode(val_text), vocab, tmp_path, resume=True, progress=False
+    )
     assert more["steps"] > result["steps"] and more["history"][: len(hist)] == hist
 
 
@@ -77,8 +88,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(canon_path, tmp_path):
     train_text, val_text = split_text(text, 0.1)
     vocab = CharVocab.build(train_text)
     model_cfg = CharConfig(vocab_size=len(vocab), embed_dim=8, hidden_size=32, num_layers=2, dropout=0.2)
-    cfg = TrainConfig(batch_size=8, bptt=16, lr=5e-3, warmup_steps=3, eval_every=15, epochs=1.3, sample_every=0,
-                      patience=100)
+    cfg = TrainConfig(
+        batch_size=8, bptt=16, lr=5e-3, warmup_steps=3, eval_every=15, epochs=1.3, sample_every=0, patience=100
+    )
     args = (model_cfg, cfg, vocab.encode(train_text), vocab.encode(val_text), vocab)
     whole = train(*args, tmp_path / "whole", progress=False)
 
@@ -114,11 +126,33 @@ def test_cli_run_killed_with_sigkill_resumes_from_its_checkpoint(canon_path, tmp
     small = tmp_path / "small.txt"
     small.write_text(read_text(canon_path)[400_000:460_000], encoding="utf-8")
     run = tmp_path / "run"
-    flags = ["train-generator", "--text", str(small), "--hidden-size", "32", "--embed-dim", "8", "--num-layers", "1",
-             "--batch-size", "8", "--bptt", "16", "--eval-every", "20", "--epochs", "1", "--threads", "1",
-             "--no-progress", "--run-dir", str(run)]
-    proc = subprocess.Popen([sys.executable, "-m", "training", *flags], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    flags = [
+        "train-generator",
+        "--text",
+        str(small),
+        "--hidden-size",
+        "32",
+        "--embed-dim",
+        "8",
+        "--num-layers",
+        "1",
+        "--batch-size",
+        "8",
+        "--bptt",
+        "16",
+        "--eval-every",
+        "20",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--run-dir",
+        str(run),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training", *flags], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not (run / "last.pt").is_file() and time.time() < deadline:
         time.sleep(0.05)

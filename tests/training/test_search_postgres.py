@@ -3,6 +3,7 @@
 Where the server binaries or the psycopg driver are missing the tests skip with the reason, except under CI,
 where that is a failure: the promise in docs/classifier.md ("any RDB URL") must be exercised there.
 """
+
 from __future__ import annotations
 
 import glob
@@ -18,9 +19,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from training.common.files import read_text
-
 from tests.conftest import ROOT
+from training.common.files import read_text
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
@@ -61,11 +61,31 @@ def postgres_url():
         os.chown(root, pw.pw_uid, pw.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = root / "data", _free_port()
-    subprocess.run(as_user + [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True, timeout=120)
-    subprocess.run(as_user + [pg_ctl, "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "-o",
-                              f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        as_user + [initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    subprocess.run(
+        as_user
+        + [
+            pg_ctl,
+            "-D",
+            str(data),
+            "-l",
+            str(root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
@@ -75,8 +95,16 @@ def postgres_url():
 
 def _two_workers(args: list[str]) -> None:
     """Start two ``python -m training ARGS`` workers at once; both must succeed."""
-    workers = [subprocess.Popen([sys.executable, "-m", "training", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "training", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for w in workers:
         _, err = w.communicate(timeout=600)
         assert w.returncode == 0, err[-3000:]
@@ -84,10 +112,35 @@ def _two_workers(args: list[str]) -> None:
 
 @pytest.mark.slow
 def test_two_classifier_search_workers_share_a_postgres_study(postgres_url, bbc_dir, tmp_path):
-    _two_workers(["search-classifier", "--data-dir", str(bbc_dir), "--limit", "6", "--storage", postgres_url,
-                  "--study-name", "pg-classifier", "--n-trials", "2", "--trial-epochs", "1", "--no-retrain",
-                  "--fix", "max_len=300", "--fix", "hidden_size=64", "--fix", "embed_dim=64", "--fix", "num_layers=1",
-                  "--no-progress", "--out", str(tmp_path)])
+    _two_workers(
+        [
+            "search-classifier",
+            "--data-dir",
+            str(bbc_dir),
+            "--limit",
+            "6",
+            "--storage",
+            postgres_url,
+            "--study-name",
+            "pg-classifier",
+            "--n-trials",
+            "2",
+            "--trial-epochs",
+            "1",
+            "--no-retrain",
+            "--fix",
+            "max_len=300",
+            "--fix",
+            "hidden_size=64",
+            "--fix",
+            "embed_dim=64",
+            "--fix",
+            "num_layers=1",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     study = optuna.load_study(study_name="pg-classifier", storage=postgres_url)
     finished = [t for t in study.trials if t.state in FINISHED]
     assert len(finished) == 4 and sorted(t.number for t in study.trials) == [0, 1, 2, 3]
@@ -100,9 +153,27 @@ def test_two_classifier_search_workers_share_a_postgres_study(postgres_url, bbc_
 def test_two_generator_search_workers_share_a_postgres_study(postgres_url, canon_path, tmp_path):
     small = tmp_path / "small.txt"
     small.write_text(read_text(canon_path)[200_000:240_000], encoding="utf-8")
-    _two_workers(["search-generator", "--text", str(small), "--trial-minutes", "0.02", "--eval-chars", "5000",
-                  "--n-trials", "2", "--pruner", "none", "--storage", postgres_url, "--study-name", "pg-generator",
-                  "--out", str(tmp_path)])
+    _two_workers(
+        [
+            "search-generator",
+            "--text",
+            str(small),
+            "--trial-minutes",
+            "0.02",
+            "--eval-chars",
+            "5000",
+            "--n-trials",
+            "2",
+            "--pruner",
+            "none",
+            "--storage",
+            postgres_url,
+            "--study-name",
+            "pg-generator",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     study = optuna.load_study(study_name="pg-generator", storage=postgres_url)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 4 and len({t.user_attrs["worker"] for t in done}) == 2

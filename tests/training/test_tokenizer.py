@@ -1,4 +1,5 @@
 """Word tokenizer rules and the vocabulary."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,27 @@ from training.classifier.tokenizer import PATTERN, Vocab, length_quantile, token
 
 
 def test_tokenize_rules():
-    text = 'Shares in BT rose 3.5% to £1.2bn, the firm\'s e-mail said: "Don\'t sell" (2,000 staff) $5 €'
-    assert tokenize(text) == ["shares", "in", "bt", "rose", "3.5%", "to", "£1.2", "bn", "the", "firm's", "e-mail",
-                              "said", "don't", "sell", "2,000", "staff", "$5", "€"]
+    text = "Shares in BT rose 3.5% to £1.2bn, the firm's e-mail said: \"Don't sell\" (2,000 staff) $5 €"
+    assert tokenize(text) == [
+        "shares",
+        "in",
+        "bt",
+        "rose",
+        "3.5%",
+        "to",
+        "£1.2",
+        "bn",
+        "the",
+        "firm's",
+        "e-mail",
+        "said",
+        "don't",
+        "sell",
+        "2,000",
+        "staff",
+        "$5",
+        "€",
+    ]
     assert tokenize("Café déjà-vu") == ["café", "déjà-vu"]
     assert tokenize(text) == re.findall(PATTERN, text.lower())  # what serving does with the manifest
 

@@ -14,6 +14,7 @@ articles as the model sees them after one edit each:
 The TF-IDF + LinearSVC baseline, trained on every corpus article outside the test split (the model's train and
 validation splits), is scored on the same edits. The last line printed is JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,11 +59,13 @@ def variants(test: list[bbc.Article], pattern: re.Pattern) -> dict[str, list[str
     for label in by_label:
         other = by_label[(label + 1) % len(bbc.LABELS)] if (label + 1) % len(bbc.LABELS) in by_label else []
         filler[label] = cut_tokens("\n\n".join(other), pattern, APPEND_TOKENS)
-    return {"original": [a.text for a in test],
-            "headline": [a.text.split("\n", 1)[0] for a in test],
-            "first30": [cut_tokens(a.text, pattern, 30) for a in test],
-            "upper": [a.text.upper() for a in test],
-            "append2000": [a.text + "\n\n" + filler[a.label] for a in test]}
+    return {
+        "original": [a.text for a in test],
+        "headline": [a.text.split("\n", 1)[0] for a in test],
+        "first30": [cut_tokens(a.text, pattern, 30) for a in test],
+        "upper": [a.text.upper() for a in test],
+        "append2000": [a.text + "\n\n" + filler[a.label] for a in test],
+    }
 
 
 def cost_per_article(rt, texts: list[str], rounds: int = 3) -> dict:
@@ -89,8 +92,9 @@ def plot_robustness(path: Path, table: dict) -> None:
     x = np.arange(len(table))
     for k, (who, color) in enumerate((("model", "C0"), ("svm", "C1"))):
         vals = [table[v][who] for v in table]
-        ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, label="exported model" if who == "model" else "TF-IDF + SVM",
-               color=color)
+        ax.bar(
+            x + (k - 0.5) * 0.38, vals, 0.38, label="exported model" if who == "model" else "TF-IDF + SVM", color=color
+        )
         for xi, val in zip(x, vals):
             ax.annotate(f"{val:.3f}", (xi + (k - 0.5) * 0.38, val), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, list(table))
@@ -111,8 +115,9 @@ def plot_reliability(path: Path, bins: list[dict], ece: float) -> None:
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
     ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins], s=[8 + b["n"] for b in bins])
     for b in bins:
-        ax.annotate(str(b["n"]), (b["confidence"], b["accuracy"]), xytext=(4, -10), textcoords="offset points",
-                    fontsize=7)
+        ax.annotate(
+            str(b["n"]), (b["confidence"], b["accuracy"]), xytext=(4, -10), textcoords="offset points", fontsize=7
+        )
     ax.set_xlabel("confidence (top probability)")
     ax.set_ylabel("accuracy")
     ax.set_title(f"Reliability on the test split (ECE {ece:.3f})")
@@ -147,34 +152,68 @@ def main(args) -> int:
     errors = []
     for i in np.flatnonzero(pred != y):
         top = np.argsort(-probs[i])[:2]
-        errors.append({"id": test[i].id, "title": test[i].text.split("\n", 1)[0], "true": rt.labels[y[i]],
-                       "top2": [[rt.labels[k], float(probs[i, k])] for k in top],
-                       "true_probability": float(probs[i, y[i]]), "tokens": len(rt.tokenize(test[i].text))})
-    calib = {"ece": ece(probs, y), "bins": reliability(probs, y),
-             "mean_confidence": float(probs.max(1).mean()), "accuracy": metrics["accuracy"]}
+        errors.append(
+            {
+                "id": test[i].id,
+                "title": test[i].text.split("\n", 1)[0],
+                "true": rt.labels[y[i]],
+                "top2": [[rt.labels[k], float(probs[i, k])] for k in top],
+                "true_probability": float(probs[i, y[i]]),
+                "tokens": len(rt.tokenize(test[i].text)),
+            }
+        )
+    calib = {
+        "ece": ece(probs, y),
+        "bins": reliability(probs, y),
+        "mean_confidence": float(probs.max(1).mean()),
+        "accuracy": metrics["accuracy"],
+    }
 
     table = {}
     for name, texts in edits.items():
         p = probs if name == "original" else rt.predict_proba(texts)
         svm = tfidf_svm([a.text for a in rest], [a.label for a in rest], texts)
-        table[name] = {"model": float((p.argmax(1) == y).mean()), "svm": float((svm == y).mean()),
-                       "mean_tokens": float(np.mean([len(rt.tokenize(t)) for t in texts]))}
+        table[name] = {
+            "model": float((p.argmax(1) == y).mean()),
+            "svm": float((svm == y).mean()),
+            "mean_tokens": float(np.mean([len(rt.tokenize(t)) for t in texts])),
+        }
         log.info("%-11s model %.4f  svm %.4f", name, table[name]["model"], table[name]["svm"])
 
     speed = cost_per_article(rt, edits["original"])
     log.info("cost per article (%s, %d thread): %s", rt.precision, args.threads, speed)
     out = make_run_dir(args.out, "analysis")
-    result = {"model": {"precision": rt.precision, "ensemble": rt.manifest.get("ensemble"),
-                        "created": rt.manifest.get("created")},
-              "n": len(test), "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-              "per_class": metrics["per_class"], "confusion_matrix": metrics["confusion_matrix"],
-              "errors": errors, "calibration": calib, "robustness": table, "speed": speed,
-              "svm_trained_on": f"{len(rest)} corpus articles outside the test split"}
+    result = {
+        "model": {
+            "precision": rt.precision,
+            "ensemble": rt.manifest.get("ensemble"),
+            "created": rt.manifest.get("created"),
+        },
+        "n": len(test),
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "per_class": metrics["per_class"],
+        "confusion_matrix": metrics["confusion_matrix"],
+        "errors": errors,
+        "calibration": calib,
+        "robustness": table,
+        "speed": speed,
+        "svm_trained_on": f"{len(rest)} corpus articles outside the test split",
+    }
     write_json(out / "analysis.json", result)
     plot_robustness(out / "robustness.png", table)
     plot_reliability(out / "reliability.png", calib["bins"], calib["ece"])
     for e in errors:
         log.info("error %s %r: true %s, top-2 %s", e["id"], e["title"][:60], e["true"], e["top2"])
-    print(json.dumps({"out": str(out), "accuracy": metrics["accuracy"], "errors": len(errors), "ece": calib["ece"],
-                      "robustness": {k: round(v["model"], 4) for k, v in table.items()}}))
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "accuracy": metrics["accuracy"],
+                "errors": len(errors),
+                "ece": calib["ece"],
+                "robustness": {k: round(v["model"], 4) for k, v in table.items()},
+            }
+        )
+    )
     return 0

@@ -1,4 +1,5 @@
 """TF-IDF + linear SVM baseline, scored on exactly the split the neural model uses."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,6 @@ def tfidf_svm(train_texts: list[str], train_labels: list[int], test_texts: list[
     from sklearn.pipeline import make_pipeline
     from sklearn.svm import LinearSVC
 
-    model = make_pipeline(TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2),
-                          LinearSVC(C=C))
+    model = make_pipeline(TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2), LinearSVC(C=C))
     model.fit(train_texts, train_labels)
     return np.asarray(model.predict(test_texts))

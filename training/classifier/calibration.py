@@ -1,4 +1,5 @@
 """Calibration of class probabilities: expected calibration error and temperature scaling (numpy only)."""
+
 from __future__ import annotations
 
 import math
@@ -52,6 +53,13 @@ def reliability(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict]:
     for lo, hi in zip(edges[:-1], edges[1:]):
         m = (conf > lo) & (conf <= hi)
         if m.any():
-            out.append({"lo": float(lo), "hi": float(hi), "n": int(m.sum()), "confidence": float(conf[m].mean()),
-                        "accuracy": float((pred[m] == y[m]).mean())})
+            out.append(
+                {
+                    "lo": float(lo),
+                    "hi": float(hi),
+                    "n": int(m.sum()),
+                    "confidence": float(conf[m].mean()),
+                    "accuracy": float((pred[m] == y[m]).mean()),
+                }
+            )
     return out

@@ -4,6 +4,7 @@ The flags (one per data setting and per field of ClassifierConfig and TrainConfi
 and cv-classifier), their checks, and the command; the work is pipeline.py's ``run_training``, which writes the
 run folder. ``--run-dir`` on an existing run resumes it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,24 +23,38 @@ from training.common.files import read_json
 
 log = logging.getLogger(__name__)
 
-DATA_DEFAULTS = {"max_len": 750, "min_freq": 2, "max_vocab": 30000, "embed_init": "lsa", "vocab_from": "train",
-                 "dedup_threshold": 0.9, "val_frac": 0.1, "test_frac": 0.1, "split_seed": 0, "val_seed": -1,
-                 "limit": 0}
+DATA_DEFAULTS = {
+    "max_len": 750,
+    "min_freq": 2,
+    "max_vocab": 30000,
+    "embed_init": "lsa",
+    "vocab_from": "train",
+    "dedup_threshold": 0.9,
+    "val_frac": 0.1,
+    "test_frac": 0.1,
+    "split_seed": 0,
+    "val_seed": -1,
+    "limit": 0,
+}
 MODEL_SKIP = {"vocab_size", "num_classes"}  # derived from the data, not flags
-FIELD_HELP = {"cell": "rnn | gru | lstm", "pooling": "'+'-joined subset of last, mean, max",
-              "word_dropout": "share of tokens replaced by <unk> in training",
-              "embed_dropout": "share of embedding channels dropped in training",
-              "dropout": "dropout between stacked layers and before the output layer",
-              "clip": "max gradient norm", "patience": "early stopping: epochs without val-loss improvement",
-              "lr_patience": "ReduceLROnPlateau (factor 0.5) patience in epochs",
-              "bf16": "bfloat16 autocast for the training steps (fast on CPUs with AVX512-BF16)",
-              "crop": "share of training articles replaced each epoch by a random window of 30..all of their tokens "
-                      "(augmentation; 0 = off)",
-              "pretrain_epochs": "epochs of language-model pretraining (next and previous token) of the embedding "
-                                 "and RNNs on the train and val texts before the classifier trains (0 = off)",
-              "pretrain_lr": "peak learning rate of the language-model pretraining (one-cycle)",
-              "ema": "decay per step of an exponential moving average of the weights, which is validated and kept "
-                     "(0 = off; e.g. 0.99)"}
+FIELD_HELP = {
+    "cell": "rnn | gru | lstm",
+    "pooling": "'+'-joined subset of last, mean, max",
+    "word_dropout": "share of tokens replaced by <unk> in training",
+    "embed_dropout": "share of embedding channels dropped in training",
+    "dropout": "dropout between stacked layers and before the output layer",
+    "clip": "max gradient norm",
+    "patience": "early stopping: epochs without val-loss improvement",
+    "lr_patience": "ReduceLROnPlateau (factor 0.5) patience in epochs",
+    "bf16": "bfloat16 autocast for the training steps (fast on CPUs with AVX512-BF16)",
+    "crop": "share of training articles replaced each epoch by a random window of 30..all of their tokens "
+    "(augmentation; 0 = off)",
+    "pretrain_epochs": "epochs of language-model pretraining (next and previous token) of the embedding "
+    "and RNNs on the train and val texts before the classifier trains (0 = off)",
+    "pretrain_lr": "peak learning rate of the language-model pretraining (one-cycle)",
+    "ema": "decay per step of an exponential moving average of the weights, which is validated and kept "
+    "(0 = off; e.g. 0.99)",
+}
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -47,15 +62,17 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data and tokens")
     g.add_argument("--data-dir", help="BBC corpus in its folder layout (default $DATA_DIR/bbc)")
     g.add_argument("--csv", help="read the corpus from a CSV with text,label columns instead")
-    helps = {"max_len": "tokens kept per article (the first ones: the title is never cut)",
-             "embed_init": "lsa (LSA vectors of the --vocab-from articles) | random",
-             "vocab_from": "train | train+val: the articles whose words make the vocabulary and the LSA vectors "
-                           "(texts only, never labels). train+val gives runs that differ only in --val-seed one "
-                           "vocabulary, so they can be exported as one ensemble",
-             "val_seed": "-1: the validation set --split-seed draws; k >= 0: redraw it from the non-test articles "
-                         "with seed k (the test set stays; ensemble members that each hold out another part)",
-             "limit": "use at most this many articles per class (0 = all; for smoke tests)",
-             "dedup_threshold": "TF-IDF cosine above which two articles are near duplicates"}
+    helps = {
+        "max_len": "tokens kept per article (the first ones: the title is never cut)",
+        "embed_init": "lsa (LSA vectors of the --vocab-from articles) | random",
+        "vocab_from": "train | train+val: the articles whose words make the vocabulary and the LSA vectors "
+        "(texts only, never labels). train+val gives runs that differ only in --val-seed one "
+        "vocabulary, so they can be exported as one ensemble",
+        "val_seed": "-1: the validation set --split-seed draws; k >= 0: redraw it from the non-test articles "
+        "with seed k (the test set stays; ensemble members that each hold out another part)",
+        "limit": "use at most this many articles per class (0 = all; for smoke tests)",
+        "dedup_threshold": "TF-IDF cosine above which two articles are near duplicates",
+    }
     for name, default in DATA_DEFAULTS.items():
         g.add_argument("--" + name.replace("_", "-"), type=type(default), default=default, help=helps.get(name))
     for title, cls in (("model", ClassifierConfig), ("training", TrainConfig)):
@@ -86,9 +103,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> dict:
-    pick = lambda cls: {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in MODEL_SKIP}
-    return {"data": {"data_dir": args.data_dir, "csv": args.csv, **{k: getattr(args, k) for k in DATA_DEFAULTS}},
-            "model": pick(ClassifierConfig), "train": pick(TrainConfig)}
+    def pick(cls) -> dict:
+        return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in MODEL_SKIP}
+
+    return {
+        "data": {"data_dir": args.data_dir, "csv": args.csv, **{k: getattr(args, k) for k in DATA_DEFAULTS}},
+        "model": pick(ClassifierConfig),
+        "train": pick(TrainConfig),
+    }
 
 
 def validate(cfg: dict) -> None:
@@ -115,6 +137,8 @@ def main(args) -> int:
         run_dir = Path(args.run_dir) if args.run_dir else make_run_dir(args.out, "classifier")
         run_dir.mkdir(parents=True, exist_ok=True)
     m = run_training(cfg, run_dir, pick_device(args.device), progress=not args.no_progress)
-    print(f"test accuracy {m['test']['accuracy']:.4f}  macro-F1 {m['test']['macro_f1']:.4f}  "
-          f"(TF-IDF+SVM {m['baseline_tfidf_svm']['accuracy']:.4f})  run: {run_dir}")
+    print(
+        f"test accuracy {m['test']['accuracy']:.4f}  macro-F1 {m['test']['macro_f1']:.4f}  "
+        f"(TF-IDF+SVM {m['baseline_tfidf_svm']['accuracy']:.4f})  run: {run_dir}"
+    )
     return 0

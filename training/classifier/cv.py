@@ -15,6 +15,7 @@ interrupted run. Reported: mean ± std over folds of accuracy and macro-F1, expe
 and after temperature scaling, paired per-fold differences with a t confidence interval, and the articles
 on which two models disagree. The last line printed is JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,18 +42,46 @@ log = logging.getLogger(__name__)
 CANDIDATES: dict[str, dict] = {
     "bilstm": {},
     "bilstm-small": {"seeds": 3, "model": {"embed_dim": 64, "hidden_size": 64}},
-    "lstm": {"data": {"max_len": 1000, "embed_init": "lsa"},
-             "model": {"embed_dim": 64, "hidden_size": 64, "num_layers": 1, "bidirectional": False, "cell": "lstm",
-                       "pooling": "max", "word_dropout": 0.011505159043442447, "embed_dropout": 0.23864251421366334,
-                       "dropout": 0.09730842255417421},
-             "train": {"batch_size": 16, "lr": 0.0031712793526136604, "weight_decay": 0.0007446898165305927,
-                       "label_smoothing": 0.11784297164914553}},
-    "rnn": {"data": {"max_len": 750, "embed_init": "lsa"},
-            "model": {"embed_dim": 96, "hidden_size": 192, "num_layers": 1, "bidirectional": False, "cell": "rnn",
-                      "pooling": "max", "word_dropout": 0.2481560871881376, "embed_dropout": 0.03993413490862663,
-                      "dropout": 0.2822690138551827},
-            "train": {"batch_size": 16, "lr": 0.0005600827786231419, "weight_decay": 0.01283704559575677,
-                      "label_smoothing": 0.018906785024453667}},
+    "lstm": {
+        "data": {"max_len": 1000, "embed_init": "lsa"},
+        "model": {
+            "embed_dim": 64,
+            "hidden_size": 64,
+            "num_layers": 1,
+            "bidirectional": False,
+            "cell": "lstm",
+            "pooling": "max",
+            "word_dropout": 0.011505159043442447,
+            "embed_dropout": 0.23864251421366334,
+            "dropout": 0.09730842255417421,
+        },
+        "train": {
+            "batch_size": 16,
+            "lr": 0.0031712793526136604,
+            "weight_decay": 0.0007446898165305927,
+            "label_smoothing": 0.11784297164914553,
+        },
+    },
+    "rnn": {
+        "data": {"max_len": 750, "embed_init": "lsa"},
+        "model": {
+            "embed_dim": 96,
+            "hidden_size": 192,
+            "num_layers": 1,
+            "bidirectional": False,
+            "cell": "rnn",
+            "pooling": "max",
+            "word_dropout": 0.2481560871881376,
+            "embed_dropout": 0.03993413490862663,
+            "dropout": 0.2822690138551827,
+        },
+        "train": {
+            "batch_size": 16,
+            "lr": 0.0005600827786231419,
+            "weight_decay": 0.01283704559575677,
+            "label_smoothing": 0.018906785024453667,
+        },
+    },
 }
 COMPARE_WITH = "svm"
 
@@ -65,8 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("cross-validation")
     g.add_argument("--folds", type=int, default=5, help="k of the stratified grouped k-fold")
     g.add_argument("--fold-seed", type=int, default=0, help="seed of the fold assignment")
-    g.add_argument("--candidates", help="JSON file {name: {data/model/train overrides, seeds}} instead of the "
-                                        "built-in bilstm, bilstm-small, lstm, rnn")
+    g.add_argument(
+        "--candidates",
+        help="JSON file {name: {data/model/train overrides, seeds}} instead of the "
+        "built-in bilstm, bilstm-small, lstm, rnn",
+    )
     g.add_argument("--only", help="comma-separated candidate names to run (svm always runs)")
     g.add_argument("--jobs", type=int, default=1, help="training processes in parallel (each --threads threads)")
     g.add_argument("--out", default="runs", help="folder that receives the run folder")
@@ -75,8 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- folds and units
 
-def fold_splits(labels: list[int], groups: list[int], k: int, seed: int, val_frac: float,
-                val_seed: int = -1) -> list[dict]:
+
+def fold_splits(
+    labels: list[int], groups: list[int], k: int, seed: int, val_frac: float, val_seed: int = -1
+) -> list[dict]:
     """Per fold {"train", "val", "test"} article indices; val is carved out of the other folds, grouped.
 
     val_seed -1 draws fold f's val with seed ``seed + f``; val_seed v >= 0 with ``seed + f + 1000 (v + 1)``, so
@@ -84,8 +118,11 @@ def fold_splits(labels: list[int], groups: list[int], k: int, seed: int, val_fra
     fold = bbc.kfold_grouped(labels, groups, k, seed)
     out = []
     for f in range(k):
-        outer = {"train": [i for i in range(len(labels)) if fold[i] != f], "val": [],
-                 "test": [i for i in range(len(labels)) if fold[i] == f]}
+        outer = {
+            "train": [i for i in range(len(labels)) if fold[i] != f],
+            "val": [],
+            "test": [i for i in range(len(labels)) if fold[i] == f],
+        }
         inner_seed = seed + f + (1000 * (val_seed + 1) if val_seed >= 0 else 0)
         out.append(bbc.redraw_val(outer, labels, groups, val_frac, inner_seed))
     return out
@@ -105,10 +142,13 @@ def run_unit(cfg: dict, texts: list[str], labels: list[int], split: dict, thread
     torch.set_num_threads(threads)
     articles = [bbc.Article(str(i), t, y) for i, (t, y) in enumerate(zip(texts, labels))]
     model, history, _, data, seconds = fit(cfg, articles, split, device, progress=False)
-    return {"val_logits": predict(model, data["val"], device=device).tolist(),
-            "test_logits": predict(model, data["test"], device=device).tolist(),
-            "epochs": len(history), "seconds": seconds,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "val_logits": predict(model, data["val"], device=device).tolist(),
+        "test_logits": predict(model, data["test"], device=device).tolist(),
+        "epochs": len(history),
+        "seconds": seconds,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def ensemble_sizes(spec: dict) -> list[int]:
@@ -136,8 +176,9 @@ def unit_done(run_dir: Path, name: str, fold: int, seed: int, cfg: dict) -> bool
 
     saved = read_json(path).get("config")
     if saved is not None and comparable(saved) != comparable(json.loads(json.dumps(cfg))):
-        raise UserError(f"{path} was trained with another config for {name!r}; rename the candidate or use a new "
-                        f"--run-dir")
+        raise UserError(
+            f"{path} was trained with another config for {name!r}; rename the candidate or use a new --run-dir"
+        )
     return True
 
 
@@ -152,6 +193,7 @@ def svm_unit(texts: list[str], labels: list[int], split: dict) -> dict:
 
 # ---------------------------------------------------------------- scoring
 
+
 def score(y: np.ndarray, pred: np.ndarray) -> dict:
     from training.classifier.report import classification_metrics
 
@@ -161,8 +203,12 @@ def score(y: np.ndarray, pred: np.ndarray) -> dict:
 
 def neural_scores(val_logits: np.ndarray, val_y: np.ndarray, test_logits: np.ndarray, test_y: np.ndarray) -> dict:
     t = fit_temperature(val_logits, val_y)
-    return {**score(test_y, test_logits.argmax(1)), "ece": ece(softmax(test_logits), test_y),
-            "temperature": t, "ece_scaled": ece(softmax(test_logits / t), test_y)}
+    return {
+        **score(test_y, test_logits.argmax(1)),
+        "ece": ece(softmax(test_logits), test_y),
+        "temperature": t,
+        "ece_scaled": ece(softmax(test_logits / t), test_y),
+    }
 
 
 def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float, float, float]:
@@ -196,9 +242,13 @@ def summarize(per_fold: dict[str, list[dict]], correct: dict[str, np.ndarray]) -
                 continue
             diffs = [fa["accuracy"] - fb["accuracy"] for fa, fb in zip(per_fold[a], per_fold[b])]
             mean, lo, hi = t_interval(diffs)
-            pairs[f"{a} - {b}"] = {"accuracy_diffs": diffs, "mean": mean, "ci95": [lo, hi],
-                                   "only_a_right": int((correct[a] & ~correct[b]).sum()),
-                                   "only_b_right": int((~correct[a] & correct[b]).sum())}
+            pairs[f"{a} - {b}"] = {
+                "accuracy_diffs": diffs,
+                "mean": mean,
+                "ci95": [lo, hi],
+                "only_a_right": int((correct[a] & ~correct[b]).sum()),
+                "only_b_right": int((~correct[a] & correct[b]).sum()),
+            }
     return {"models": models, "paired_accuracy": pairs}
 
 
@@ -212,18 +262,29 @@ def plot_cv(path: Path, summary: dict, k: int) -> None:
     for x, n in enumerate(names):
         accs = [f["accuracy"] for f in models[n]["folds"]]
         ax.scatter([x] * len(accs), accs, s=14, color="0.55", zorder=2)
-        ax.errorbar(x, models[n]["accuracy_mean"], yerr=models[n]["accuracy_std"], fmt="o", color="C0", capsize=5,
-                    zorder=3)
-        ax.annotate(f"{models[n]['accuracy_mean']:.4f}", (x, models[n]["accuracy_mean"]), xytext=(8, -3),
-                    textcoords="offset points", fontsize=8)
+        ax.errorbar(
+            x, models[n]["accuracy_mean"], yerr=models[n]["accuracy_std"], fmt="o", color="C0", capsize=5, zorder=3
+        )
+        ax.annotate(
+            f"{models[n]['accuracy_mean']:.4f}",
+            (x, models[n]["accuracy_mean"]),
+            xytext=(8, -3),
+            textcoords="offset points",
+            fontsize=8,
+        )
     ax.set_xticks(range(len(names)), names, rotation=20)
     ax.set_ylabel("test-fold accuracy")
     ax.set_title(f"{k}-fold CV: per fold (grey), mean ± std (blue)")
     ax.grid(alpha=0.3)
     pairs = {p: v for p, v in summary["paired_accuracy"].items() if p.endswith(" - " + COMPARE_WITH)}
-    for y, (p, v) in enumerate(pairs.items()):
-        bx.errorbar(100 * v["mean"], y, xerr=[[100 * (v["mean"] - v["ci95"][0])], [100 * (v["ci95"][1] - v["mean"])]],
-                    fmt="o", capsize=5)
+    for y, v in enumerate(pairs.values()):
+        bx.errorbar(
+            100 * v["mean"],
+            y,
+            xerr=[[100 * (v["mean"] - v["ci95"][0])], [100 * (v["ci95"][1] - v["mean"])]],
+            fmt="o",
+            capsize=5,
+        )
     bx.axvline(0, color="0.3", lw=1)
     bx.axvline(0.5, color="C3", lw=1, ls="--", label="target +0.5")
     bx.set_yticks(range(len(pairs)), [p.split(" - ")[0] for p in pairs])
@@ -236,6 +297,7 @@ def plot_cv(path: Path, summary: dict, k: int) -> None:
 
 
 # ---------------------------------------------------------------- command
+
 
 def load_candidates(args) -> dict[str, dict]:
     specs = json.loads(Path(args.candidates).read_text()) if args.candidates else CANDIDATES
@@ -268,14 +330,18 @@ def main(args) -> int:
     splits = fold_splits(labels, groups, args.folds, args.fold_seed, d["val_frac"])
     run_dir = Path(args.run_dir) if args.run_dir else make_run_dir(args.out, "cv")
     (run_dir / "units").mkdir(parents=True, exist_ok=True)
-    folds_doc = {"corpus_fingerprint": bbc.fingerprint(articles),
-                 "test_ids": [[articles[i].id for i in s["test"]] for s in splits]}
+    folds_doc = {
+        "corpus_fingerprint": bbc.fingerprint(articles),
+        "test_ids": [[articles[i].id for i in s["test"]] for s in splits],
+    }
     if (run_dir / "config.json").is_file():  # resuming: the saved units must come from these very folds
         saved = read_json(run_dir / "config.json")
         if {k: saved.get(k) for k in folds_doc} != folds_doc:
             raise UserError(f"{run_dir} holds folds of another corpus or fold seed; use a new --run-dir")
-    write_json(run_dir / "config.json", {"base": base, "candidates": specs, "folds": args.folds,
-                                         "fold_seed": args.fold_seed, **folds_doc})
+    write_json(
+        run_dir / "config.json",
+        {"base": base, "candidates": specs, "folds": args.folds, "fold_seed": args.fold_seed, **folds_doc},
+    )
     device = str(pick_device(args.device))
 
     def member_cfg(name, seed):
@@ -294,13 +360,20 @@ def main(args) -> int:
     # fold by fold, so an interrupted run already holds whole folds for every candidate
     todo = [(name, f, s) for f in range(args.folds) for name in cfgs for s in range(specs[name].get("seeds", 1))]
     todo = [u for u in todo if not unit_done(run_dir, *u, member_cfg(u[0], u[2]))]
-    log.info("%d articles, %d folds of %s test articles; %d training runs to do", len(texts), args.folds,
-             [len(s["test"]) for s in splits], len(todo))
+    log.info(
+        "%d articles, %d folds of %s test articles; %d training runs to do",
+        len(texts),
+        args.folds,
+        [len(s["test"]) for s in splits],
+        len(todo),
+    )
 
     bar = tqdm(total=len(todo), desc="cv units", disable=args.no_progress)
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        futures = {pool.submit(run_unit, member_cfg(n, s), texts, labels, unit_split(n, f, s), args.threads,
-                               device): (n, f, s) for n, f, s in todo}
+        futures = {
+            pool.submit(run_unit, member_cfg(n, s), texts, labels, unit_split(n, f, s), args.threads, device): (n, f, s)
+            for n, f, s in todo
+        }
         for fut in as_completed(futures):
             n, f, s = futures[fut]
             write_json(unit_path(run_dir, n, f, s), {**fut.result(), "config": member_cfg(n, s)})
@@ -319,16 +392,24 @@ def main(args) -> int:
     for f, split in enumerate(splits):
         ty = y[split["test"]]
         svm = svm_unit(texts, labels, split)
-        record(COMPARE_WITH, f, {**score(ty, np.asarray(svm["test_pred"])), "seconds_per_member": svm["seconds"]},
-               np.asarray(svm["test_pred"]))
+        record(
+            COMPARE_WITH,
+            f,
+            {**score(ty, np.asarray(svm["test_pred"])), "seconds_per_member": svm["seconds"]},
+            np.asarray(svm["test_pred"]),
+        )
         for name, spec in specs.items():
             units = [read_json(unit_path(run_dir, name, f, s)) for s in range(spec.get("seeds", 1))]
             val = [np.asarray(u["val_logits"]) for u in units]
             test = [np.asarray(u["test_logits"]) for u in units]
             secs = float(np.mean([u["seconds"] for u in units]))
             vy = y[unit_split(name, f, 0)["val"]]
-            record(name, f, {**neural_scores(val[0], vy, test[0], ty), "seconds_per_member": secs,
-                             "epochs": units[0]["epochs"]}, test[0].argmax(1))
+            record(
+                name,
+                f,
+                {**neural_scores(val[0], vy, test[0], ty), "seconds_per_member": secs, "epochs": units[0]["epochs"]},
+                test[0].argmax(1),
+            )
             for m in ensemble_sizes(spec):
                 ens_test = ensemble_logits(test[:m])
                 ens = f"{name}-ens{m}"
@@ -341,20 +422,45 @@ def main(args) -> int:
     for ens, logits in cross_fit.items():  # temperature fitted on the other folds' test logits (cross-fitted)
         for f, row in enumerate(per_fold[ens]):
             others = [g for g in range(args.folds) if g != f]
-            t = fit_temperature(np.concatenate([logits[g] for g in others]),
-                                np.concatenate([y[splits[g]["test"]] for g in others]))
+            t = fit_temperature(
+                np.concatenate([logits[g] for g in others]), np.concatenate([y[splits[g]["test"]] for g in others])
+            )
             row.update(temperature=t, ece_scaled=ece(softmax(logits[f] / t), y[splits[f]["test"]]))
     summary = summarize(per_fold, correct)
-    summary.update(folds=args.folds, n=len(y), fold_sizes=[len(s["test"]) for s in splits],
-                   duplicates=bbc.duplicate_stats(groups), versions=library_versions())
+    summary.update(
+        folds=args.folds,
+        n=len(y),
+        fold_sizes=[len(s["test"]) for s in splits],
+        duplicates=bbc.duplicate_stats(groups),
+        versions=library_versions(),
+    )
     write_json(run_dir / "cv.json", summary)
     plot_cv(run_dir / "cv.png", summary, args.folds)
     for name, m in sorted(summary["models"].items(), key=lambda kv: -kv[1]["accuracy_mean"]):
-        log.info("%-12s accuracy %.4f ± %.4f  macro-F1 %.4f ± %.4f", name, m["accuracy_mean"], m["accuracy_std"],
-                 m["macro_f1_mean"], m["macro_f1_std"])
+        log.info(
+            "%-12s accuracy %.4f ± %.4f  macro-F1 %.4f ± %.4f",
+            name,
+            m["accuracy_mean"],
+            m["accuracy_std"],
+            m["macro_f1_mean"],
+            m["macro_f1_std"],
+        )
     for pair, v in summary["paired_accuracy"].items():
-        log.info("%-22s %+.4f [%+.4f, %+.4f]  discordant %d/%d", pair, v["mean"], *v["ci95"], v["only_a_right"],
-                 v["only_b_right"])
-    print(json.dumps({"run_dir": str(run_dir), "folds": args.folds,
-                      "accuracy": {n: round(m["accuracy_mean"], 4) for n, m in summary["models"].items()}}))
+        log.info(
+            "%-22s %+.4f [%+.4f, %+.4f]  discordant %d/%d",
+            pair,
+            v["mean"],
+            *v["ci95"],
+            v["only_a_right"],
+            v["only_b_right"],
+        )
+    print(
+        json.dumps(
+            {
+                "run_dir": str(run_dir),
+                "folds": args.folds,
+                "accuracy": {n: round(m["accuracy_mean"], 4) for n, m in summary["models"].items()},
+            }
+        )
+    )
     return 0

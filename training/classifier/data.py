@@ -4,6 +4,7 @@ Folder layout: ``<root>/<topic>/<nnn>.txt`` with the title on the first line. CS
 ``text`` and ``label`` with labels 0-4 = politics, sport, tech, entertainment, business (names also accepted).
 Every article has an ``id``: ``topic/nnn.txt`` for the folder layout, ``row<k>`` for the CSV.
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,11 @@ def read_folder(root: str | os.PathLike) -> list[Article]:
     unknown = [t for t in topics if t not in LABELS]
     if unknown:
         raise UserError(f"{root}: unknown label folder(s) {unknown}; expected some of {list(LABELS)}")
-    articles = [Article(f"{t}/{f.name}", read_text(f).strip(), LABELS.index(t))
-                for t in topics for f in sorted((root / t).glob("*.txt"))]
+    articles = [
+        Article(f"{t}/{f.name}", read_text(f).strip(), LABELS.index(t))
+        for t in topics
+        for f in sorted((root / t).glob("*.txt"))
+    ]
     articles = [a for a in articles if a.text]
     if not articles:
         raise UserError(f"{root}: no non-empty .txt articles found")
@@ -55,8 +59,10 @@ def read_csv(path: str | os.PathLike) -> list[Article]:
         missing = {"text", "label"} - set(reader.fieldnames or [])
         if missing:
             raise UserError(f"{path}: missing column(s) {sorted(missing)} (has {reader.fieldnames})")
-        articles = [Article(f"row{k}", row["text"].strip(), parse_label(row["label"], f"{path}:{k + 2}"))
-                    for k, row in enumerate(reader)]
+        articles = [
+            Article(f"row{k}", row["text"].strip(), parse_label(row["label"], f"{path}:{k + 2}"))
+            for k, row in enumerate(reader)
+        ]
     articles = [a for a in articles if a.text]
     if not articles:
         raise UserError(f"{path}: no rows with text")
@@ -98,6 +104,7 @@ def fingerprint(articles: list[Article]) -> str:
 
 # ---------------------------------------------------------------- duplicates
 
+
 def normalize(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
@@ -136,11 +143,16 @@ def duplicate_stats(groups: list[int]) -> dict[str, int]:
     for g in groups:
         sizes[g] = sizes.get(g, 0) + 1
     multi = [s for s in sizes.values() if s > 1]
-    return {"articles": len(groups), "duplicate_groups": len(multi),
-            "articles_in_groups": sum(multi), "redundant_articles": sum(multi) - len(multi)}
+    return {
+        "articles": len(groups),
+        "duplicate_groups": len(multi),
+        "articles_in_groups": sum(multi),
+        "redundant_articles": sum(multi) - len(multi),
+    }
 
 
 # ---------------------------------------------------------------- split
+
 
 def groups_by_label(labels: list[int], groups: list[int]) -> dict[int, list[list[int]]]:
     """label -> the member indices of each duplicate group, a group filed under its first member's label."""
@@ -153,8 +165,9 @@ def groups_by_label(labels: list[int], groups: list[int]) -> dict[int, list[list
     return by_label
 
 
-def split_grouped(labels: list[int], groups: list[int], fractions=(0.8, 0.1, 0.1),
-                  seed: int = 0) -> dict[str, list[int]]:
+def split_grouped(
+    labels: list[int], groups: list[int], fractions=(0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, list[int]]:
     """Stratified train/val/test indices; all members of a duplicate group land in the same split.
 
     Groups are stratified by their first member's label; per label, shuffled groups fill test, then val,

@@ -4,6 +4,7 @@ A truncated SVD of the (term x document) TF-IDF matrix gives each vocabulary wor
 documents it occurs in: topic information the BiLSTM would otherwise have to learn from 1,600 articles.
 Only training articles are used, so nothing leaks from validation or test.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,9 @@ def lsa_embeddings(train_texts: list[str], vocab: Vocab, dim: int, seed: int = 0
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    tfidf = TfidfVectorizer(vocabulary=vocab.stoi, tokenizer=tokenize, lowercase=False, token_pattern=None,
-                            sublinear_tf=True)
+    tfidf = TfidfVectorizer(
+        vocabulary=vocab.stoi, tokenizer=tokenize, lowercase=False, token_pattern=None, sublinear_tf=True
+    )
     x = tfidf.fit_transform(train_texts)  # (docs, V)
     k = min(dim, x.shape[0] - 1, len(vocab) - 1)
     w = np.zeros((len(vocab), dim), dtype=np.float32)

@@ -4,6 +4,7 @@ Any corpus in the original layout (or a CSV) works. ``--split test`` scores only
 articles recorded in the manifest, i.e. the number the export reports. The last line printed is JSON:
 ``{"accuracy": ..., "macro_f1": ..., "n": ...}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", default="exported_models", help="exported models root or the classifier folder")
     parser.add_argument("--data-dir", help="corpus in its folder layout (default $DATA_DIR/bbc)")
     parser.add_argument("--csv", help="corpus as a CSV with text,label columns")
-    parser.add_argument("--split", choices=["all", "test"], default="all",
-                        help="all articles, or only the held-out test ids stored in the manifest")
+    parser.add_argument(
+        "--split",
+        choices=["all", "test"],
+        default="all",
+        help="all articles, or only the held-out test ids stored in the manifest",
+    )
     parser.add_argument("--provider", default="auto", help="ONNX Runtime provider: auto | cuda | cpu")
     parser.add_argument("--batch-size", type=int, default=32)
 

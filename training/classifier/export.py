@@ -8,6 +8,7 @@ held-out test split (training.common.quantize); the manifest's ``precisions`` en
 int8 met its bar (a miss is a warning, not a failed export: the runtime then keeps fp32). The folder follows
 docs/export_format.md; serving reads it without torch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,12 +38,18 @@ BATCH_SIZES = (1, 3, 8, 16)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", nargs="+",
-                        help="a train-classifier run folder (holds model.pt, split.json, metrics.json); several "
-                             "runs on the same split and vocabulary (e.g. --seed 0, 1, 2) export their ensemble as "
-                             "one graph")
-    parser.add_argument("--temperature", default="1",
-                        help="divide the output logits by T: a number, or 'fit' (T minimising the validation NLL)")
+    parser.add_argument(
+        "run_dir",
+        nargs="+",
+        help="a train-classifier run folder (holds model.pt, split.json, metrics.json); several "
+        "runs on the same split and vocabulary (e.g. --seed 0, 1, 2) export their ensemble as "
+        "one graph",
+    )
+    parser.add_argument(
+        "--temperature",
+        default="1",
+        help="divide the output logits by T: a number, or 'fit' (T minimising the validation NLL)",
+    )
     parser.add_argument("--out", default="exported_models", help="exported models root; writes <out>/classifier")
     parser.add_argument("--data-dir", help="corpus for the parity check (default: the run's, or $DATA_DIR/bbc)")
     parser.add_argument("--csv", help="read the parity corpus from a CSV instead")
@@ -69,7 +76,7 @@ def parity_batches(texts: list[str], vocab: Vocab, max_len: int) -> list[list[li
     out = []
     for b in BATCH_SIZES:
         b = min(b, n)
-        out += [enc[:b], enc[n // 2: n // 2 + b], enc[n - b:], enc[:: max(1, n // b)][:b]]
+        out += [enc[:b], enc[n // 2 : n // 2 + b], enc[n - b :], enc[:: max(1, n // b)][:b]]
     # a headline-only input, a one-token input
     out.append([vocab.encode(texts[0].split("\n")[0], max_len), [vocab.encode("the")[0]]])
     return out
@@ -80,10 +87,16 @@ def export(model: TextClassifier, folder: Path, opset: int) -> None:
     with torch.no_grad():
         ts = torch.jit.trace(model, (ids, lengths), check_trace=False)
     ts.save(str(folder / "model.ts"))
-    torch.onnx.export(model, (ids, lengths), str(folder / "model.onnx"), input_names=["ids", "lengths"],
-                      output_names=["logits"], opset_version=opset, dynamo=False,
-                      dynamic_axes={"ids": {0: "batch", 1: "time"}, "lengths": {0: "batch"},
-                                    "logits": {0: "batch"}})
+    torch.onnx.export(
+        model,
+        (ids, lengths),
+        str(folder / "model.onnx"),
+        input_names=["ids", "lengths"],
+        output_names=["logits"],
+        opset_version=opset,
+        dynamo=False,
+        dynamic_axes={"ids": {0: "batch", 1: "time"}, "lengths": {0: "batch"}, "logits": {0: "batch"}},
+    )
 
 
 def check_parity(model: TextClassifier | Ensemble, folder: Path, batches) -> dict:
@@ -96,9 +109,11 @@ def check_parity(model: TextClassifier | Ensemble, folder: Path, batches) -> dic
             ids, lengths = collate(seqs)
             ref = model(ids, lengths).numpy()
             onnx = sess.run(["logits"], {"ids": ids.numpy(), "lengths": lengths.numpy()})[0]
-            diff = {"onnx": float(np.abs(onnx - ref).max()),
-                    "torchscript": float(np.abs(ts(ids, lengths).numpy() - ref).max()),
-                    "packed_reference": float(np.abs(reference_forward(model, ids, lengths).numpy() - ref).max())}
+            diff = {
+                "onnx": float(np.abs(onnx - ref).max()),
+                "torchscript": float(np.abs(ts(ids, lengths).numpy() - ref).max()),
+                "packed_reference": float(np.abs(reference_forward(model, ids, lengths).numpy() - ref).max()),
+            }
             cases.append({"batch": len(seqs), "min_len": int(lengths.min()), "max_len": int(lengths.max()), **diff})
             worst = {k: max(worst[k], diff[k]) for k in worst}
     return {"max_abs_diff": worst, "cases": cases}
@@ -115,9 +130,12 @@ def load_runs(run_dirs: list[str]) -> list[tuple[TextClassifier, dict, dict, dic
         runs.append((model, ckpt, read_json(r / "split.json"), read_json(r / "metrics.json")))
     first = runs[0]
     for r, (_, ckpt, split, _) in zip(run_dirs[1:], runs[1:]):
-        for what, a, b in (("vocabulary", ckpt["vocab"], first[1]["vocab"]),
-                           ("max_len", ckpt["max_len"], first[1]["max_len"]),
-                           ("config", ckpt["config"], first[1]["config"]), ("split", split["test"], first[2]["test"])):
+        for what, a, b in (
+            ("vocabulary", ckpt["vocab"], first[1]["vocab"]),
+            ("max_len", ckpt["max_len"], first[1]["max_len"]),
+            ("config", ckpt["config"], first[1]["config"]),
+            ("split", split["test"], first[2]["test"]),
+        ):
             if a != b:
                 raise UserError(f"{r}: its {what} differs from {run_dirs[0]}'s; ensemble members must share it")
     return runs
@@ -155,8 +173,9 @@ def main(args) -> int:
     model, ckpt, split, metrics = runs[0]
     data_cfg = ckpt["run_config"]["data"]
     csv_path = args.csv or (None if args.data_dir else data_cfg.get("csv"))
-    articles = bbc.read_corpus(None if csv_path else data_path(args.data_dir or data_cfg.get("data_dir"), "bbc"),
-                               csv_path)
+    articles = bbc.read_corpus(
+        None if csv_path else data_path(args.data_dir or data_cfg.get("data_dir"), "bbc"), csv_path
+    )
     by_id = {a.id: a for a in articles}
     missing = [i for i in split["test"] + split.get("val", []) if i not in by_id]
     if missing:
@@ -174,12 +193,21 @@ def main(args) -> int:
         test = [by_id[i] for i in split["test"]]
         _, t = score_model(model, [a.text for a in test], [a.label for a in test], vocab, max_len)
         v = val_m["accuracy"]
-        ensemble = {"members": len(runs), "temperature": temp, "runs": [Path(r).name for r in args.run_dir],
-                    "seeds": [c["run_config"]["train"]["seed"] for _, c, _, _ in runs],
-                    "member_test_accuracy": [m["test"]["accuracy"] for *_, m in runs],
-                    "train_seconds": [m.get("train_seconds") for *_, m in runs]}
-        log.info("ensemble of %d: test accuracy %.4f (members %s), T = %.3f", len(runs), t["accuracy"],
-                 ensemble["member_test_accuracy"], temp)
+        ensemble = {
+            "members": len(runs),
+            "temperature": temp,
+            "runs": [Path(r).name for r in args.run_dir],
+            "seeds": [c["run_config"]["train"]["seed"] for _, c, _, _ in runs],
+            "member_test_accuracy": [m["test"]["accuracy"] for *_, m in runs],
+            "train_seconds": [m.get("train_seconds") for *_, m in runs],
+        }
+        log.info(
+            "ensemble of %d: test accuracy %.4f (members %s), T = %.3f",
+            len(runs),
+            t["accuracy"],
+            ensemble["member_test_accuracy"],
+            temp,
+        )
 
     out = Path(args.out) / "classifier"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -191,36 +219,62 @@ def main(args) -> int:
         worst = max(parity["max_abs_diff"].values())
         log.info("parity over %d batches: %s", len(batches), parity["max_abs_diff"])
         if not worst <= args.tolerance:
-            raise UserError(f"parity check failed: max abs logit difference {worst:.3g} > {args.tolerance:g} "
-                            f"({parity['max_abs_diff']}); nothing exported")
+            raise UserError(
+                f"parity check failed: max abs logit difference {worst:.3g} > {args.tolerance:g} "
+                f"({parity['max_abs_diff']}); nothing exported"
+            )
         b = metrics["baseline_tfidf_svm"]
-        write_manifest(tmp, {
-            "kind": "classifier", "labels": ckpt["labels"], "vocab": ckpt["vocab"], "tokenizer": ckpt["tokenizer"],
-            "max_len": max_len, "config": ckpt["config"],
-            "metrics": {"test_accuracy": t["accuracy"], "test_macro_f1": t["macro_f1"], "test_n": t["n"],
-                        "val_accuracy": v, "baseline_tfidf_svm_accuracy": b["accuracy"],
-                        "baseline_tfidf_svm_macro_f1": b["macro_f1"],
-                        "train_seconds": sum(m.get("train_seconds") or 0 for *_, m in runs)},
-            **({"ensemble": ensemble} if ensemble else {}),
-            "corpus_fingerprint": split["corpus_fingerprint"], "versions": library_versions(), "parity": parity,
-            "split": {"test": split["test"], "duplicates": split.get("duplicates")},
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        })
+        write_manifest(
+            tmp,
+            {
+                "kind": "classifier",
+                "labels": ckpt["labels"],
+                "vocab": ckpt["vocab"],
+                "tokenizer": ckpt["tokenizer"],
+                "max_len": max_len,
+                "config": ckpt["config"],
+                "metrics": {
+                    "test_accuracy": t["accuracy"],
+                    "test_macro_f1": t["macro_f1"],
+                    "test_n": t["n"],
+                    "val_accuracy": v,
+                    "baseline_tfidf_svm_accuracy": b["accuracy"],
+                    "baseline_tfidf_svm_macro_f1": b["macro_f1"],
+                    "train_seconds": sum(m.get("train_seconds") or 0 for *_, m in runs),
+                },
+                **({"ensemble": ensemble} if ensemble else {}),
+                "corpus_fingerprint": split["corpus_fingerprint"],
+                "versions": library_versions(),
+                "parity": parity,
+                "split": {"test": split["test"], "duplicates": split.get("duplicates")},
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            },
+        )
         test = [by_id[i] for i in split["test"]]
         labels = [ckpt["labels"].index(bbc.LABELS[a.label]) for a in test]  # class ids in the manifest's order
-        int8 = add_int8_classifier(tmp, [a.text for a in test], labels, f"the {len(test)}-article held-out test split",
-                                   args.threads, say=log.info)
+        int8 = add_int8_classifier(
+            tmp,
+            [a.text for a in test],
+            labels,
+            f"the {len(test)}-article held-out test split",
+            args.threads,
+            say=log.info,
+        )
         if not int8["accepted"]:
-            log.warning("int8 variant missed its bar (%s): recorded with accepted=false, fp32 stays the default",
-                        int8["verdict"])
+            log.warning(
+                "int8 variant missed its bar (%s): recorded with accepted=false, fp32 stays the default",
+                int8["verdict"],
+            )
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     q = int8["quality"]
-    print(f"exported {out}: parity onnx {parity['max_abs_diff']['onnx']:.2e}, "
-          f"torchscript {parity['max_abs_diff']['torchscript']:.2e}; int8 accuracy {q['accuracy']['int8']:.4f} "
-          f"(fp32 {q['accuracy']['fp32']:.4f}), agreement {q['agreement']:.4f}: "
-          + ("accepted" if int8["accepted"] else "not accepted"))
+    print(
+        f"exported {out}: parity onnx {parity['max_abs_diff']['onnx']:.2e}, "
+        f"torchscript {parity['max_abs_diff']['torchscript']:.2e}; int8 accuracy {q['accuracy']['int8']:.4f} "
+        f"(fp32 {q['accuracy']['fp32']:.4f}), agreement {q['agreement']:.4f}: "
+        + ("accepted" if int8["accepted"] else "not accepted")
+    )
     return 0

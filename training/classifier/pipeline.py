@@ -7,6 +7,7 @@ counts), vocab.json, metrics.json (test metrics of the model and of the TF-IDF +
 split, plus the epoch history), loss/accuracy/lr/confusion/per_class PNGs, model.pt (config + state_dict +
 vocab + labels; no pickled module) and last.pt (resume state).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,8 +57,12 @@ def vocab_texts(texts: list[str], split: dict, data_cfg: dict) -> list[str]:
 def encode_splits(articles, split, data_cfg: dict, source: list[str]) -> tuple[Vocab, dict[str, Encoded]]:
     """Vocabulary from ``source`` (vocab_texts); every split encoded and cut to max_len."""
     vocab = Vocab.build(source, data_cfg["min_freq"], data_cfg["max_vocab"])
-    data = {name: Encoded([vocab.encode(articles[i].text, data_cfg["max_len"]) for i in idx],
-                          [articles[i].label for i in idx]) for name, idx in split.items()}
+    data = {
+        name: Encoded(
+            [vocab.encode(articles[i].text, data_cfg["max_len"]) for i in idx], [articles[i].label for i in idx]
+        )
+        for name, idx in split.items()
+    }
     return vocab, data
 
 
@@ -84,22 +89,45 @@ def fit(cfg: dict, articles, split: dict, device, run_dir: Path | None = None, p
         from training.classifier.pretrain import pretrain_lm
 
         cache = Path(run_dir) / "pretrained.pt" if run_dir else None  # a resumed run does not pretrain again
-        init_state, _ = pretrain_lm(model_cfg, data["train"].ids + data["val"].ids, train_cfg.pretrain_epochs,
-                                    train_cfg.pretrain_lr, train_cfg.seed, init, device, progress, cache)
-    model, history = train(model_cfg, train_cfg, data, run_dir=run_dir, device=device, progress=progress,
-                           embeddings=init, init_state=init_state, **train_kw)
+        init_state, _ = pretrain_lm(
+            model_cfg,
+            data["train"].ids + data["val"].ids,
+            train_cfg.pretrain_epochs,
+            train_cfg.pretrain_lr,
+            train_cfg.seed,
+            init,
+            device,
+            progress,
+            cache,
+        )
+    model, history = train(
+        model_cfg,
+        train_cfg,
+        data,
+        run_dir=run_dir,
+        device=device,
+        progress=progress,
+        embeddings=init,
+        init_state=init_state,
+        **train_kw,
+    )
     return model, history, vocab, data, time.time() - t0
 
 
 def checkpoint(model, cfg: dict, vocab: Vocab) -> dict:
     """Everything needed to rebuild the model without pickled classes."""
-    return {"config": dataclasses.asdict(model.config), "run_config": cfg, "state_dict": model.state_dict(),
-            "vocab": vocab.itos, "labels": list(bbc.LABELS), "max_len": cfg["data"]["max_len"],
-            "tokenizer": {"lowercase": True, "pattern": PATTERN}}
+    return {
+        "config": dataclasses.asdict(model.config),
+        "run_config": cfg,
+        "state_dict": model.state_dict(),
+        "vocab": vocab.itos,
+        "labels": list(bbc.LABELS),
+        "max_len": cfg["data"]["max_len"],
+        "tokenizer": {"lowercase": True, "pattern": PATTERN},
+    }
 
 
-def run_training(cfg: dict, run_dir: Path, device, progress: bool = True, on_epoch_end=None,
-                 prepared=None) -> dict:
+def run_training(cfg: dict, run_dir: Path, device, progress: bool = True, on_epoch_end=None, prepared=None) -> dict:
     """Train, test once, score the SVM baseline on the same split, write the report; returns metrics."""
     from training.classifier.baseline import tfidf_svm
     from training.classifier.report import classification_metrics, write_report
@@ -109,25 +137,42 @@ def run_training(cfg: dict, run_dir: Path, device, progress: bool = True, on_epo
     log.info("%d articles, duplicates %s, split %s", len(articles), dups, {k: len(v) for k, v in split.items()})
     texts = [a.text for a in articles]
     write_json(run_dir / "config.json", cfg)
-    write_json(run_dir / "split.json", {**{k: [articles[i].id for i in v] for k, v in split.items()},
-                                        "duplicates": dups, "corpus_fingerprint": bbc.fingerprint(articles)})
-    model, history, vocab, data, seconds = fit(cfg, articles, split, device, on_epoch_end=on_epoch_end,
-                                               run_dir=run_dir, progress=progress)
+    write_json(
+        run_dir / "split.json",
+        {
+            **{k: [articles[i].id for i in v] for k, v in split.items()},
+            "duplicates": dups,
+            "corpus_fingerprint": bbc.fingerprint(articles),
+        },
+    )
+    model, history, vocab, data, seconds = fit(
+        cfg, articles, split, device, on_epoch_end=on_epoch_end, run_dir=run_dir, progress=progress
+    )
     vocab.save(run_dir / "vocab.json")
     cover = sum(len(s) < cfg["data"]["max_len"] for s in data["train"].ids) / len(data["train"])
     test_pred = predict(model, data["test"], device=device).argmax(1).numpy()
     svm_pred = tfidf_svm([texts[i] for i in split["train"]], data["train"].labels, [texts[i] for i in split["test"]])
     best = min(history, key=lambda h: h["val_loss"])
-    metrics = {"test": classification_metrics(data["test"].labels, test_pred, labels),
-               "val": {"accuracy": best["val_acc"], "loss": best["val_loss"], "best_epoch": best["epoch"]},
-               "baseline_tfidf_svm": classification_metrics(data["test"].labels, svm_pred, labels),
-               "duplicates": dups, "vocab_size": len(vocab), "max_len_coverage_train": cover,
-               "length_p95_train": length_quantile([texts[i] for i in split["train"]]),
-               "train_seconds": seconds, "parameters": sum(p.numel() for p in model.parameters()),
-               "versions": library_versions()}
+    metrics = {
+        "test": classification_metrics(data["test"].labels, test_pred, labels),
+        "val": {"accuracy": best["val_acc"], "loss": best["val_loss"], "best_epoch": best["epoch"]},
+        "baseline_tfidf_svm": classification_metrics(data["test"].labels, svm_pred, labels),
+        "duplicates": dups,
+        "vocab_size": len(vocab),
+        "max_len_coverage_train": cover,
+        "length_p95_train": length_quantile([texts[i] for i in split["train"]]),
+        "train_seconds": seconds,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "versions": library_versions(),
+    }
     write_report(run_dir, history, metrics, labels)
     torch.save(checkpoint(model, cfg, vocab), run_dir / "model.pt")
-    log.info("test accuracy %.4f macro-F1 %.4f | TF-IDF+SVM accuracy %.4f | %.0fs -> %s",
-             metrics["test"]["accuracy"], metrics["test"]["macro_f1"],
-             metrics["baseline_tfidf_svm"]["accuracy"], seconds, run_dir)
+    log.info(
+        "test accuracy %.4f macro-F1 %.4f | TF-IDF+SVM accuracy %.4f | %.0fs -> %s",
+        metrics["test"]["accuracy"],
+        metrics["test"]["macro_f1"],
+        metrics["baseline_tfidf_svm"]["accuracy"],
+        seconds,
+        run_dir,
+    )
     return metrics

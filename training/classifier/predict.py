@@ -1,4 +1,5 @@
 """predict-classifier: classify texts with the exported ONNX model; prints the label and probabilities."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,6 @@ def main(args) -> int:
         if args.json:
             print(json.dumps(result))
         else:
-            probs = "  ".join(f"{k} {v:.3f}" for k, v in sorted(result["probabilities"].items(),
-                                                             key=lambda kv: -kv[1]))
+            probs = "  ".join(f"{k} {v:.3f}" for k, v in sorted(result["probabilities"].items(), key=lambda kv: -kv[1]))
             print(f"{result['label']}\t{probs}")
     return 0

@@ -11,6 +11,7 @@ classifier trains on (never the test split's). Then ``train()`` starts from thes
 The adaptive softmax (frequent words in a full head, rare ones in smaller clusters) makes an epoch about 4x
 cheaper than a full softmax over a ~16k vocabulary. The heads are thrown away after pretraining.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,7 +28,7 @@ from training.common.devices import seed_everything
 
 log = logging.getLogger(__name__)
 
-CUTOFFS = (2000, 8000)      # vocabulary ids: head, then two tail clusters (fewer where the vocab is smaller)
+CUTOFFS = (2000, 8000)  # vocabulary ids: head, then two tail clusters (fewer where the vocab is smaller)
 BATCH_SIZE = 16
 CLIP = 1.0
 
@@ -36,16 +37,18 @@ def lm_heads(config: ClassifierConfig) -> nn.ModuleList:
     """One adaptive softmax per direction over the vocabulary, from that direction's hidden state (H)."""
     cutoffs = [c for c in CUTOFFS if c < config.vocab_size - 1] or [max(1, config.vocab_size // 4)]  # >= 1 needed
     dirs = 2 if config.bidirectional else 1
-    return nn.ModuleList(nn.AdaptiveLogSoftmaxWithLoss(config.hidden_size, config.vocab_size, cutoffs, div_value=4.0)
-                         for _ in range(dirs))
+    return nn.ModuleList(
+        nn.AdaptiveLogSoftmaxWithLoss(config.hidden_size, config.vocab_size, cutoffs, div_value=4.0)
+        for _ in range(dirs)
+    )
 
 
 def lm_loss(model: TextClassifier, heads: nn.ModuleList, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Mean NLL per predicted token (nats) of next-token (forward) and previous-token (backward) prediction."""
     H = model.config.hidden_size
-    states = model.dropout(model.token_states(ids, lengths))       # (B, T, H * dirs)
+    states = model.dropout(model.token_states(ids, lengths))  # (B, T, H * dirs)
     T = ids.size(1)
-    valid = torch.arange(T - 1, device=ids.device).unsqueeze(0) + 1 < lengths.unsqueeze(1)   # (B, T-1)
+    valid = torch.arange(T - 1, device=ids.device).unsqueeze(0) + 1 < lengths.unsqueeze(1)  # (B, T-1)
     # forward state at t predicts t+1; backward state at t+1 (it has read t+1..end) predicts t
     pairs = [(states[:, :-1, :H], ids[:, 1:])]
     if model.config.bidirectional:
@@ -54,9 +57,17 @@ def lm_loss(model: TextClassifier, heads: nn.ModuleList, ids: torch.Tensor, leng
     return torch.stack(losses).mean()
 
 
-def pretrain_lm(config: ClassifierConfig, seqs: list[list[int]], epochs: int, lr: float, seed: int = 0,
-                embeddings=None, device: str | torch.device = "cpu", progress: bool = True,
-                cache: str | Path | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def pretrain_lm(
+    config: ClassifierConfig,
+    seqs: list[list[int]],
+    epochs: int,
+    lr: float,
+    seed: int = 0,
+    embeddings=None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    cache: str | Path | None = None,
+) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """Pretrain a fresh TextClassifier's embedding and RNNs as language models on ``seqs`` (token ids).
 
     -> (state_dict without the head, for ``train(init_state=...)``; per-epoch history). ``cache`` (a .pt path)
@@ -76,8 +87,9 @@ def pretrain_lm(config: ClassifierConfig, seqs: list[list[int]], epochs: int, lr
     seq_lengths = [len(s) for s in seqs]
     batches_per_epoch = len(length_batches(seq_lengths, BATCH_SIZE, None))
     # one-cycle: warm up over the first 10% of steps, then anneal (ULMFiT's slanted triangular schedule)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * batches_per_epoch),
-                                                pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=max(1, epochs * batches_per_epoch), pct_start=0.1
+    )
     history = []
     for epoch in range(1, epochs + 1):
         total, n = 0.0, 0

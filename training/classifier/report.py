@@ -1,4 +1,5 @@
 """Classifier run report: metrics.json and PNG plots in the run folder."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,10 @@ def classification_metrics(y_true, y_pred, labels: list[str]) -> dict:
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=ks, average="macro", zero_division=0)),
         # per-class accuracy = recall: the share of each true class predicted correctly
-        "per_class": {lab: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]),
-                            "support": int(support[k])} for k, lab in enumerate(labels)},
+        "per_class": {
+            lab: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(support[k])}
+            for k, lab in enumerate(labels)
+        },
         "confusion_matrix": cm.tolist(),
     }
 
@@ -36,16 +39,28 @@ def write_report(run_dir: str | Path, history: list[dict], metrics: dict, labels
     def series(key):
         return epochs, [h[key] for h in history]
 
-    plot_curves(run / "loss.png", {"train": series("train_loss"), "val": series("val_loss")},
-                "Cross-entropy (label-smoothed)", "epoch", "loss")
-    plot_curves(run / "accuracy.png", {"train": series("train_acc"), "val": series("val_acc")},
-                "Accuracy", "epoch", "accuracy")
-    plot_curves(run / "lr.png", {"lr": series("lr")}, "Learning rate (ReduceLROnPlateau)", "epoch",
-                "learning rate", logy=True)
+    plot_curves(
+        run / "loss.png",
+        {"train": series("train_loss"), "val": series("val_loss")},
+        "Cross-entropy (label-smoothed)",
+        "epoch",
+        "loss",
+    )
+    plot_curves(
+        run / "accuracy.png", {"train": series("train_acc"), "val": series("val_acc")}, "Accuracy", "epoch", "accuracy"
+    )
+    plot_curves(
+        run / "lr.png", {"lr": series("lr")}, "Learning rate (ReduceLROnPlateau)", "epoch", "learning rate", logy=True
+    )
     test = metrics["test"]
-    plot_confusion(run / "confusion.png", np.array(test["confusion_matrix"]), labels,
-                   f"Test confusion matrix (accuracy {test['accuracy']:.3f})")
+    plot_confusion(
+        run / "confusion.png",
+        np.array(test["confusion_matrix"]),
+        labels,
+        f"Test confusion matrix (accuracy {test['accuracy']:.3f})",
+    )
     per_class = {lab: v["recall"] for lab, v in test["per_class"].items()}
     lo = max(0.0, min(per_class.values(), default=0.0) - 0.05)
-    plot_bars(run / "per_class.png", per_class, "Test accuracy per class", "accuracy",
-              ylim=(lo, 1 + 0.1 * (1 - lo)))  # headroom for the value labels
+    plot_bars(
+        run / "per_class.png", per_class, "Test accuracy per class", "accuracy", ylim=(lo, 1 + 0.1 * (1 - lo))
+    )  # headroom for the value labels

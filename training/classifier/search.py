@@ -6,6 +6,7 @@ objective is the best validation cross-entropy without label smoothing (comparab
 RDB URL (e.g. postgresql://...) lets several workers on several machines join one study. At the end the
 best trial's config is retrained in full and evaluated once on the test split.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,10 @@ log = logging.getLogger(__name__)
 def suggest(trial) -> dict:
     """The classifier search space -> {"data": ..., "model": ..., "train": ...} overrides."""
     return {
-        "data": {"max_len": trial.suggest_categorical("max_len", [300, 500, 750, 1000]),
-                 "embed_init": trial.suggest_categorical("embed_init", ["lsa", "random"])},
+        "data": {
+            "max_len": trial.suggest_categorical("max_len", [300, 500, 750, 1000]),
+            "embed_init": trial.suggest_categorical("embed_init", ["lsa", "random"]),
+        },
         "model": {
             "embed_dim": trial.suggest_categorical("embed_dim", [64, 96, 128, 192]),
             "hidden_size": trial.suggest_categorical("hidden_size", [64, 96, 128, 192]),
@@ -73,8 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pruner", default="median", help="median | hyperband | none")
     g.add_argument("--trial-epochs", type=int, default=8, help="epochs per trial (the final retrain uses --epochs)")
     g.add_argument("--train-fraction", type=float, default=1.0, help="share of the training split trials train on")
-    g.add_argument("--fix", action="append", metavar="NAME=VALUE",
-                   help="pin a search parameter, e.g. --fix cell=rnn --fix bidirectional=false (repeatable)")
+    g.add_argument(
+        "--fix",
+        action="append",
+        metavar="NAME=VALUE",
+        help="pin a search parameter, e.g. --fix cell=rnn --fix bidirectional=false (repeatable)",
+    )
     g.add_argument("--no-retrain", action="store_true", help="only search (extra workers): no final retrain")
     g.add_argument("--out", default="runs", help="folder that receives the search run folder")
 
@@ -92,8 +99,9 @@ def objective_fn(base: dict, prepared, args, device):
     def objective(trial) -> float:
         cfg = merged(base, suggest(trial))
         cfg["train"]["epochs"] = args.trial_epochs
-        _, history, *_, seconds = fit(cfg, articles, split, device, on_epoch_end=PruningCallback(trial, "val_nll"),
-                                      progress=False)
+        _, history, *_, seconds = fit(
+            cfg, articles, split, device, on_epoch_end=PruningCallback(trial, "val_nll"), progress=False
+        )
         best = min(history, key=lambda h: h["val_nll"])
         trial.set_user_attr("val_acc", best["val_acc"])
         trial.set_user_attr("seconds", seconds)
@@ -118,12 +126,14 @@ def main(args) -> int:
     unknown = sorted(set(fixed) - set(base_params(base)))
     if unknown:
         raise UserError(f"--fix: {unknown} not in the search space {sorted(base_params(base))}")
-    study = create_study(args.study_name, args.storage, "minimize", args.pruner, max_resource=args.trial_epochs,
-                         fixed=fixed)
+    study = create_study(
+        args.study_name, args.storage, "minimize", args.pruner, max_resource=args.trial_epochs, fixed=fixed
+    )
     if not study.trials:  # a new study starts from the command-line config, so TPE has a sound anchor
         study.enqueue_trial({**base_params(base), **fixed}, skip_if_exists=True)
-    study.optimize(objective_fn(base, prepared, args, device), n_trials=args.n_trials, timeout=args.timeout,
-                   gc_after_trial=True)
+    study.optimize(
+        objective_fn(base, prepared, args, device), n_trials=args.n_trials, timeout=args.timeout, gc_after_trial=True
+    )
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise UserError(f"study {args.study_name!r} has no completed trial yet")
@@ -137,7 +147,9 @@ def main(args) -> int:
     best = merged(base, suggest(optuna.trial.FixedTrial(study.best_params)))
     (run_dir / "best").mkdir()
     m = run_training(best, run_dir / "best", device, progress=not args.no_progress, prepared=prepared)
-    print(f"best trial {study.best_trial.number}: {study.best_params}\n"
-          f"retrained: test accuracy {m['test']['accuracy']:.4f}  macro-F1 {m['test']['macro_f1']:.4f}  "
-          f"(TF-IDF+SVM {m['baseline_tfidf_svm']['accuracy']:.4f})  run: {run_dir}")
+    print(
+        f"best trial {study.best_trial.number}: {study.best_params}\n"
+        f"retrained: test accuracy {m['test']['accuracy']:.4f}  macro-F1 {m['test']['macro_f1']:.4f}  "
+        f"(TF-IDF+SVM {m['baseline_tfidf_svm']['accuracy']:.4f})  run: {run_dir}"
+    )
     return 0

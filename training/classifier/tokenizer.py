@@ -8,6 +8,7 @@ Rules, in order of the alternatives:
   * all other punctuation (``. , " ( ) : ; ! ? -``) is dropped: it carries little topic information
     and would make articles about 15% longer for the LSTM.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,9 @@ class Vocab:
         return ids or [UNK_ID]
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps({"pattern": PATTERN, "lowercase": True, "itos": self.itos},
-                                         ensure_ascii=False))
+        Path(path).write_text(
+            json.dumps({"pattern": PATTERN, "lowercase": True, "itos": self.itos}, ensure_ascii=False)
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocab:

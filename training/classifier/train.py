@@ -6,6 +6,7 @@ the weights is what gets validated and returned. Batches hold articles of simila
 The loop knows nothing of Optuna: a search hooks in through ``on_epoch_end(epoch, metrics)``, which may
 raise to stop the run. With ``run_dir`` it saves ``last.pt`` after every epoch and resumes from it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,14 +35,14 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-2
     label_smoothing: float = 0.1
-    clip: float = 1.0             # max gradient norm
-    patience: int = 4             # early stopping: epochs without val-loss improvement
-    lr_patience: int = 1          # ReduceLROnPlateau patience
-    bf16: bool = False            # bfloat16 autocast for the training steps on CPU (evaluation stays float32)
-    ema: float = 0.0              # > 0: evaluate and keep an exponential moving average of the weights (decay/step)
-    crop: float = 0.0             # share of training articles replaced, each epoch, by a random window of them
-    pretrain_epochs: int = 0      # > 0: first pretrain embedding + RNNs as language models on the non-test texts
-    pretrain_lr: float = 3e-3     # peak learning rate of that pretraining (one-cycle schedule)
+    clip: float = 1.0  # max gradient norm
+    patience: int = 4  # early stopping: epochs without val-loss improvement
+    lr_patience: int = 1  # ReduceLROnPlateau patience
+    bf16: bool = False  # bfloat16 autocast for the training steps on CPU (evaluation stays float32)
+    ema: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights (decay/step)
+    crop: float = 0.0  # share of training articles replaced, each epoch, by a random window of them
+    pretrain_epochs: int = 0  # > 0: first pretrain embedding + RNNs as language models on the non-test texts
+    pretrain_lr: float = 3e-3  # peak learning rate of that pretraining (one-cycle schedule)
     seed: int = 0
 
     @classmethod
@@ -53,6 +54,7 @@ class TrainConfig:
 @dataclass
 class Encoded:
     """One split: token ids per article (already cut to max_len) and class ids."""
+
     ids: list[list[int]]
     labels: list[int]
 
@@ -74,7 +76,7 @@ def crop_views(seqs: list[list[int]], share: float, rng: random.Random, min_len:
         if len(s) > min_len and rng.random() < share:
             n = rng.randint(min_len, len(s))
             start = rng.randint(0, len(s) - n)
-            s = s[start: start + n]
+            s = s[start : start + n]
         out.append(s)
     return out
 
@@ -94,13 +96,13 @@ def length_batches(lengths: list[int], batch_size: int, rng: random.Random | Non
     order = list(range(len(lengths)))
     if rng is None:
         order.sort(key=lambda i: lengths[i])
-        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(order)
     pool = batch_size * 8
     batches = []
     for p in range(0, len(order), pool):
-        chunk = sorted(order[p: p + pool], key=lambda i: lengths[i])
-        batches += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[p : p + pool], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -121,8 +123,11 @@ def evaluate(model: TextClassifier, data: Encoded, device="cpu", smoothing: floa
     across runs with different smoothing (the search's objective)."""
     logits = predict(model, data, device=device)
     y = torch.tensor(data.labels)
-    return {"loss": F.cross_entropy(logits, y, label_smoothing=smoothing).item(),
-            "nll": F.cross_entropy(logits, y).item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+    return {
+        "loss": F.cross_entropy(logits, y, label_smoothing=smoothing).item(),
+        "nll": F.cross_entropy(logits, y).item(),
+        "acc": (logits.argmax(1) == y).float().mean().item(),
+    }
 
 
 def initial_model(model_config: ClassifierConfig, embeddings=None) -> TextClassifier:
@@ -133,10 +138,17 @@ def initial_model(model_config: ClassifierConfig, embeddings=None) -> TextClassi
     return model
 
 
-def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, Encoded],
-          on_epoch_end: Callable[[int, dict], None] | None = None, run_dir: str | Path | None = None,
-          device: str | torch.device = "cpu", progress: bool = True,
-          embeddings=None, init_state: dict | None = None) -> tuple[TextClassifier, list[dict]]:
+def train(
+    model_config: ClassifierConfig,
+    config: TrainConfig,
+    data: dict[str, Encoded],
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+    run_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    embeddings=None,
+    init_state: dict | None = None,
+) -> tuple[TextClassifier, list[dict]]:
     """Train on data["train"], early-stop on data["val"]; returns (model with best weights, history).
     ``embeddings`` (V, E), when given, initialises the embedding table (e.g. LSA vectors); ``init_state``, a
     state_dict without the head (pretrain.pretrain_lm), then replaces the embedding and RNN weights."""
@@ -152,8 +164,11 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=config.lr_patience)
     # the averaged weights are what is validated, early-stopped on and returned; the raw ones keep training
-    ema = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema)) if config.ema > 0 else None
+    ema = (
+        torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema))
+        if config.ema > 0
+        else None
+    )
     scored = ema.module if ema is not None else model
     state = {"epoch": 0, "history": [], "best_loss": float("inf"), "best_state": None, "bad_epochs": 0}
     ckpt = Path(run_dir) / "last.pt" if run_dir else None
@@ -169,8 +184,13 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
         torch.set_rng_state(saved["torch_rng"])
         log.info("resumed %s at epoch %d", ckpt, state["epoch"])
 
-    epochs = tqdm(range(state["epoch"], config.epochs), desc="epochs", initial=state["epoch"],
-                  total=config.epochs, disable=not progress)
+    epochs = tqdm(
+        range(state["epoch"], config.epochs),
+        desc="epochs",
+        initial=state["epoch"],
+        total=config.epochs,
+        disable=not progress,
+    )
     for epoch in epochs:
         if state["bad_epochs"] >= config.patience:
             break
@@ -194,9 +214,16 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(batch)
         val = evaluate(scored, data["val"], device, config.label_smoothing)
-        metrics = {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_acc": correct / seen,
-                   "val_loss": val["loss"], "val_nll": val["nll"], "val_acc": val["acc"],
-                   "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": total_loss / seen,
+            "train_acc": correct / seen,
+            "val_loss": val["loss"],
+            "val_nll": val["nll"],
+            "val_acc": val["acc"],
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": time.time() - t0,
+        }
         sched.step(val["loss"])
         state["history"].append(metrics)
         if val["loss"] < state["best_loss"]:
@@ -205,13 +232,23 @@ def train(model_config: ClassifierConfig, config: TrainConfig, data: dict[str, E
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        epochs.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_loss=f"{val['loss']:.3f}",
-                           val_acc=f"{val['acc']:.3f}")
+        epochs.set_postfix(
+            loss=f"{metrics['train_loss']:.3f}", val_loss=f"{val['loss']:.3f}", val_acc=f"{val['acc']:.3f}"
+        )
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in metrics.items()})
         if ckpt:
-            save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "state": state, "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
-                        **({"ema": ema.state_dict()} if ema is not None else {})}, ckpt)
+            save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "state": state,
+                    "rng": rng.getstate(),
+                    "torch_rng": torch.get_rng_state(),
+                    **({"ema": ema.state_dict()} if ema is not None else {}),
+                },
+                ckpt,
+            )
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)  # may raise (e.g. a pruned Optuna trial)
     if state["best_state"] is not None:

@@ -1,4 +1,5 @@
 """Command-line plumbing: the one error type commands raise for bad input, data paths and run folders."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -24,7 +25,7 @@ def data_path(explicit: str | os.PathLike | None, sub: str) -> Path:
 
 def make_run_dir(root: str | os.PathLike | None, prefix: str) -> Path:
     """A fresh folder ``<root>/<prefix>-<UTC timestamp>`` (root defaults to ./runs)."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
     path = Path(root or "runs") / f"{prefix}-{stamp}"
     path.mkdir(parents=True, exist_ok=True)
     return path

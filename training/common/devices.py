@@ -1,4 +1,5 @@
 """Where and how reproducibly a run executes: seeds, the torch device, the library versions it ran with."""
+
 from __future__ import annotations
 
 import random

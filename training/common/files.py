@@ -1,4 +1,5 @@
 """Reading corpora and reading/writing JSON. No torch: the load tests read the corpora through this module."""
+
 from __future__ import annotations
 
 import dataclasses

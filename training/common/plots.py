@@ -1,4 +1,5 @@
 """PNG plots shared by both models' reports (matplotlib, headless)."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,14 @@ def pyplot():
     return plt
 
 
-def plot_curves(path: str | os.PathLike, curves: dict[str, tuple[Sequence[float], Sequence[float]]],
-                title: str, xlabel: str, ylabel: str, logy: bool = False) -> None:
+def plot_curves(
+    path: str | os.PathLike,
+    curves: dict[str, tuple[Sequence[float], Sequence[float]]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    logy: bool = False,
+) -> None:
     """One line per named (x, y) series, e.g. {"train": (epochs, loss), "val": (epochs, val_loss)}."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -46,16 +53,18 @@ def plot_confusion(path: str | os.PathLike, matrix: np.ndarray, labels: Sequence
     thresh = matrix.max() / 2 if matrix.size else 0
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > thresh else "black")
+            ax.text(
+                j, i, str(matrix[i, j]), ha="center", va="center", color="white" if matrix[i, j] > thresh else "black"
+            )
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def plot_bars(path: str | os.PathLike, values: dict[str, float], title: str, ylabel: str,
-              ylim: tuple[float, float] | None = None) -> None:
+def plot_bars(
+    path: str | os.PathLike, values: dict[str, float], title: str, ylabel: str, ylim: tuple[float, float] | None = None
+) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
     names = list(values)

@@ -12,6 +12,7 @@ only read. A variant that misses its bar is still written, with ``"accepted": fa
 keeps fp32; the ``quantize`` command then exits 1. Schema and rule: docs/export_format.md. No torch, and nothing
 from training.classifier or training.generator: the quality is measured through the serving runtime.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,7 @@ METHOD = "onnxruntime.quantization.quantize_dynamic: QInt8 weights (per tensor),
 CLASSIFIER_BAR = {"min_accuracy_change": 0.0, "min_agreement": 0.995}
 GENERATOR_BAR = {"max_bits_per_char_change": 0.005}
 EVAL_CHARS = 64_000  # the canon's last characters: inside the 5% validation tail the generator never trained on
-STREAMS = 64         # parallel teacher-forced rows of the bits/char evaluation
+STREAMS = 64  # parallel teacher-forced rows of the bits/char evaluation
 PREFILL_CHARS = 1000  # prompt read by both prefill graphs for the informational prefill comparison
 
 
@@ -69,8 +70,9 @@ def _int8_twin(runtime, files: dict, **sessions):
     return twin
 
 
-def classifier_quality(folder: Path, int8_files: dict, texts: list[str], labels: list[int], evaluated_on: str,
-                       threads: int = 1) -> tuple[dict, list[str]]:
+def classifier_quality(
+    folder: Path, int8_files: dict, texts: list[str], labels: list[int], evaluated_on: str, threads: int = 1
+) -> tuple[dict, list[str]]:
     """fp32 and int8 on the same articles through ClassifierRuntime.predict_logits -> (quality, failures)."""
     from runtime.classifier import ClassifierRuntime
     from runtime.providers import make_session
@@ -82,10 +84,15 @@ def classifier_quality(folder: Path, int8_files: dict, texts: list[str], labels:
     pred = {k: v.argmax(axis=1) for k, v in logits.items()}
     correct = {k: int((p == y).sum()) for k, p in pred.items()}
     n = len(y)
-    q = {"evaluated_on": evaluated_on, "n": n, "accuracy": {k: v / n for k, v in correct.items()},
-         "accuracy_change": (correct["int8"] - correct["fp32"]) / n,
-         "agreement": float((pred["int8"] == pred["fp32"]).mean()),
-         "max_abs_logit_diff": float(np.abs(logits["int8"] - logits["fp32"]).max()), "bar": dict(CLASSIFIER_BAR)}
+    q = {
+        "evaluated_on": evaluated_on,
+        "n": n,
+        "accuracy": {k: v / n for k, v in correct.items()},
+        "accuracy_change": (correct["int8"] - correct["fp32"]) / n,
+        "agreement": float((pred["int8"] == pred["fp32"]).mean()),
+        "max_abs_logit_diff": float(np.abs(logits["int8"] - logits["fp32"]).max()),
+        "bar": dict(CLASSIFIER_BAR),
+    }
     failures = []
     if q["accuracy_change"] < CLASSIFIER_BAR["min_accuracy_change"]:
         failures.append(f"accuracy {q['accuracy']['int8']:.4f} < fp32 {q['accuracy']['fp32']:.4f}")
@@ -99,7 +106,7 @@ def bits_per_char(runtime, ids: np.ndarray, streams: int = STREAMS) -> float:
     through ``runtime.step`` from the zero state: one batched step call per position."""
     n = len(ids) // streams
     rows = ids[: n * streams].reshape(streams, n)  # (B, n)
-    h, c = runtime.zero_state(streams)             # (L, B, H)
+    h, c = runtime.zero_state(streams)  # (L, B, H)
     b = np.arange(streams)
     nll = 0.0
     for t in range(n - 1):
@@ -111,27 +118,39 @@ def bits_per_char(runtime, ids: np.ndarray, streams: int = STREAMS) -> float:
     return nll / (streams * (n - 1)) / math.log(2)
 
 
-def generator_quality(folder: Path, int8_files: dict, text: str, evaluated_on: str,
-                      threads: int = 1) -> tuple[dict, list[str]]:
+def generator_quality(
+    folder: Path, int8_files: dict, text: str, evaluated_on: str, threads: int = 1
+) -> tuple[dict, list[str]]:
     """bits/char of fp32 and int8 step graphs on ``text`` (GeneratorRuntime.step) -> (quality, failures)."""
     from runtime.generator import GeneratorRuntime
     from runtime.providers import make_session
 
     fp32 = GeneratorRuntime(folder, "cpu", threads, precision="fp32")
-    int8 = _int8_twin(fp32, int8_files, step_session=make_session(folder / int8_files["step"], "cpu", threads),
-                      prefill_session=make_session(folder / int8_files["prefill"], "cpu", threads))
+    int8 = _int8_twin(
+        fp32,
+        int8_files,
+        step_session=make_session(folder / int8_files["step"], "cpu", threads),
+        prefill_session=make_session(folder / int8_files["prefill"], "cpu", threads),
+    )
     ids = fp32.encode(text)
     bpc = {k: bits_per_char(rt, ids) for k, rt in (("fp32", fp32), ("int8", int8))}
     prompt = ids[None, :PREFILL_CHARS]  # (1, T)
     after = {k: rt.prefill(prompt, *rt.zero_state(1))[0] for k, rt in (("fp32", fp32), ("int8", int8))}
-    q = {"evaluated_on": evaluated_on, "n_chars": len(ids), "streams": STREAMS, "bits_per_char": bpc,
-         "bits_per_char_change": bpc["int8"] - bpc["fp32"],
-         "prefill_max_abs_logit_diff": float(np.abs(after["int8"] - after["fp32"]).max()),
-         "bar": dict(GENERATOR_BAR)}
+    q = {
+        "evaluated_on": evaluated_on,
+        "n_chars": len(ids),
+        "streams": STREAMS,
+        "bits_per_char": bpc,
+        "bits_per_char_change": bpc["int8"] - bpc["fp32"],
+        "prefill_max_abs_logit_diff": float(np.abs(after["int8"] - after["fp32"]).max()),
+        "bar": dict(GENERATOR_BAR),
+    }
     failures = []
     if not q["bits_per_char_change"] <= GENERATOR_BAR["max_bits_per_char_change"]:
-        failures.append(f"bits/char {bpc['int8']:.4f} vs fp32 {bpc['fp32']:.4f} "
-                        f"(+{q['bits_per_char_change']:.4f} > +{GENERATOR_BAR['max_bits_per_char_change']})")
+        failures.append(
+            f"bits/char {bpc['int8']:.4f} vs fp32 {bpc['fp32']:.4f} "
+            f"(+{q['bits_per_char_change']:.4f} > +{GENERATOR_BAR['max_bits_per_char_change']})"
+        )
     return q, failures
 
 
@@ -153,8 +172,10 @@ def quantize_graphs(folder: Path, kind: str, say=_say) -> tuple[dict, dict]:
         for role, name in fp32_files.items():
             out = Path(tmp) / int8_files[role]
             quantize_file(folder / name, out)
-            say(f"{kind}: {name} {(folder / name).stat().st_size / 1e6:.1f} MB -> "
-                f"{out.name} {out.stat().st_size / 1e6:.1f} MB")
+            say(
+                f"{kind}: {name} {(folder / name).stat().st_size / 1e6:.1f} MB -> "
+                f"{out.name} {out.stat().st_size / 1e6:.1f} MB"
+            )
             shutil.move(str(out), folder / out.name)
     write_int8_entry(folder, man, {"files": int8_files, "accepted": False, "verdict": "not measured yet"})
     return man, int8_files
@@ -171,25 +192,32 @@ def _record(folder: Path, man: dict, int8_files: dict, quality: dict, failures: 
     """The measured int8 entry, written to the manifest -> the entry."""
     from importlib import metadata
 
-    entry = {"files": int8_files, "method": METHOD, "accepted": not failures,
-             "verdict": "; ".join(failures) if failures else "meets the bar",
-             "quality": quality,
-             "quantized_with": {k: metadata.version(k) for k in ("onnxruntime", "onnx")},
-             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    entry = {
+        "files": int8_files,
+        "method": METHOD,
+        "accepted": not failures,
+        "verdict": "; ".join(failures) if failures else "meets the bar",
+        "quality": quality,
+        "quantized_with": {k: metadata.version(k) for k in ("onnxruntime", "onnx")},
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
     write_int8_entry(folder, man, entry)
     return entry
 
 
-def add_int8_classifier(folder: Path, texts: list[str], labels: list[int], evaluated_on: str, threads: int = 1,
-                        say=_say) -> dict:
+def add_int8_classifier(
+    folder: Path, texts: list[str], labels: list[int], evaluated_on: str, threads: int = 1, say=_say
+) -> dict:
     """Quantize an exported classifier folder, measure int8 on the labelled texts, record it -> the int8 entry."""
     man, int8_files = quantize_graphs(folder, "classifier", say)
     say(f"classifier: fp32 vs int8 on {evaluated_on} ...")
     quality, failures = classifier_quality(folder, int8_files, texts, labels, evaluated_on, threads)
     entry = _record(folder, man, int8_files, quality, failures)
-    say(f"classifier: accuracy {quality['accuracy']['fp32']:.4f} -> {quality['accuracy']['int8']:.4f}, "
+    say(
+        f"classifier: accuracy {quality['accuracy']['fp32']:.4f} -> {quality['accuracy']['int8']:.4f}, "
         f"agreement {quality['agreement']:.4f}, max |logit diff| {quality['max_abs_logit_diff']:.3g}: "
-        + ("accepted" if entry["accepted"] else f"REJECTED ({entry['verdict']})"))
+        + ("accepted" if entry["accepted"] else f"REJECTED ({entry['verdict']})")
+    )
     return entry
 
 
@@ -200,8 +228,10 @@ def add_int8_generator(folder: Path, text: str, evaluated_on: str, threads: int 
     quality, failures = generator_quality(folder, int8_files, text, evaluated_on, threads)
     entry = _record(folder, man, int8_files, quality, failures)
     q = quality["bits_per_char"]
-    say(f"generator: bits/char {q['fp32']:.4f} -> {q['int8']:.4f} ({quality['bits_per_char_change']:+.4f}): "
-        + ("accepted" if entry["accepted"] else f"REJECTED ({entry['verdict']})"))
+    say(
+        f"generator: bits/char {q['fp32']:.4f} -> {q['int8']:.4f} ({quality['bits_per_char_change']:+.4f}): "
+        + ("accepted" if entry["accepted"] else f"REJECTED ({entry['verdict']})")
+    )
     return entry
 
 
@@ -215,8 +245,11 @@ def classifier_test_split(manifest: dict, bbc_root: Path) -> tuple[list[str], li
     if missing:
         raise UserError(f"{bbc_root}: {len(missing)} of the {len(ids)} test articles are missing, e.g. {missing[0]}")
     labels = list(manifest["labels"])
-    return ([read_text(bbc_root / i).strip() for i in ids], [labels.index(i.split("/")[0]) for i in ids],
-            f"the {len(ids)}-article held-out test split")
+    return (
+        [read_text(bbc_root / i).strip() for i in ids],
+        [labels.index(i.split("/")[0]) for i in ids],
+        f"the {len(ids)}-article held-out test split",
+    )
 
 
 def canon_tail(path: Path, chars: int = EVAL_CHARS) -> tuple[str, str]:
@@ -242,9 +275,11 @@ def quantize_folder(folder: Path, data_dir: Path, threads: int = 1, say=_say) ->
 
 # ------------------------------------------------------------------ command
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("add int8 variants (model.int8.onnx; step/prefill.int8.onnx) to already exported model folders "
-                     "and record their measured quality in the manifests; exit code 1 when one misses its bar "
-                     "(it is then recorded with accepted=false and the runtime's auto keeps fp32)")
+    p.description = (
+        "add int8 variants (model.int8.onnx; step/prefill.int8.onnx) to already exported model folders "
+        "and record their measured quality in the manifests; exit code 1 when one misses its bar "
+        "(it is then recorded with accepted=false and the runtime's auto keeps fp32)"
+    )
     p.add_argument("--models", default="exported_models", help="exported-models root, or one model folder")
     p.add_argument("--data-dir", help="corpus root holding bbc/ and sherlock/canon.txt; unset: $DATA_DIR")
     p.add_argument("--only", choices=["classifier", "generator"], help="just this model of the root")
@@ -263,8 +298,10 @@ def main(args) -> int:
             raise UserError(f"{models}: no classifier/ or generator/ folder with a {MANIFEST}")
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
     if not data_dir:
-        raise UserError(f"no data directory: pass --data-dir or set ${DATA_DIR_ENV} "
-                        "(the evaluation reads bbc/ and sherlock/canon.txt below it)")
+        raise UserError(
+            f"no data directory: pass --data-dir or set ${DATA_DIR_ENV} "
+            "(the evaluation reads bbc/ and sherlock/canon.txt below it)"
+        )
     rejected = []
     for folder in folders:
         t0 = time.perf_counter()
@@ -273,7 +310,10 @@ def main(args) -> int:
         if not entry["accepted"]:
             rejected.append(f"{folder.name}: {entry['verdict']}")
     if rejected:
-        print(f"error: int8 missed its quality bar ({'; '.join(rejected)}); recorded with accepted=false, "
-              "so precision auto keeps fp32", file=sys.stderr)
+        print(
+            f"error: int8 missed its quality bar ({'; '.join(rejected)}); recorded with accepted=false, "
+            "so precision auto keeps fp32",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -3,6 +3,7 @@
 The training loops know nothing of Optuna: a search passes ``PruningCallback`` as ``train()``'s
 ``on_epoch_end`` hook, the same hook the plain command leaves empty.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,8 +60,15 @@ def _is_schema_race(exc: Exception) -> bool:
     return isinstance(exc, (IntegrityError, ProgrammingError)) and "already exists" in str(exc)
 
 
-def create_study(name: str, storage: str = DEFAULT_STORAGE, direction: str = "minimize",
-                 pruner: str = "median", seed: int | None = None, max_resource: int = 20, fixed: dict | None = None):
+def create_study(
+    name: str,
+    storage: str = DEFAULT_STORAGE,
+    direction: str = "minimize",
+    pruner: str = "median",
+    seed: int | None = None,
+    max_resource: int = 20,
+    fixed: dict | None = None,
+):
     """Create or load (resume/join) a TPE study. SQLite gets a long lock timeout so workers can share it.
     ``fixed`` pins some search parameters (PartialFixedSampler): TPE searches the rest."""
     import optuna
@@ -80,9 +88,14 @@ def create_study(name: str, storage: str = DEFAULT_STORAGE, direction: str = "mi
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if fixed:
         sampler = optuna.samplers.PartialFixedSampler(fixed, sampler)
-    return optuna.create_study(study_name=name, storage=rdb, direction=direction, load_if_exists=True,
-                               sampler=sampler,
-                               pruner=make_pruner(pruner, max_resource))
+    return optuna.create_study(
+        study_name=name,
+        storage=rdb,
+        direction=direction,
+        load_if_exists=True,
+        sampler=sampler,
+        pruner=make_pruner(pruner, max_resource),
+    )
 
 
 class PruningCallback:
@@ -108,11 +121,27 @@ def write_study(study, run_dir: Path) -> None:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
-    trials = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-               "user_attrs": t.user_attrs, "epochs_reported": len(t.intermediate_values)} for t in study.trials]
-    write_json(run_dir / "study.json", {"study_name": study.study_name, "best_trial": study.best_trial.number,
-                                        "best_value": study.best_value, "best_params": study.best_params,
-                                        "trials": trials})
+    trials = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            "params": t.params,
+            "user_attrs": t.user_attrs,
+            "epochs_reported": len(t.intermediate_values),
+        }
+        for t in study.trials
+    ]
+    write_json(
+        run_dir / "study.json",
+        {
+            "study_name": study.study_name,
+            "best_trial": study.best_trial.number,
+            "best_value": study.best_value,
+            "best_params": study.best_params,
+            "trials": trials,
+        },
+    )
     for name, plot in (("history", ovm.plot_optimization_history), ("importance", ovm.plot_param_importances)):
         try:
             ax = plot(study)

@@ -6,6 +6,7 @@ both see the same machine; and the served step, one character of one stream thro
 int8 ONNX step graph (what the service runs on CPU) with 1 and 2 intra-op threads. Each shape's figures are also
 given relative to the first shape. The last line printed is JSON.
 """
+
 from __future__ import annotations
 
 import json
@@ -107,29 +108,49 @@ def main(args) -> int:
     torch.manual_seed(0)
     rows = []
     for layers, hidden in shapes:
-        model = CharRNN(CharConfig(vocab_size=args.vocab_size, embed_dim=args.embed_dim, hidden_size=hidden,
-                                   num_layers=layers))
+        model = CharRNN(
+            CharConfig(vocab_size=args.vocab_size, embed_dim=args.embed_dim, hidden_size=hidden, num_layers=layers)
+        )
         step = train_step_seconds(model.train(), args.batch_size, args.bptt, args.train_steps)
         served = served_steps_per_second(model.eval(), args.serve_steps)
         chars = args.batch_size * args.bptt
-        rows.append({"shape": f"{layers}x{hidden}", "params_m": num_params(model) / 1e6,
-                     "train_chars_per_s": {k: chars / v for k, v in step.items()},
-                     "bf16_speedup": step["fp32"] / step["bf16"],
-                     "int8_steps_per_s": {str(k): v for k, v in served.items()}})
+        rows.append(
+            {
+                "shape": f"{layers}x{hidden}",
+                "params_m": num_params(model) / 1e6,
+                "train_chars_per_s": {k: chars / v for k, v in step.items()},
+                "bf16_speedup": step["fp32"] / step["bf16"],
+                "int8_steps_per_s": {str(k): v for k, v in served.items()},
+            }
+        )
         r = rows[-1]
-        log.info("%s (%.2f M): train fp32 %.0f, bf16 %.0f chars/s (bf16 %.2fx); served int8 %.0f / %.0f steps/s "
-                 "(1 / 2 threads)", r["shape"], r["params_m"], r["train_chars_per_s"]["fp32"],
-                 r["train_chars_per_s"]["bf16"], r["bf16_speedup"], served[1], served[2])
+        log.info(
+            "%s (%.2f M): train fp32 %.0f, bf16 %.0f chars/s (bf16 %.2fx); served int8 %.0f / %.0f steps/s "
+            "(1 / 2 threads)",
+            r["shape"],
+            r["params_m"],
+            r["train_chars_per_s"]["fp32"],
+            r["train_chars_per_s"]["bf16"],
+            r["bf16_speedup"],
+            served[1],
+            served[2],
+        )
     base = rows[0]
     for r in rows:
-        r["vs_first"] = {"train_bf16": r["train_chars_per_s"]["bf16"] / base["train_chars_per_s"]["bf16"],
-                         "served_2_threads": r["int8_steps_per_s"]["2"] / base["int8_steps_per_s"]["2"]}
-    print(f"{'shape':>7} {'M params':>8} {'fp32 c/s':>9} {'bf16 c/s':>9} {'bf16 x':>6} {'int8 1t':>8} {'int8 2t':>8} "
-          f"{'train vs 1st':>12} {'served vs 1st':>13}")
+        r["vs_first"] = {
+            "train_bf16": r["train_chars_per_s"]["bf16"] / base["train_chars_per_s"]["bf16"],
+            "served_2_threads": r["int8_steps_per_s"]["2"] / base["int8_steps_per_s"]["2"],
+        }
+    print(
+        f"{'shape':>7} {'M params':>8} {'fp32 c/s':>9} {'bf16 c/s':>9} {'bf16 x':>6} {'int8 1t':>8} {'int8 2t':>8} "
+        f"{'train vs 1st':>12} {'served vs 1st':>13}"
+    )
     for r in rows:
-        print(f"{r['shape']:>7} {r['params_m']:>8.2f} {r['train_chars_per_s']['fp32']:>9.0f} "
-              f"{r['train_chars_per_s']['bf16']:>9.0f} {r['bf16_speedup']:>6.2f} {r['int8_steps_per_s']['1']:>8.0f} "
-              f"{r['int8_steps_per_s']['2']:>8.0f} {r['vs_first']['train_bf16']:>12.2f} "
-              f"{r['vs_first']['served_2_threads']:>13.2f}")
+        print(
+            f"{r['shape']:>7} {r['params_m']:>8.2f} {r['train_chars_per_s']['fp32']:>9.0f} "
+            f"{r['train_chars_per_s']['bf16']:>9.0f} {r['bf16_speedup']:>6.2f} {r['int8_steps_per_s']['1']:>8.0f} "
+            f"{r['int8_steps_per_s']['2']:>8.0f} {r['vs_first']['train_bf16']:>12.2f} "
+            f"{r['vs_first']['served_2_threads']:>13.2f}"
+        )
     print(json.dumps({"threads": args.threads, "batch_size": args.batch_size, "bptt": args.bptt, "shapes": rows}))
     return 0

@@ -3,6 +3,7 @@
 The run folder holds config.json, vocab.json, best.pt (config + state_dict + vocab), last.pt (to resume),
 metrics.json, curves.png (train and validation bits/char over time) and samples.txt (T = 0.6 and 0.8).
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,9 @@ def add_arguments(p) -> None:
     g.add_argument("--embed-dim", type=int, default=m["embed_dim"])
     g.add_argument("--hidden-size", type=int, default=m["hidden_size"])
     g.add_argument("--num-layers", type=int, default=m["num_layers"])
-    g.add_argument("--dropout", type=float, default=m["dropout"],
-                   help="on the embeddings, between layers and before the decoder")
+    g.add_argument(
+        "--dropout", type=float, default=m["dropout"], help="on the embeddings, between layers and before the decoder"
+    )
     g = p.add_argument_group("training")
     g.add_argument("--batch-size", type=int, default=t["batch_size"], help="parallel streams")
     g.add_argument("--bptt", type=int, default=t["bptt"], help="characters per truncated-BPTT chunk")
@@ -51,13 +53,19 @@ def add_arguments(p) -> None:
     g.add_argument("--weight-decay", type=float, default=t["weight_decay"])
     g.add_argument("--clip", type=float, default=t["clip"])
     g.add_argument("--epochs", type=float, default=t["epochs"], help="upper bound on passes over the text")
-    g.add_argument("--time-budget-min", type=float, default=t["time_budget_min"],
-                   help="stop after this many minutes (cosine follows the clock)")
+    g.add_argument(
+        "--time-budget-min",
+        type=float,
+        default=t["time_budget_min"],
+        help="stop after this many minutes (cosine follows the clock)",
+    )
     g.add_argument("--eval-every", type=int, default=t["eval_every"], help="steps between validations")
-    g.add_argument("--patience", type=int, default=t["patience"],
-                   help="validations without improvement before stopping")
-    g.add_argument("--bf16", action="store_true", default=t["bf16"],
-                   help="bfloat16 autocast (fast on AVX512-BF16 CPUs)")
+    g.add_argument(
+        "--patience", type=int, default=t["patience"], help="validations without improvement before stopping"
+    )
+    g.add_argument(
+        "--bf16", action="store_true", default=t["bf16"], help="bfloat16 autocast (fast on AVX512-BF16 CPUs)"
+    )
     g.add_argument("--seed", type=int, default=t["seed"])
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--out", default="runs", help="root folder for new run folders")
@@ -100,26 +108,55 @@ def main(args) -> int:
         cfg = TrainConfig(**flag_values(args, TrainConfig))
         write_json(run / "vocab.json", vocab.to_json())
     fp = fingerprint(text)
-    write_json(run / "config.json", {"model": model_cfg.to_dict(), "train": asdict(cfg), "text": str(path.resolve()),
-                                     "val_frac": val_frac, "corpus_fingerprint": fp, "threads": args.threads})
+    write_json(
+        run / "config.json",
+        {
+            "model": model_cfg.to_dict(),
+            "train": asdict(cfg),
+            "text": str(path.resolve()),
+            "val_frac": val_frac,
+            "corpus_fingerprint": fp,
+            "threads": args.threads,
+        },
+    )
     print(f"run folder: {run}")
-    result = train(model_cfg, cfg, vocab.encode(train_text), vocab.encode(val_text), vocab, run,
-                   resume=args.resume, extra={"corpus_fingerprint": fp, "val_frac": val_frac},
-                   progress=not args.no_progress)
+    result = train(
+        model_cfg,
+        cfg,
+        vocab.encode(train_text),
+        vocab.encode(val_text),
+        vocab,
+        run,
+        resume=args.resume,
+        extra={"corpus_fingerprint": fp, "val_frac": val_frac},
+        progress=not args.no_progress,
+    )
 
     hist = result["history"]
     minutes = [r["minutes"] for r in hist]
-    plot_curves(run / "curves.png", {"train": (minutes, [r["train_bpc"] for r in hist]),
-                                     "validation": (minutes, [r["val_bpc"] for r in hist])},
-                title="char-LSTM on the Sherlock Holmes canon", xlabel="training minutes", ylabel="bits per char")
+    plot_curves(
+        run / "curves.png",
+        {"train": (minutes, [r["train_bpc"] for r in hist]), "validation": (minutes, [r["val_bpc"] for r in hist])},
+        title="char-LSTM on the Sherlock Holmes canon",
+        xlabel="training minutes",
+        ylabel="bits per char",
+    )
     model, _ = load_checkpoint(run / "best.pt")
     samples = {f"T={t}": sample(model, vocab, "\n     ", 600, t, seed=args.seed) for t in (0.6, 0.8)}
     (run / "samples.txt").write_text("".join(f"--- {k} ---\n{v}\n\n" for k, v in samples.items()))
-    metrics = {k: result[k] for k in ("best_val_bpc", "best_step", "steps", "train_seconds", "params",
-                                      "steps_per_epoch")}
-    metrics.update(epochs=result["steps"] / result["steps_per_epoch"], train_chars=len(train_text),
-                   val_chars=len(val_text), vocab_size=len(vocab), history=hist)
+    metrics = {
+        k: result[k] for k in ("best_val_bpc", "best_step", "steps", "train_seconds", "params", "steps_per_epoch")
+    }
+    metrics.update(
+        epochs=result["steps"] / result["steps_per_epoch"],
+        train_chars=len(train_text),
+        val_chars=len(val_text),
+        vocab_size=len(vocab),
+        history=hist,
+    )
     write_json(run / "metrics.json", metrics)
-    print(f"best validation {result['best_val_bpc']:.4f} bits/char at step {result['best_step']} "
-          f"({result['train_seconds'] / 60:.1f} min); run folder {run}")
+    print(
+        f"best validation {result['best_val_bpc']:.4f} bits/char at step {result['best_step']} "
+        f"({result['train_seconds'] / 60:.1f} min); run folder {run}"
+    )
     return 0

@@ -4,6 +4,7 @@ The text is kept exactly as it is (indentation, blank lines, punctuation): the m
 too. Characters rarer than ``min_count`` in the training text map to ``<unk>`` so that the unknown symbol
 is seen (and learnt) during training; at inference any character outside the vocabulary maps to it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -78,4 +79,4 @@ def chunks(data: np.ndarray, bptt: int) -> Iterator[tuple[np.ndarray, np.ndarray
     n = data.shape[1] - 1  # the last column has no target
     for i in range(0, n, bptt):
         t = min(bptt, n - i)
-        yield data[:, i:i + t], data[:, i + 1:i + 1 + t]
+        yield data[:, i : i + t], data[:, i + 1 : i + 1 + t]

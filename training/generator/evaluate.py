@@ -5,6 +5,7 @@ Each piece starts from the state that prefill leaves after reading the ``--conte
 it (the first piece from the "\\n" prime), so every character is scored with context, as in one long pass.
 The last line printed is JSON: {"bits_per_char": ..., "n_chars": ...}.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,12 @@ def add_arguments(p) -> None:
     p.add_argument("--context", type=int, default=256, help="characters read before each piece")
     p.add_argument("--provider", default="cpu", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "int8"],
-                   help="which exported graphs to score (auto: what serving picks, int8 on CPU when accepted)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "int8"],
+        help="which exported graphs to score (auto: what serving picks, int8 on CPU when accepted)",
+    )
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -43,7 +48,7 @@ def bits_per_char(runtime, ids: np.ndarray, streams: int = 64, context: int = 25
     prime = runtime.encode(runtime.PRIME)
     hs, cs, first = [], [], []
     for s in bounds[:-1]:  # warm each piece's state on the text just before it
-        ctx = ids[max(0, s - context):s] if s and context else prime
+        ctx = ids[max(0, s - context) : s] if s and context else prime
         logits, h, c = runtime.prefill(ctx[None], *runtime.zero_state(1))
         hs.append(h), cs.append(c), first.append(logits)
     h, c, logits = np.concatenate(hs, 1), np.concatenate(cs, 1), np.concatenate(first, 0)  # (L, B, H), (B, V)
@@ -72,7 +77,7 @@ def main(args) -> int:
     if args.tail_frac is not None:
         if not 0 < args.tail_frac <= 1:
             raise UserError(f"--tail-frac must be in (0, 1], got {args.tail_frac}")
-        text = text[int(len(text) * (1 - args.tail_frac)):]
+        text = text[int(len(text) * (1 - args.tail_frac)) :]
     if not text:
         raise UserError(f"{path}: no text to score")
     runtime = GeneratorRuntime(args.models, args.provider, args.threads, precision=args.precision)
@@ -81,7 +86,6 @@ def main(args) -> int:
     bpc = bits_per_char(runtime, ids, args.streams, args.context)
     seconds = time.perf_counter() - t0
     unk = int((ids == runtime.unk_id).sum())
-    print(f"{path}: {len(ids):,} characters ({unk} unknown) in {seconds:.1f} s "
-          f"({len(ids) / seconds:,.0f} chars/s)")
+    print(f"{path}: {len(ids):,} characters ({unk} unknown) in {seconds:.1f} s ({len(ids) / seconds:,.0f} chars/s)")
     print(json.dumps({"bits_per_char": round(bpc, 5), "n_chars": len(ids), "precision": runtime.precision}))
     return 0

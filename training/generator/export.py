@@ -8,6 +8,7 @@ quantized (step.int8.onnx, prefill.int8.onnx) and their bits per character measu
 64,000 characters of the canon (``--text``; training.common.quantize); the manifest's ``precisions`` entry records
 the numbers and whether int8 met its bar (a miss is a warning, not a failed export: the runtime then keeps fp32).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -28,8 +29,10 @@ from training.common.quantize import EVAL_CHARS, add_int8_generator, canon_tail
 
 log = logging.getLogger(__name__)
 # batch row b reads 32 characters of this passage starting at 9 * b
-PASSAGE = ('     "You have been in Afghanistan, I perceive." "How on earth did you know that?" I asked in '
-           'astonishment.\n\n     ')
+PASSAGE = (
+    '     "You have been in Afghanistan, I perceive." "How on earth did you know that?" I asked in '
+    "astonishment.\n\n     "
+)
 
 
 def add_arguments(p) -> None:
@@ -38,8 +41,11 @@ def add_arguments(p) -> None:
     p.add_argument("--check-chars", type=int, default=500, help="greedy characters compared across runtimes")
     p.add_argument("--tol", type=float, default=1e-4, help="largest allowed logit difference")
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--text", help=f"canon whose last {EVAL_CHARS:,} characters measure the int8 graphs "
-                                  "(default $DATA_DIR/sherlock/canon.txt)")
+    p.add_argument(
+        "--text",
+        help=f"canon whose last {EVAL_CHARS:,} characters measure the int8 graphs "
+        "(default $DATA_DIR/sherlock/canon.txt)",
+    )
 
 
 def _wrappers(model):
@@ -71,16 +77,30 @@ def export_graphs(model, folder: Path, opset: int = 17) -> None:
     step, prefill = _wrappers(model)
     h, c = model.init_state(2)
     names = dict(input_names=["ids", "h", "c"], output_names=["logits", "h_out", "c_out"])
-    state_axes = {"h": {1: "batch"}, "c": {1: "batch"}, "h_out": {1: "batch"}, "c_out": {1: "batch"},
-                  "logits": {0: "batch"}}
-    examples = {"step": (step, torch.zeros(2, dtype=torch.long), {"ids": {0: "batch"}}),
-                "prefill": (prefill, torch.zeros(2, 3, dtype=torch.long), {"ids": {0: "batch", 1: "time"}})}
+    state_axes = {
+        "h": {1: "batch"},
+        "c": {1: "batch"},
+        "h_out": {1: "batch"},
+        "c_out": {1: "batch"},
+        "logits": {0: "batch"},
+    }
+    examples = {
+        "step": (step, torch.zeros(2, dtype=torch.long), {"ids": {0: "batch"}}),
+        "prefill": (prefill, torch.zeros(2, 3, dtype=torch.long), {"ids": {0: "batch", 1: "time"}}),
+    }
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy-exporter deprecation and LSTM batch-size notices
         for name, (module, ids, ids_axes) in examples.items():
             # the TorchScript-based exporter: it maps nn.LSTM onto the ONNX LSTM op with h/c as inputs
-            torch.onnx.export(module, (ids, h, c), str(folder / f"{name}.onnx"), opset_version=opset, dynamo=False,
-                              dynamic_axes={**ids_axes, **state_axes}, **names)
+            torch.onnx.export(
+                module,
+                (ids, h, c),
+                str(folder / f"{name}.onnx"),
+                opset_version=opset,
+                dynamo=False,
+                dynamic_axes={**ids_axes, **state_axes},
+                **names,
+            )
             torch.jit.trace(module, (ids, h, c), check_trace=False).save(str(folder / f"{name}.ts"))
 
 
@@ -99,12 +119,13 @@ def check_parity(model, folder: Path, vocab, chars: int = 500, tol: float = 1e-4
         def call(ids, h, c):
             out = sessions[name].run(None, {"ids": ids.numpy(), "h": h.numpy(), "c": c.numpy()})
             return tuple(torch.from_numpy(o) for o in out)
+
         return call
 
     runners["onnx"] = (run_onnx("step"), run_onnx("prefill"))
     report: dict = {"chars": chars, "tolerance": tol}
     for batch in (1, 8):
-        ids = torch.from_numpy(np.stack([vocab.encode(PASSAGE[9 * b:9 * b + 32]) for b in range(batch)]))  # (B, T)
+        ids = torch.from_numpy(np.stack([vocab.encode(PASSAGE[9 * b : 9 * b + 32]) for b in range(batch)]))  # (B, T)
         greedy, logits_seen = {}, {}
         with torch.no_grad():
             for name, (step, prefill) in runners.items():
@@ -122,8 +143,10 @@ def check_parity(model, folder: Path, vocab, chars: int = 500, tol: float = 1e-4
             diff = float((logits_seen[name] - logits_seen["pytorch"]).abs().max())
             report[f"{name}_b{batch}"] = {"greedy_equal": equal, "max_abs_logit_diff": diff}
             if not equal or diff > tol:
-                raise ArtifactError(f"export check failed: {name} batch {batch}: greedy equal {equal}, "
-                                    f"max logit difference {diff:.2e} (tolerance {tol:.0e})")
+                raise ArtifactError(
+                    f"export check failed: {name} batch {batch}: greedy equal {equal}, "
+                    f"max logit difference {diff:.2e} (tolerance {tol:.0e})"
+                )
         report[f"sample_b{batch}"] = vocab.decode(greedy["pytorch"][0, :80].tolist())
     return report
 
@@ -155,16 +178,29 @@ def main(args) -> int:
         tmp = Path(tmp)
         export_graphs(model, tmp, args.opset)
         parity = check_parity(model, tmp, vocab, args.check_chars, args.tol)
-        write_manifest(tmp, {
-            "kind": "generator", "vocab": list(vocab.chars), "unk_id": vocab.unk_id,
-            "num_layers": model.cfg.num_layers, "hidden_size": model.cfg.hidden_size,
-            "config": model.cfg.to_dict(), "train_config": ckpt.get("train_config"), "metrics": metrics,
-            "corpus_fingerprint": ckpt.get("corpus_fingerprint"), "versions": library_versions(), "parity": parity,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        write_manifest(
+            tmp,
+            {
+                "kind": "generator",
+                "vocab": list(vocab.chars),
+                "unk_id": vocab.unk_id,
+                "num_layers": model.cfg.num_layers,
+                "hidden_size": model.cfg.hidden_size,
+                "config": model.cfg.to_dict(),
+                "train_config": ckpt.get("train_config"),
+                "metrics": metrics,
+                "corpus_fingerprint": ckpt.get("corpus_fingerprint"),
+                "versions": library_versions(),
+                "parity": parity,
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            },
+        )
         int8 = add_int8_generator(tmp, eval_text, evaluated_on, say=log.info)
         if not int8["accepted"]:
-            log.warning("int8 variant missed its bar (%s): recorded with accepted=false, fp32 stays the default",
-                        int8["verdict"])
+            log.warning(
+                "int8 variant missed its bar (%s): recorded with accepted=false, fp32 stays the default",
+                int8["verdict"],
+            )
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(tmp, dest)
@@ -172,8 +208,10 @@ def main(args) -> int:
     sizes = {p.name: p.stat().st_size for p in sorted(dest.iterdir())}
     worst = max(v["max_abs_logit_diff"] for k, v in parity.items() if isinstance(v, dict))
     bpc = int8["quality"]["bits_per_char"]
-    print(f"exported {dest}: {', '.join(f'{n} {s / 1e6:.1f} MB' for n, s in sizes.items())}; "
-          f"greedy {args.check_chars} chars equal for batch 1 and 8, max logit difference {worst:.2e}; "
-          f"int8 bits/char {bpc['int8']:.4f} (fp32 {bpc['fp32']:.4f}): "
-          + ("accepted" if int8["accepted"] else "not accepted"))
+    print(
+        f"exported {dest}: {', '.join(f'{n} {s / 1e6:.1f} MB' for n, s in sizes.items())}; "
+        f"greedy {args.check_chars} chars equal for batch 1 and 8, max logit difference {worst:.2e}; "
+        f"int8 bits/char {bpc['int8']:.4f} (fp32 {bpc['fp32']:.4f}): "
+        + ("accepted" if int8["accepted"] else "not accepted")
+    )
     return 0

@@ -3,6 +3,7 @@
 Runs the ONNX model through runtime/generator.py (the service's own numerics). The same seed gives the
 same text; ``--temperature 0`` is greedy.
 """
+
 from __future__ import annotations
 
 import sys

@@ -4,6 +4,7 @@ One module holds both the LSTM generator and the lab's vanilla char-RNN (``cell=
 ``"rnn_relu"``) and the GRU. The state is always an explicit pair ``(h, c)`` of shape (L, B, H) so every cell
 exports to the same step/prefill contract; cells without a memory cell pass ``c`` through unchanged.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -37,8 +38,13 @@ class CharRNN(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
         drop_between = cfg.dropout if cfg.num_layers > 1 else 0.0
-        common = dict(input_size=cfg.embed_dim, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-                      dropout=drop_between, batch_first=True)
+        common = dict(
+            input_size=cfg.embed_dim,
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            dropout=drop_between,
+            batch_first=True,
+        )
         if cfg.cell == "lstm":
             self.rnn = nn.LSTM(**common)
         elif cfg.cell == "gru":

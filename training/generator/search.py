@@ -6,6 +6,7 @@ pruning callback as its ``on_eval`` hook; evaluations happen every ``--eval-char
 of different batch/BPTT shapes are compared at the same amount of text read. The objective is the best
 validation bits per character. No final retrain: the best flags are printed for train-generator.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,14 +41,18 @@ def add_arguments(p) -> None:
 def suggest(trial) -> dict:
     """The search space: model shape, regularisation, optimiser and BPTT shape."""
     return {
-        "model": {"hidden_size": trial.suggest_categorical("hidden_size", [256, 384, 512]),
-                  "embed_dim": trial.suggest_categorical("embed_dim", [32, 64, 128]),
-                  "num_layers": trial.suggest_int("num_layers", 1, 3),
-                  "dropout": trial.suggest_float("dropout", 0.0, 0.3)},
-        "train": {"lr": trial.suggest_float("lr", 5e-4, 5e-3, log=True),
-                  "weight_decay": trial.suggest_float("weight_decay", 1e-3, 0.2, log=True),
-                  "bptt": trial.suggest_categorical("bptt", [64, 128, 200]),
-                  "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128])},
+        "model": {
+            "hidden_size": trial.suggest_categorical("hidden_size", [256, 384, 512]),
+            "embed_dim": trial.suggest_categorical("embed_dim", [32, 64, 128]),
+            "num_layers": trial.suggest_int("num_layers", 1, 3),
+            "dropout": trial.suggest_float("dropout", 0.0, 0.3),
+        },
+        "train": {
+            "lr": trial.suggest_float("lr", 5e-4, 5e-3, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-3, 0.2, log=True),
+            "bptt": trial.suggest_categorical("bptt", [64, 128, 200]),
+            "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
+        },
     }
 
 
@@ -72,9 +77,16 @@ def main(args) -> int:
 
     def objective(trial) -> float:
         space = suggest(trial)
-        cfg = TrainConfig(**space["train"], time_budget_min=args.trial_minutes, epochs=1000.0, bf16=args.bf16,
-                          eval_every=max(1, args.eval_chars // (space["train"]["batch_size"] * space["train"]["bptt"])),
-                          sample_every=0, patience=1000, seed=args.seed)
+        cfg = TrainConfig(
+            **space["train"],
+            time_budget_min=args.trial_minutes,
+            epochs=1000.0,
+            bf16=args.bf16,
+            eval_every=max(1, args.eval_chars // (space["train"]["batch_size"] * space["train"]["bptt"])),
+            sample_every=0,
+            patience=1000,
+            seed=args.seed,
+        )
         prune = PruningCallback(trial, "val_bpc")
         evals = []
 
@@ -82,8 +94,16 @@ def main(args) -> int:
             evals.append(step)
             prune(len(evals), metrics)
 
-        result = train(CharConfig(vocab_size=len(vocab), **space["model"]), cfg, train_ids, val_ids, vocab,
-                       run_dir / f"trial-{trial.number}", on_eval=on_eval, progress=False)
+        result = train(
+            CharConfig(vocab_size=len(vocab), **space["model"]),
+            cfg,
+            train_ids,
+            val_ids,
+            vocab,
+            run_dir / f"trial-{trial.number}",
+            on_eval=on_eval,
+            progress=False,
+        )
         trial.set_user_attr("steps", result["steps"])
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         return result["best_val_bpc"]
@@ -94,6 +114,8 @@ def main(args) -> int:
         raise UserError(f"study {args.study_name!r} has no completed trial yet")
     write_study(study, run_dir)
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in study.best_params.items())
-    print(f"best trial {study.best_trial.number}: {study.best_value:.4f} bits/char\n"
-          f"train it in full: python -m training train-generator {flags}  (study: {run_dir})")
+    print(
+        f"best trial {study.best_trial.number}: {study.best_value:.4f} bits/char\n"
+        f"train it in full: python -m training train-generator {flags}  (study: {run_dir})"
+    )
     return 0

@@ -8,6 +8,7 @@ wall-clock progress, so the learning rate reaches its floor just as the budget r
 
 Knows nothing of Optuna: a search passes ``on_eval(step, metrics)`` (which may raise to stop the run).
 """
+
 from __future__ import annotations
 
 import logging
@@ -70,16 +71,16 @@ def evaluate(model: CharRNN, data: np.ndarray, bptt: int = 256, bf16: bool = Fal
     for x, y in chunks(data, bptt):
         with _autocast(bf16):
             logits, h, c = model(torch.from_numpy(x), h, c)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), torch.from_numpy(y).reshape(-1),
-                               reduction="sum")
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), torch.from_numpy(y).reshape(-1), reduction="sum"
+        )
         total += loss.item()
         count += y.size
     return total / count / LN2
 
 
 @torch.no_grad()
-def sample(model: CharRNN, vocab: CharVocab, prompt: str, length: int, temperature: float,
-           seed: int = 0) -> str:
+def sample(model: CharRNN, vocab: CharVocab, prompt: str, length: int, temperature: float, seed: int = 0) -> str:
     """Sample ``length`` characters after ``prompt`` (PyTorch, for progress reports)."""
     model.eval()
     rng = np.random.default_rng(seed)
@@ -101,14 +102,29 @@ def _optimizer(model: CharRNN, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def _checkpoint(model, model_cfg, cfg, vocab, step, val_bpc, extra=None) -> dict:
-    ckpt = {"config": model_cfg.to_dict(), "state_dict": model.state_dict(), "vocab": vocab.to_json(),
-            "train_config": asdict(cfg), "step": step, "val_bpc": val_bpc}
+    ckpt = {
+        "config": model_cfg.to_dict(),
+        "state_dict": model.state_dict(),
+        "vocab": vocab.to_json(),
+        "train_config": asdict(cfg),
+        "step": step,
+        "val_bpc": val_bpc,
+    }
     return {**ckpt, **(extra or {})}
 
 
-def train(model_cfg: CharConfig, cfg: TrainConfig, train_ids: np.ndarray, val_ids: np.ndarray,
-          vocab: CharVocab, out_dir: str | Path, on_eval: Callable[[int, dict], None] | None = None,
-          resume: bool = False, extra: dict | None = None, progress: bool = True) -> dict:
+def train(
+    model_cfg: CharConfig,
+    cfg: TrainConfig,
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
+    vocab: CharVocab,
+    out_dir: str | Path,
+    on_eval: Callable[[int, dict], None] | None = None,
+    resume: bool = False,
+    extra: dict | None = None,
+    progress: bool = True,
+) -> dict:
     """Train, keeping ``out_dir/best.pt`` (best validation bpc) and ``out_dir/last.pt`` (for resuming).
 
     Returns {"best_val_bpc", "best_step", "steps", "train_seconds", "history": [...], "params"}.
@@ -123,8 +139,16 @@ def train(model_cfg: CharConfig, cfg: TrainConfig, train_ids: np.ndarray, val_id
     steps_per_epoch = math.ceil((len(train_ids) // cfg.batch_size - 1) / cfg.bptt)
     max_steps = int(cfg.epochs * steps_per_epoch)
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
-    state = {"step": 0, "epoch": 0, "chunk": 0, "elapsed": 0.0, "best_bpc": float("inf"), "best_step": 0,
-             "bad_evals": 0, "history": []}
+    state = {
+        "step": 0,
+        "epoch": 0,
+        "chunk": 0,
+        "elapsed": 0.0,
+        "best_bpc": float("inf"),
+        "best_step": 0,
+        "bad_evals": 0,
+        "history": [],
+    }
     carry = None  # (h, c) where an interrupted epoch stopped, so its next chunk starts from the same state
     if resume and (out_dir / "last.pt").is_file():
         last = torch.load(out_dir / "last.pt", map_location="cpu", weights_only=True)
@@ -135,10 +159,16 @@ def train(model_cfg: CharConfig, cfg: TrainConfig, train_ids: np.ndarray, val_id
         if "torch_rng" in last:  # dropout masks continue as they would have (older last.pt files lack it)
             torch.set_rng_state(last["torch_rng"])
             carry = (last["h"], last["c"])
-        log.info("resumed from %s at step %d (%.1f min trained)", out_dir / "last.pt", state["step"],
-                 state["elapsed"] / 60)
-    log.info("model: %s, %.2fM parameters; %d steps per epoch of %d chars", model_cfg, num_params(model) / 1e6,
-             steps_per_epoch, steps_per_epoch * cfg.batch_size * cfg.bptt)
+        log.info(
+            "resumed from %s at step %d (%.1f min trained)", out_dir / "last.pt", state["step"], state["elapsed"] / 60
+        )
+    log.info(
+        "model: %s, %.2fM parameters; %d steps per epoch of %d chars",
+        model_cfg,
+        num_params(model) / 1e6,
+        steps_per_epoch,
+        steps_per_epoch * cfg.batch_size * cfg.bptt,
+    )
 
     def progress_now() -> float:
         p = state["step"] / max_steps
@@ -148,8 +178,14 @@ def train(model_cfg: CharConfig, cfg: TrainConfig, train_ids: np.ndarray, val_id
         """Evaluate, checkpoint (with the carried state h, c), report; return True when training should stop."""
         torch_rng = torch.get_rng_state()  # as the training steps left it: sampling below must not shift it
         bpc = evaluate(model, val, bf16=cfg.bf16)
-        rec = {"step": state["step"], "epoch": state["step"] / steps_per_epoch, "minutes": state["elapsed"] / 60,
-               "train_bpc": train_bpc, "val_bpc": bpc, "lr": opt.param_groups[0]["lr"]}
+        rec = {
+            "step": state["step"],
+            "epoch": state["step"] / steps_per_epoch,
+            "minutes": state["elapsed"] / 60,
+            "train_bpc": train_bpc,
+            "val_bpc": bpc,
+            "lr": opt.param_groups[0]["lr"],
+        }
         state["history"].append(rec)
         improved = bpc < state["best_bpc"]
         if improved:
@@ -157,20 +193,39 @@ def train(model_cfg: CharConfig, cfg: TrainConfig, train_ids: np.ndarray, val_id
             save_atomic(_checkpoint(model, model_cfg, cfg, vocab, state["step"], bpc, extra), out_dir / "best.pt")
         else:
             state["bad_evals"] += 1
-        tqdm.write(f"step {state['step']} epoch {rec['epoch']:.2f} {rec['minutes']:.1f} min: train {train_bpc:.3f} "
-                   f"val {bpc:.3f} bits/char{' *' if improved else ''}")
+        tqdm.write(
+            f"step {state['step']} epoch {rec['epoch']:.2f} {rec['minutes']:.1f} min: train {train_bpc:.3f} "
+            f"val {bpc:.3f} bits/char{' *' if improved else ''}"
+        )
         n_evals = len(state["history"])
         if cfg.sample_every and n_evals % cfg.sample_every == 0:
             tqdm.write("  | " + sample(model, vocab, "\n", 200, 0.8, seed=n_evals).replace("\n", "\n  | "))
         torch.set_rng_state(torch_rng)
-        save_atomic({"state_dict": model.state_dict(), "optimizer": opt.state_dict(), "loop": state,
-                     "rng": rng.bit_generator.state, "torch_rng": torch_rng, "h": h, "c": c}, out_dir / "last.pt")
+        save_atomic(
+            {
+                "state_dict": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "loop": state,
+                "rng": rng.bit_generator.state,
+                "torch_rng": torch_rng,
+                "h": h,
+                "c": c,
+            },
+            out_dir / "last.pt",
+        )
         if on_eval is not None:
             on_eval(state["step"], rec)
         return state["bad_evals"] >= cfg.patience
 
-    bar = tqdm(total=max_steps * cfg.batch_size * cfg.bptt, initial=state["step"] * cfg.batch_size * cfg.bptt,
-               unit="char", unit_scale=True, mininterval=10, disable=not progress, smoothing=0.05)
+    bar = tqdm(
+        total=max_steps * cfg.batch_size * cfg.bptt,
+        initial=state["step"] * cfg.batch_size * cfg.bptt,
+        unit="char",
+        unit_scale=True,
+        mininterval=10,
+        disable=not progress,
+        smoothing=0.05,
+    )
     losses: list[float] = []
     stop = False
     while not stop and state["step"] < max_steps:
@@ -217,6 +272,12 @@ def train(model_cfg: CharConfig, cfg: TrainConfig, train_ids: np.ndarray, val_id
     bar.close()
     if losses:  # leftover steps since the last evaluation
         do_eval(float(np.mean(losses)), h.detach(), c.detach())
-    return {"best_val_bpc": state["best_bpc"], "best_step": state["best_step"], "steps": state["step"],
-            "train_seconds": state["elapsed"], "history": state["history"], "params": num_params(model),
-            "steps_per_epoch": steps_per_epoch}
+    return {
+        "best_val_bpc": state["best_bpc"],
+        "best_step": state["best_step"],
+        "steps": state["step"],
+        "train_seconds": state["elapsed"],
+        "history": state["history"],
+        "params": num_params(model),
+        "steps_per_epoch": steps_per_epoch,
+    }

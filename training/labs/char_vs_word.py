@@ -14,6 +14,7 @@ A per-character PyTorch pass of the char model (same pieces) splits both models'
 character belongs to (in-vocabulary word, whitespace, punctuation, number, or a token outside the word
 vocabulary, whatever its kind): where does each model pay?
 """
+
 from __future__ import annotations
 
 PROMPT = "\n\n     "  # a paragraph break: the word model's start token and both models' sampling prompt
@@ -32,8 +33,9 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="parallel token streams")
     p.add_argument("--bptt", type=int, default=64, help="tokens per truncated-BPTT chunk")
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--tail-chars", type=int, default=0, help="score the first N tail characters (0 = all; "
-                                                             "--quick 12000)")
+    p.add_argument(
+        "--tail-chars", type=int, default=0, help="score the first N tail characters (0 = all; --quick 12000)"
+    )
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature of both models")
     p.add_argument("--sample-chars", type=int, default=400)
 
@@ -52,7 +54,7 @@ def char_bits(model, ids, prime, device, streams: int = 64, context: int = 256):
     bounds = np.linspace(0, n, streams + 1).astype(int)
     rows, width = [], context + int(np.diff(bounds).max())
     for s, e in zip(bounds[:-1], bounds[1:]):
-        ctx = ids[max(0, s - context):s] if s else prime  # the first piece reads the "\n" prime
+        ctx = ids[max(0, s - context) : s] if s else prime  # the first piece reads the "\n" prime
         seq = np.concatenate([ctx, ids[s:e]])  # input: context + piece; the last input only feeds nothing
         rows.append((len(ctx), e - s, np.pad(seq, (0, width + 1 - len(seq)))))  # right padding never leaks back
     x = torch.from_numpy(np.stack([r[2] for r in rows])).to(device)  # (B, width + 1)
@@ -60,7 +62,7 @@ def char_bits(model, ids, prime, device, streams: int = 64, context: int = 256):
         logits, _, _ = model(x[:, :-1], *model.init_state(len(rows), device))  # (B, width, V)
         logp = torch.log_softmax(logits.float(), -1).gather(2, x[:, 1:, None])[..., 0].cpu().numpy()
     # piece b's character j is predicted at position c_b - 1 + j
-    return -np.concatenate([logp[b, c - 1:c - 1 + k] for b, (c, k, _) in enumerate(rows)]) / np.log(2)
+    return -np.concatenate([logp[b, c - 1 : c - 1 + k] for b, (c, k, _) in enumerate(rows)]) / np.log(2)
 
 
 def run(args, ctx):
@@ -72,6 +74,7 @@ def run(args, ctx):
     from training.labs import word_lm as wl
     from training.labs.committed import canon_split, load_char_model
     from training.labs.common import LabResult
+
     char_model, _, man = load_char_model(args.models)
     train_text, val_text, val_frac = canon_split(args.text, man)
     tail = val_text[: args.tail_chars or (12000 if ctx.quick else len(val_text))]
@@ -105,8 +108,18 @@ def run(args, ctx):
         return {"val_bits_per_char_head": float(bits.sum() / lens[:n_curve].sum())}
 
     with ctx.bar(desc="word LSTM (steps)") as bar:
-        fit = wl.train(model, train_ids, minutes=minutes, batch=args.batch_size, bptt=args.bptt, lr=args.lr,
-                       warmup=10 if ctx.quick else 50, on_eval=curve_point, evals=4 if ctx.quick else 8, bar=bar)
+        fit = wl.train(
+            model,
+            train_ids,
+            minutes=minutes,
+            batch=args.batch_size,
+            bptt=args.bptt,
+            lr=args.lr,
+            warmup=10 if ctx.quick else 50,
+            on_eval=curve_point,
+            evals=4 if ctx.quick else 8,
+            bar=bar,
+        )
     tok_bits = wl.token_bits(model, tail_ids, first, dev)  # (tokens,)
     word_total = tok_bits.sum() + unk_bits.sum()
     word_bpc = float(word_total / len(tail))
@@ -123,9 +136,14 @@ def run(args, ctx):
         n_chars = int(lens[kinds == k].sum())
         w = float(tok_bits[kinds == k].sum() + unk_bits[kinds == k].sum())
         c = float(per_char[char_kind == k].sum())
-        breakdown[name] = {"chars": n_chars, "tokens": int((kinds == k).sum()), "char_model_bits": c,
-                           "word_model_bits": w, "char_model_bpc": c / max(n_chars, 1),
-                           "word_model_bpc": w / max(n_chars, 1)}
+        breakdown[name] = {
+            "chars": n_chars,
+            "tokens": int((kinds == k).sum()),
+            "char_model_bits": c,
+            "word_model_bits": w,
+            "char_model_bpc": c / max(n_chars, 1),
+            "word_model_bpc": w / max(n_chars, 1),
+        }
 
     # ---- samples at the same temperature from the same prompt
     t = args.temperature
@@ -134,28 +152,51 @@ def run(args, ctx):
     ctx.path("samples.txt").write_text(
         f"--- committed char model (ONNX fp32), T={t}, prompt {PROMPT!r} ---\n{char_sample}\n\n"
         f"--- word LSTM ({minutes:g} min), T={t}, same prompt (<unk> spelled by the bigram speller) ---\n"
-        f"{word_sample}\n")
+        f"{word_sample}\n"
+    )
 
-    plots = [plot(ctx, fit["history"], char_bpc, word_bpc, float(per_char[:lens[:n_curve].sum()].mean()), breakdown)]
+    plots = [plot(ctx, fit["history"], char_bpc, word_bpc, float(per_char[: lens[:n_curve].sum()].mean()), breakdown)]
     oov = float((tail_ids == wl.UNK_ID).mean())
-    headline = {"char_bpc": round(char_bpc, 4), "word_bpc": round(word_bpc, 4),
-                "word_minus_char_bpc": round(word_bpc - char_bpc, 4), "word_over_char": round(word_bpc / char_bpc, 3),
-                "word_unigram_bpc": round(unigram_bpc, 4), "tail_chars": len(tail), "oov_token_rate": round(oov, 4),
-                "word_unk_share_of_bits": round(float(unk_bits.sum() / word_total), 3),
-                "word_train_minutes": round(fit["train_seconds"] / 60, 2), "word_epochs": round(fit["epochs"], 2)}
+    headline = {
+        "char_bpc": round(char_bpc, 4),
+        "word_bpc": round(word_bpc, 4),
+        "word_minus_char_bpc": round(word_bpc - char_bpc, 4),
+        "word_over_char": round(word_bpc / char_bpc, 3),
+        "word_unigram_bpc": round(unigram_bpc, 4),
+        "tail_chars": len(tail),
+        "oov_token_rate": round(oov, 4),
+        "word_unk_share_of_bits": round(float(unk_bits.sum() / word_total), 3),
+        "word_train_minutes": round(fit["train_seconds"] / 60, 2),
+        "word_epochs": round(fit["epochs"], 2),
+    }
     metrics = {
         "split": {"val_frac": val_frac, "train_chars": len(train_text), "val_chars": len(val_text)},
-        "char_model": {"bits_per_char_onnx": char_bpc, "bits_per_char_pytorch": float(per_char.mean()),
-                       "trained_minutes": man["metrics"]["train_seconds"] / 60, "params": man["metrics"]["params"]},
-        "word_model": {"config": vars(cfg), "params": sum(p.numel() for p in model.parameters()),
-                       "vocab_size": len(wv), "train_tokens": len(train_ids), "tail_tokens": len(tail_ids),
-                       "bits_per_token": float(tok_bits.mean()), "perplexity": float(2 ** tok_bits.mean()),
-                       "unk_spelling_bits": float(unk_bits.sum()),
-                       "unk_share_of_bits": float(unk_bits.sum() / word_total),
-                       "oov_token_rate": oov, "unigram_bits_per_char": unigram_bpc, "batch_size": args.batch_size,
-                       "bptt": args.bptt, "lr": args.lr, **fit},
-        "breakdown": breakdown, "samples": {"temperature": t, "prompt": PROMPT, "char": char_sample,
-                                            "word": word_sample}}
+        "char_model": {
+            "bits_per_char_onnx": char_bpc,
+            "bits_per_char_pytorch": float(per_char.mean()),
+            "trained_minutes": man["metrics"]["train_seconds"] / 60,
+            "params": man["metrics"]["params"],
+        },
+        "word_model": {
+            "config": vars(cfg),
+            "params": sum(p.numel() for p in model.parameters()),
+            "vocab_size": len(wv),
+            "train_tokens": len(train_ids),
+            "tail_tokens": len(tail_ids),
+            "bits_per_token": float(tok_bits.mean()),
+            "perplexity": float(2 ** tok_bits.mean()),
+            "unk_spelling_bits": float(unk_bits.sum()),
+            "unk_share_of_bits": float(unk_bits.sum() / word_total),
+            "oov_token_rate": oov,
+            "unigram_bits_per_char": unigram_bpc,
+            "batch_size": args.batch_size,
+            "bptt": args.bptt,
+            "lr": args.lr,
+            **fit,
+        },
+        "breakdown": breakdown,
+        "samples": {"temperature": t, "prompt": PROMPT, "char": char_sample, "word": word_sample},
+    }
     return LabResult(headline=headline, metrics=metrics, plots=plots)
 
 
@@ -166,11 +207,18 @@ def plot(ctx, history, char_bpc, word_bpc, char_head_bpc, breakdown) -> str:
 
     plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=100)
-    a.plot([h["minutes"] for h in history], [h["val_bits_per_char_head"] for h in history], marker="o",
-           label="word LSTM (first 3,000 tail tokens)")
+    a.plot(
+        [h["minutes"] for h in history],
+        [h["val_bits_per_char_head"] for h in history],
+        marker="o",
+        label="word LSTM (first 3,000 tail tokens)",
+    )
     a.axhline(char_head_bpc, color="tab:red", ls="--", label=f"committed char LSTM, same text ({char_head_bpc:.3f})")
-    a.set(title="word LSTM while training, in bits per character", xlabel="training minutes (word model)",
-          ylabel="bits per character")
+    a.set(
+        title="word LSTM while training, in bits per character",
+        xlabel="training minutes (word model)",
+        ylabel="bits per character",
+    )
     a.grid(alpha=0.3)
     a.legend(fontsize=8)
     x = np.arange(len(KINDS))
@@ -178,10 +226,13 @@ def plot(ctx, history, char_bpc, word_bpc, char_head_bpc, breakdown) -> str:
         vals = [breakdown[k][f"{who}_bpc"] for k in KINDS]
         bars = b.bar(x + off, vals, 0.4, color=color, label=who.replace("_", " "))
         b.bar_label(bars, fmt="%.2f", fontsize=7)
-    b.set_xticks(x, [f"{k}\n({breakdown[k]['chars'] / sum(v['chars'] for v in breakdown.values()):.0%} of chars)"
-                     for k in KINDS])
-    b.set(title=f"where the bits go (whole tail: char {char_bpc:.3f}, word {word_bpc:.3f} bits/char overall)",
-          ylabel="bits per character of that kind")
+    b.set_xticks(
+        x, [f"{k}\n({breakdown[k]['chars'] / sum(v['chars'] for v in breakdown.values()):.0%} of chars)" for k in KINDS]
+    )
+    b.set(
+        title=f"where the bits go (whole tail: char {char_bpc:.3f}, word {word_bpc:.3f} bits/char overall)",
+        ylabel="bits per character of that kind",
+    )
     b.title.set_fontsize(10)
     b.grid(axis="y", alpha=0.3)
     b.legend(fontsize=8)

@@ -7,6 +7,7 @@ generator's under a ``model.`` prefix, from the step/prefill wrapper). The manif
 ``char_states`` gives the character model's h and c at every step (nn.LSTM returns only the top layer's h);
 the classifier's per-token states are ``TextClassifier.token_states``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,7 +24,7 @@ def _torchscript_state(path: Path, prefix: str = "") -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit deprecation notice
         ts = torch.jit.load(str(path), map_location="cpu")
-    return {k[len(prefix):]: v for k, v in ts.state_dict().items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in ts.state_dict().items() if k.startswith(prefix)}
 
 
 def load_classifier(models: str | Path = EXPORTED):
@@ -59,8 +60,9 @@ def trace_lstm(rnn, x):
 
     hs, cs = [], []
     for layer in range(rnn.num_layers):
-        w_ih, w_hh, b_ih, b_hh = (getattr(rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih",
-                                                                           "bias_hh"))
+        w_ih, w_hh, b_ih, b_hh = (
+            getattr(rnn, f"{n}_l{layer}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        )
         xw = x @ w_ih.T + b_ih + b_hh  # (B, T, 4H): the input's part of all gates at once
         h = c = x.new_zeros(x.size(0), rnn.hidden_size)
         h_seq, c_seq = [], []
@@ -104,6 +106,8 @@ def canon_split(text_path: str | Path | None, man: dict) -> tuple[str, str, floa
     val_frac = m["val_chars"] / (m["train_chars"] + m["val_chars"])
     train, val = split_text(text, round(val_frac, 4))
     if (len(train), len(val)) != (m["train_chars"], m["val_chars"]):
-        raise UserError(f"{path}: split into {len(train):,} + {len(val):,} characters, but the committed model "
-                        f"was trained on {m['train_chars']:,} + {m['val_chars']:,} (a different canon?)")
+        raise UserError(
+            f"{path}: split into {len(train):,} + {len(val):,} characters, but the committed model "
+            f"was trained on {m['train_chars']:,} + {m['val_chars']:,} (a different canon?)"
+        )
     return train, val, round(val_frac, 4)

@@ -1,4 +1,5 @@
 """What every lab shares: its run context (folder, size, device, seed, progress bars) and its result."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -11,9 +12,9 @@ from typing import Any
 @dataclass(frozen=True)
 class LabContext:
     name: str
-    out: Path            # runs/labs/NAME/: config.json, metrics.json, *.png
-    quick: bool          # the test size: seconds, not minutes
-    device: Any          # torch.device
+    out: Path  # runs/labs/NAME/: config.json, metrics.json, *.png
+    quick: bool  # the test size: seconds, not minutes
+    device: Any  # torch.device
     seed: int
     progress: bool = True
 
@@ -29,9 +30,9 @@ class LabContext:
 
 @dataclass
 class LabResult:
-    headline: dict[str, Any]                 # the last stdout line: a handful of figures
-    metrics: dict[str, Any] = field(default_factory=dict)   # everything else, into metrics.json
-    plots: list[str] = field(default_factory=list)          # PNG file names written under ctx.out
+    headline: dict[str, Any]  # the last stdout line: a handful of figures
+    metrics: dict[str, Any] = field(default_factory=dict)  # everything else, into metrics.json
+    plots: list[str] = field(default_factory=list)  # PNG file names written under ctx.out
 
 
 @contextmanager

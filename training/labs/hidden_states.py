@@ -14,6 +14,7 @@ Three models, one tool (PCA by SVD of the centred states):
 The untrained copy is the control: a random LSTM's units also follow what the input shows directly (a space was
 just read); only the gap between trained and untrained says that training made a unit.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,7 @@ def pca(x, k: int = 2):
 
     xc = x - x.mean(0)
     _, s, vt = np.linalg.svd(xc, full_matrices=False)  # rows of vt: principal directions
-    return xc @ vt[:k].T, (s[:k] ** 2) / (s ** 2).sum()
+    return xc @ vt[:k].T, (s[:k] ** 2) / (s**2).sum()
 
 
 # ---------------------------------------------------------------- sine
@@ -60,9 +61,15 @@ def sine_part(args, ctx) -> dict:
     a = np.c_[coords, np.ones(len(coords))]
     target = np.c_[np.cos(2 * math.pi * phase), np.sin(2 * math.pi * phase)]
     resid = target - a @ np.linalg.lstsq(a, target, rcond=None)[0]
-    r2 = 1 - (resid ** 2).sum() / ((target - target.mean(0)) ** 2).sum()
-    return {"coords": coords, "phase": phase, "var": var.tolist(), "phase_r2": float(r2),
-            "one_step_mse": fit["one_step_mse"], "train_steps": fit["steps"]}
+    r2 = 1 - (resid**2).sum() / ((target - target.mean(0)) ** 2).sum()
+    return {
+        "coords": coords,
+        "phase": phase,
+        "var": var.tolist(),
+        "phase_r2": float(r2),
+        "one_step_mse": fit["one_step_mse"],
+        "train_steps": fit["steps"],
+    }
 
 
 # ---------------------------------------------------------------- classifier
@@ -105,7 +112,7 @@ def classifier_part(args, ctx) -> dict:
     pooled, tokens, logits, worst = [], [], [], 0.0
     with torch.no_grad():
         for i in ctx.bar(range(0, len(seqs), 32), desc="classifier"):
-            ids, lengths = (t.to(ctx.device) for t in collate(seqs[i:i + 32]))
+            ids, lengths = (t.to(ctx.device) for t in collate(seqs[i : i + 32]))
             out = model.token_states(ids, lengths)  # (B, T, 2H)
             feats = pool(out, lengths, c.poolings, c.hidden_size, c.bidirectional)  # (B, 2H * poolings)
             logits.append(model.head(feats).cpu())
@@ -117,13 +124,22 @@ def classifier_part(args, ctx) -> dict:
     tok_coords, tok_var = pca(np.concatenate(tokens))  # every token of every article, (sum T, 2)
     starts = np.cumsum([0] + [len(t) for t in tokens])
     first = [int(np.flatnonzero(y == k)[0]) for k in np.unique(y)]  # one article per topic
-    return {"coords": coords, "y": y, "labels": man["labels"], "n": len(test), "var": var.tolist(),
-            "silhouette_2d": float(silhouette_score(coords, y)),
-            "silhouette_full": float(silhouette_score(pooled, y)),
-            "centroid_acc_2d": loo_centroid_accuracy(coords, y), "centroid_acc_full": loo_centroid_accuracy(pooled, y),
-            "accuracy": float((torch.cat(logits).argmax(1).numpy() == y).mean()), "logit_check": worst,
-            "token_var": tok_var.tolist(), "token_cloud": tok_coords[:: max(1, len(tok_coords) // 2000)],
-            "trajectories": {test[i].id: (int(y[i]), tok_coords[starts[i]:starts[i + 1]]) for i in first}}
+    return {
+        "coords": coords,
+        "y": y,
+        "labels": man["labels"],
+        "n": len(test),
+        "var": var.tolist(),
+        "silhouette_2d": float(silhouette_score(coords, y)),
+        "silhouette_full": float(silhouette_score(pooled, y)),
+        "centroid_acc_2d": loo_centroid_accuracy(coords, y),
+        "centroid_acc_full": loo_centroid_accuracy(pooled, y),
+        "accuracy": float((torch.cat(logits).argmax(1).numpy() == y).mean()),
+        "logit_check": worst,
+        "token_var": tok_var.tolist(),
+        "token_cloud": tok_coords[:: max(1, len(tok_coords) // 2000)],
+        "trajectories": {test[i].id: (int(y[i]), tok_coords[starts[i] : starts[i + 1]]) for i in first},
+    }
 
 
 # ---------------------------------------------------------------- char model
@@ -138,7 +154,7 @@ def text_features(text: str):
             inside = 0  # a paragraph break: an unclosed quote is reopened by the next paragraph's "
         inside ^= ch == '"'
         since = 0 if ch == "\n" else since + 1
-        out[i] = (inside, since, text[i + 1:i + 2] == "\n", not (ch.isalnum() or ch == "'"))
+        out[i] = (inside, since, text[i + 1 : i + 2] == "\n", not (ch.isalnum() or ch == "'"))
         prev = ch
     return out
 
@@ -161,26 +177,34 @@ def char_part(args, ctx) -> dict:
     _, val, _ = canon_split(args.text, man)
     n = min(len(val), 8000 if ctx.quick else args.chars)
     length = n // STREAMS
-    stretch = val[:length * STREAMS]
+    stretch = val[: length * STREAMS]
     ids = vocab.encode(stretch).reshape(STREAMS, length)  # piece b is the b-th consecutive slice
     feats = text_features(stretch).reshape(STREAMS, length, -1)[:, WARM:].reshape(-1, len(FEATURES))
     torch.manual_seed(ctx.seed)
     untrained = CharRNN(CharConfig(**man["config"])).eval()  # the control: same shapes, random weights
-    names = [f"L{i + 1}.{kind}[{u}]" for i in range(model.cfg.num_layers) for kind in "hc"
-             for u in range(model.cfg.hidden_size)]  # the order of char_states' last axis
+    names = [
+        f"L{i + 1}.{kind}[{u}]"
+        for i in range(model.cfg.num_layers)
+        for kind in "hc"
+        for u in range(model.cfg.hidden_size)
+    ]  # the order of char_states' last axis
     found, sentence = {}, None
     for which, m in (("trained", model), ("untrained", untrained)):
         m.to(ctx.device)
         states, check = char_states(m, ids, ctx.device)  # (B, T, U)
         r = correlate(states[:, WARM:].reshape(-1, states.shape[-1]), feats)  # (U, F)
         best = np.abs(r).argmax(0)
-        top = {f: {"unit": names[u], "index": int(u), "r": float(r[u, k])}
-               for k, (f, u) in enumerate(zip(FEATURES, best))}
-        found[which] = {"check_max_abs_diff": check, "top": top,
-                        "units_abs_r_over_0.5": {f: int((np.abs(r[:, k]) > 0.5).sum()) for k, f in enumerate(FEATURES)}}
+        top = {
+            f: {"unit": names[u], "index": int(u), "r": float(r[u, k])} for k, (f, u) in enumerate(zip(FEATURES, best))
+        }
+        found[which] = {
+            "check_max_abs_diff": check,
+            "top": top,
+            "units_abs_r_over_0.5": {f: int((np.abs(r[:, k]) > 0.5).sum()) for k, f in enumerate(FEATURES)},
+        }
         if which == "trained":  # trace one quoted passage across a line break, read after 256 chars of context
             start = stretch.find('\n\n     "', 300) + 2
-            text = stretch[start - 256:start + 170]
+            text = stretch[start - 256 : start + 170]
             s, _ = char_states(m, vocab.encode(text)[None], ctx.device)
             sentence = {"text": text[256:], "units": s[0, 256:][:, best], "feats": text_features(text)[256:]}
     return {"chars": len(stretch), "streams": STREAMS, "warm": WARM, **found, "sentence": sentence}
@@ -196,15 +220,22 @@ def plot_all(ctx, sine, clf, char) -> list[str]:
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 5), dpi=100)
     sc = a.scatter(*sine["coords"].T, c=sine["phase"], cmap="twilight", s=10)
     a.plot(*sine["coords"].T, color="grey", lw=0.3)
-    a.set(title=f"sine LSTM hidden state over a held-out series\n({sum(sine['var']):.0%} of variance; phase "
-                f"R² {sine['phase_r2']:.2f} from 2 PCs)", xlabel="PC1", ylabel="PC2")
+    a.set(
+        title=f"sine LSTM hidden state over a held-out series\n({sum(sine['var']):.0%} of variance; phase "
+        f"R² {sine['phase_r2']:.2f} from 2 PCs)",
+        xlabel="PC1",
+        ylabel="PC2",
+    )
     fig.colorbar(sc, ax=a, label="phase")
     colors = plt.get_cmap("tab10")
     for k, label in enumerate(clf["labels"]):
         b.scatter(*clf["coords"][clf["y"] == k].T, s=12, color=colors(k), label=label)
-    b.set(title=f"classifier: pooled features of {clf['n']} test articles\n({sum(clf['var']):.0%} of variance; "
-                f"silhouette {clf['silhouette_2d']:.2f}, nearest centroid {clf['centroid_acc_2d']:.0%})",
-          xlabel="PC1", ylabel="PC2")
+    b.set(
+        title=f"classifier: pooled features of {clf['n']} test articles\n({sum(clf['var']):.0%} of variance; "
+        f"silhouette {clf['silhouette_2d']:.2f}, nearest centroid {clf['centroid_acc_2d']:.0%})",
+        xlabel="PC1",
+        ylabel="PC2",
+    )
     b.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(ctx.path("pca_sine_classifier.png"))
@@ -217,8 +248,12 @@ def plot_all(ctx, sine, clf, char) -> list[str]:
         traj = np.stack([np.convolve(traj[:, j], np.ones(w) / w, mode="valid") for j in range(2)], 1)
         ax.plot(*traj.T, lw=1, color=colors(k), label=f"{aid} ({clf['labels'][k]})")
         ax.plot(*traj[0], "o", color=colors(k)), ax.plot(*traj[-1], "x", color=colors(k), ms=8)
-    ax.set(title=f"classifier: per-token BiLSTM states, PCA of all tokens ({sum(clf['token_var']):.0%})\n"
-                 "one article per topic (running mean of 15 tokens): o start, x end", xlabel="PC1", ylabel="PC2")
+    ax.set(
+        title=f"classifier: per-token BiLSTM states, PCA of all tokens ({sum(clf['token_var']):.0%})\n"
+        "one article per topic (running mean of 15 tokens): o start, x end",
+        xlabel="PC1",
+        ylabel="PC2",
+    )
     ax.title.set_fontsize(10)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -244,18 +279,25 @@ def plot_all(ctx, sine, clf, char) -> list[str]:
 
 def run(args, ctx):
     from training.labs.common import LabResult
+
     sine = sine_part(args, ctx)
     clf = classifier_part(args, ctx)
     char = char_part(args, ctx)
     plots = plot_all(ctx, sine, clf, char)
-    headline = {"sine_pc12_var": round(sum(sine["var"]), 3), "sine_phase_r2": round(sine["phase_r2"], 3),
-                "clf_pc12_var": round(sum(clf["var"]), 3), "clf_silhouette_2d": round(clf["silhouette_2d"], 3),
-                "clf_centroid_acc_2d": round(clf["centroid_acc_2d"], 3)}
+    headline = {
+        "sine_pc12_var": round(sum(sine["var"]), 3),
+        "sine_phase_r2": round(sine["phase_r2"], 3),
+        "clf_pc12_var": round(sum(clf["var"]), 3),
+        "clf_silhouette_2d": round(clf["silhouette_2d"], 3),
+        "clf_centroid_acc_2d": round(clf["centroid_acc_2d"], 3),
+    }
     for f in FEATURES:
         headline[f"char_r_{f}"] = round(char["trained"]["top"][f]["r"], 3)
         headline[f"char_r_{f}_untrained"] = round(char["untrained"]["top"][f]["r"], 3)
     drop = ("coords", "phase", "y", "token_cloud", "trajectories")
-    metrics = {"sine": {k: v for k, v in sine.items() if k not in drop},
-               "classifier": {k: v for k, v in clf.items() if k not in drop},
-               "char": {**{k: v for k, v in char.items() if k != "sentence"}, "sentence": char["sentence"]["text"]}}
+    metrics = {
+        "sine": {k: v for k, v in sine.items() if k not in drop},
+        "classifier": {k: v for k, v in clf.items() if k not in drop},
+        "char": {**{k: v for k, v in char.items() if k != "sentence"}, "sentence": char["sentence"]["text"]},
+    }
     return LabResult(headline=headline, metrics=metrics, plots=plots)

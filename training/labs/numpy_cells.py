@@ -8,6 +8,7 @@ with G = 1 (RNN) or 4 (LSTM, gate rows in PyTorch's order i, f, g, o), and ``w_y
 Both biases are kept (each gets the same gradient) so that an optimiser updates them exactly as PyTorch does.
 A one-hot input times ``w_ih`` is a column lookup, so the input projection is ``w_ih.T[ids]``.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,14 @@ def init_params(kind: str, vocab: int, hidden: int, rng: np.random.Generator, dt
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     g = 4 if kind == "lstm" else 1
     k = 1 / math.sqrt(hidden)
-    shapes = {"w_ih": (g * hidden, vocab), "w_hh": (g * hidden, hidden), "b_ih": (g * hidden,),
-              "b_hh": (g * hidden,), "w_y": (vocab, hidden), "b_y": (vocab,)}
+    shapes = {
+        "w_ih": (g * hidden, vocab),
+        "w_hh": (g * hidden, hidden),
+        "b_ih": (g * hidden,),
+        "b_hh": (g * hidden,),
+        "w_y": (vocab, hidden),
+        "b_y": (vocab,),
+    }
     return {name: rng.uniform(-k, k, size=shape).astype(dtype) for name, shape in shapes.items()}
 
 
@@ -53,8 +60,8 @@ def forward(params: Params, kind: str, x: np.ndarray, y: np.ndarray, state: tupl
             steps.append((h, c, None))
             h = np.tanh(z)
         else:
-            i, f, o = _sigmoid(z[:, :H]), _sigmoid(z[:, H:2 * H]), _sigmoid(z[:, 3 * H:])
-            g = np.tanh(z[:, 2 * H:3 * H])
+            i, f, o = _sigmoid(z[:, :H]), _sigmoid(z[:, H : 2 * H]), _sigmoid(z[:, 3 * H :])
+            g = np.tanh(z[:, 2 * H : 3 * H])
             c_prev = c
             c = f * c_prev + i * g
             tc = np.tanh(c)
@@ -89,9 +96,10 @@ def backward(params: Params, cache) -> tuple[Params, tuple[np.ndarray, np.ndarra
             dz = dh * (1 - hs[:, t] ** 2)  # tanh' from its output
         else:
             i, f, g, o, tc = act
-            dc = dc_next + dh * o * (1 - tc ** 2)
-            dz = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g ** 2),
-                                 dh * tc * o * (1 - o)], axis=1)  # (B, 4H) in gate order i, f, g, o
+            dc = dc_next + dh * o * (1 - tc**2)
+            dz = np.concatenate(
+                [dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g**2), dh * tc * o * (1 - o)], axis=1
+            )  # (B, 4H) in gate order i, f, g, o
             dc_next = dc * f
         dz_all[:, t] = dz
         dw_hh += dz.T @ h_prev
@@ -112,7 +120,7 @@ def loss_and_grads(params: Params, kind: str, x: np.ndarray, y: np.ndarray, stat
 
 def clip_grad_norm(grads: Params, max_norm: float) -> float:
     """In place, as torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is < 1."""
-    norm = math.sqrt(sum(float((g ** 2).sum()) for g in grads.values()))
+    norm = math.sqrt(sum(float((g**2).sum()) for g in grads.values()))
     scale = max_norm / (norm + 1e-6)
     if scale < 1:
         for g in grads.values():
@@ -142,7 +150,7 @@ class Adam:
     def step(self, params: Params, grads: Params) -> None:
         b1, b2 = self.betas
         self.t += 1
-        bias1, bias2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        bias1, bias2 = 1 - b1**self.t, 1 - b2**self.t
         for k, p in params.items():
             g = grads[k]
             self.m[k] += (1 - b1) * (g - self.m[k])  # torch's lerp, same rounding

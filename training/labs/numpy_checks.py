@@ -12,6 +12,7 @@ exactly zero both ways scores 0).
    gradients of window 2's loss w.r.t. the weights and the carried state against autograd, and the state
    gradient also against finite differences.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,14 @@ from torch import nn
 from training.generator.data import chunks, streams
 from training.labs import numpy_cells as nc
 
-NAMES = {"w_ih": "rnn.weight_ih_l0", "w_hh": "rnn.weight_hh_l0", "b_ih": "rnn.bias_ih_l0",
-         "b_hh": "rnn.bias_hh_l0", "w_y": "readout.weight", "b_y": "readout.bias"}
+NAMES = {
+    "w_ih": "rnn.weight_ih_l0",
+    "w_hh": "rnn.weight_hh_l0",
+    "b_ih": "rnn.bias_ih_l0",
+    "b_hh": "rnn.bias_hh_l0",
+    "w_y": "readout.weight",
+    "b_y": "readout.bias",
+}
 
 
 class TorchCharModel(nn.Module):
@@ -62,8 +69,7 @@ class TorchCharModel(nn.Module):
 
 def torch_state(model: TorchCharModel, state, device, requires_grad: bool = False):
     """NumPy (h, c) each (B, H) -> torch (1, B, H) each, the layout nn.RNN / nn.LSTM take."""
-    return tuple(torch.tensor(s[None], dtype=torch.float64, device=device, requires_grad=requires_grad)
-                 for s in state)
+    return tuple(torch.tensor(s[None], dtype=torch.float64, device=device, requires_grad=requires_grad) for s in state)
 
 
 def rel_error(a, b) -> float:
@@ -168,6 +174,11 @@ def check_tbptt(kind: str, ids: np.ndarray, vocab: int, seed: int, device) -> di
 
 def run_checks(ids: np.ndarray, vocab: int, seed: int, device) -> dict[str, dict[str, dict]]:
     """{kind: {"finite_differences": .., "autograd": .., "tbptt": ..}} for the RNN and the LSTM."""
-    return {kind: {"finite_differences": check_finite_differences(kind, seed),
-                   "autograd": check_autograd(kind, ids, vocab, seed, device),
-                   "tbptt": check_tbptt(kind, ids, vocab, seed, device)} for kind in nc.KINDS}
+    return {
+        kind: {
+            "finite_differences": check_finite_differences(kind, seed),
+            "autograd": check_autograd(kind, ids, vocab, seed, device),
+            "tbptt": check_tbptt(kind, ids, vocab, seed, device),
+        }
+        for kind in nc.KINDS
+    }

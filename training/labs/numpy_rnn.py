@@ -11,6 +11,7 @@ weights, same batches (B parallel streams, state carried and detached between wi
 and Adam (``--optimizer sgd``: plain SGD) written out in NumPy against ``torch.optim``. Both loss curves go on
 one plot, with their gap. Both run on the lab command's ``--threads`` (1 by default, BLAS and torch alike).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,8 @@ SLICE = (200_000, 350_000)  # end of A Study in Scarlet, start of The Sign of th
 @dataclass(frozen=True)
 class Setup:
     hidden: int = 128
-    batch: int = 32      # parallel streams
-    bptt: int = 64       # characters per truncated-BPTT window
+    batch: int = 32  # parallel streams
+    bptt: int = 64  # characters per truncated-BPTT window
     steps: int = 700
     optimizer: str = "adam"  # or "sgd"
     lr: float | None = None  # None: 3e-3 for Adam, 1.0 for SGD
@@ -53,7 +54,7 @@ def load_ids(text_arg):
     from training.common.files import read_text
     from training.generator.data import CharVocab, split_text
 
-    text = read_text(data_path(text_arg, "sherlock/canon.txt"))[SLICE[0]:SLICE[1]]
+    text = read_text(data_path(text_arg, "sherlock/canon.txt"))[SLICE[0] : SLICE[1]]
     train_text, val_text = split_text(text, 0.1)
     vocab = CharVocab.build(train_text)
     return vocab.encode(train_text), vocab.encode(val_text), vocab
@@ -114,8 +115,9 @@ def train_pair(setup: Setup, train_ids, val_ids, vocab_size: int, ctx) -> dict:
         nc.clip_grad_norm(grads, setup.clip)
         opt_np.step(params, grads)
         t1 = time.perf_counter()
-        tloss, tstate = model.loss(torch.from_numpy(x).to(ctx.device), torch.from_numpy(y).to(ctx.device),
-                                   tuple(s.detach() for s in tstate))  # detached: gradients stop here
+        tloss, tstate = model.loss(
+            torch.from_numpy(x).to(ctx.device), torch.from_numpy(y).to(ctx.device), tuple(s.detach() for s in tstate)
+        )  # detached: gradients stop here
         opt_t.zero_grad(set_to_none=True)
         tloss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), setup.clip)
@@ -179,20 +181,37 @@ def run(args, ctx) -> LabResult:
     gaps = np.abs(np.array(hist["numpy_bpc"]) - np.array(hist["torch_bpc"]))  # (steps,)
     lockstep = int(np.argmax(gaps > 1e-9)) if (gaps > 1e-9).any() else len(gaps)  # steps before they part
     tail = max(1, min(50, len(hist["step"]) // 5))  # the final train loss: mean of the last windows
-    headline = {"max_rel_error": max_rel, **{f"{k}_rel_error": v for k, v in per_check.items()},
-                "numpy_train_bpc": round(float(np.mean(hist["numpy_bpc"][-tail:])), 4),
-                "torch_train_bpc": round(float(np.mean(hist["torch_bpc"][-tail:])), 4),
-                "numpy_val_bpc": round(hist["numpy_val_bpc"][-1], 4),
-                "torch_val_bpc": round(hist["torch_val_bpc"][-1], 4),
-                "max_train_loss_gap": float(gaps.max()), "lockstep_steps": lockstep, "steps": setup.steps}
-    plot(ctx.path("loss_curves.png"), hist, f"NumPy LSTM vs nn.LSTM, H={setup.hidden}, {setup.optimizer}: "
-                                            "identical init and batches")
+    headline = {
+        "max_rel_error": max_rel,
+        **{f"{k}_rel_error": v for k, v in per_check.items()},
+        "numpy_train_bpc": round(float(np.mean(hist["numpy_bpc"][-tail:])), 4),
+        "torch_train_bpc": round(float(np.mean(hist["torch_bpc"][-tail:])), 4),
+        "numpy_val_bpc": round(hist["numpy_val_bpc"][-1], 4),
+        "torch_val_bpc": round(hist["torch_val_bpc"][-1], 4),
+        "max_train_loss_gap": float(gaps.max()),
+        "lockstep_steps": lockstep,
+        "steps": setup.steps,
+    }
+    plot(
+        ctx.path("loss_curves.png"),
+        hist,
+        f"NumPy LSTM vs nn.LSTM, H={setup.hidden}, {setup.optimizer}: identical init and batches",
+    )
     return LabResult(
         headline=headline,
-        metrics={"setup": asdict(setup), "slice": list(SLICE), "vocab_size": len(vocab),
-                 "train_chars": len(train_ids), "val_chars": len(val_ids),
-                 "relative_error": "|a - b| / max(|a| + |b|, 1e-12), max over entries", "checks": checks,
-                 "check_seconds": round(check_seconds, 2), "train_seconds": trained["seconds"],
-                 "ms_per_step": {k: 1000 * v / setup.steps for k, v in trained["seconds"].items()},
-                 "max_weight_gap": trained["max_weight_gap"], "history": hist},
-        plots=["loss_curves.png"])
+        metrics={
+            "setup": asdict(setup),
+            "slice": list(SLICE),
+            "vocab_size": len(vocab),
+            "train_chars": len(train_ids),
+            "val_chars": len(val_ids),
+            "relative_error": "|a - b| / max(|a| + |b|, 1e-12), max over entries",
+            "checks": checks,
+            "check_seconds": round(check_seconds, 2),
+            "train_seconds": trained["seconds"],
+            "ms_per_step": {k: 1000 * v / setup.steps for k, v in trained["seconds"].items()},
+            "max_weight_gap": trained["max_weight_gap"],
+            "history": hist,
+        },
+        plots=["loss_curves.png"],
+    )

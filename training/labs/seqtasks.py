@@ -9,6 +9,7 @@ Only the labs import this module, inside their run(); it imports torch at the to
 PyTorch's default initialisation unless ``gate_bias`` is given: then the LSTM's forget gate and the GRU's update
 gate start that far open (bias +b, split over b_ih and b_hh), i.e. the cell starts out keeping its state.
 """
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,17 @@ CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
 
 class SeqModel(nn.Module):
-    def __init__(self, cell: str, input_size: int, hidden: int, out_size: int, *, bidirectional: bool = False,
-                 readout: str = "final", gate_bias: float = 0.0):
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        hidden: int,
+        out_size: int,
+        *,
+        bidirectional: bool = False,
+        readout: str = "final",
+        gate_bias: float = 0.0,
+    ):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {list(CELLS)}, got {cell!r}")
@@ -37,17 +47,17 @@ class SeqModel(nn.Module):
             with torch.no_grad():
                 for name, p in self.rnn.named_parameters():
                     if name.startswith("bias"):
-                        p[hidden:2 * hidden] += gate_bias / 2                # b_ih + b_hh = +gate_bias
+                        p[hidden : 2 * hidden] += gate_bias / 2  # b_ih + b_hh = +gate_bias
 
     def forward(self, x: torch.Tensor, state=None):
         """x (B, T, I) -> (y, outputs (B, T, dirs*H), state); state is h_n (dirs, B, H), or (h_n, c_n) for LSTM."""
         outputs, state = self.rnn(x, state)
         if self.readout == "all":
-            return self.head(outputs), outputs, state                      # y (B, T, O)
-        h_n = state[0] if isinstance(state, tuple) else state              # (dirs, B, H)
+            return self.head(outputs), outputs, state  # y (B, T, O)
+        h_n = state[0] if isinstance(state, tuple) else state  # (dirs, B, H)
         # forward direction after its last step, backward direction after its last step (= position 0)
-        final = h_n.transpose(0, 1).reshape(x.shape[0], -1)                # (B, dirs*H)
-        return self.head(final), outputs, state                            # y (B, O)
+        final = h_n.transpose(0, 1).reshape(x.shape[0], -1)  # (B, dirs*H)
+        return self.head(final), outputs, state  # y (B, O)
 
 
 def count_params(model: nn.Module) -> int:
@@ -61,12 +71,23 @@ def matched_hidden(cell: str, input_size: int, out_size: int, target: int, *, bi
 
     def params(h: int) -> int:  # per direction W_ih (G*H, I), W_hh (G*H, H), b_ih and b_hh (G*H,); then the head
         return dirs * gates * h * (input_size + h + 2) + (dirs * h + 1) * out_size
+
     return min(range(1, 4097), key=lambda h: abs(params(h) - target))
 
 
-def train(model: nn.Module, batch: Callable[[int], tuple], loss_fn: Callable, *, steps: int, ctx, lr: float = 3e-3,
-          clip: float = 1.0, desc: str = "", check: Callable[[nn.Module], bool] | None = None,
-          check_every: int = 100) -> dict:
+def train(
+    model: nn.Module,
+    batch: Callable[[int], tuple],
+    loss_fn: Callable,
+    *,
+    steps: int,
+    ctx,
+    lr: float = 3e-3,
+    clip: float = 1.0,
+    desc: str = "",
+    check: Callable[[nn.Module], bool] | None = None,
+    check_every: int = 100,
+) -> dict:
     """Adam on ``batch(step) -> (x, y)`` with ``loss_fn(model, x, y) -> loss``. Records the loss and the global
     gradient norm before clipping at every step; ``check(model) -> True`` stops early (the task is solved)."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -96,8 +117,10 @@ def bce_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
 def binary_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 1024) -> float:
     was = model.training
     model.eval()
-    hits = sum(((model(x[i:i + chunk])[0].squeeze(-1) > 0).float() == y[i:i + chunk]).sum().item()
-               for i in range(0, len(x), chunk))
+    hits = sum(
+        ((model(x[i : i + chunk])[0].squeeze(-1) > 0).float() == y[i : i + chunk]).sum().item()
+        for i in range(0, len(x), chunk)
+    )
     model.train(was)
     return hits / len(x)
 
@@ -108,18 +131,17 @@ def hidden_grad_norms(model: SeqModel, x: torch.Tensor, y: torch.Tensor) -> dict
     The fused cell is stepped one time step at a time (same weights), so each h_t is a node of the graph and its
     .grad is the total derivative through every later step. Unidirectional models with readout="final" only.
     """
-    x = x.detach().clone().requires_grad_(True)                            # (B, T, I)
+    x = x.detach().clone().requires_grad_(True)  # (B, T, I)
     state, hs = None, []
     for t in range(x.shape[1]):
-        _, state = model.rnn(x[:, t:t + 1], state)                         # h_t (1, B, H) [, c_t]
+        _, state = model.rnn(x[:, t : t + 1], state)  # h_t (1, B, H) [, c_t]
         h = state[0] if isinstance(state, tuple) else state
         h.retain_grad()
         hs.append(h)
-    logit = model.head(hs[-1][0]).squeeze(-1)                              # (B,)
+    logit = model.head(hs[-1][0]).squeeze(-1)  # (B,)
     F.binary_cross_entropy_with_logits(logit, y).backward()
     model.zero_grad(set_to_none=True)
-    return {"dL_dh": [h.grad[0].norm(dim=-1).mean().item() for h in hs],
-            "dL_dx": x.grad.norm(dim=-1).mean(0).tolist()}
+    return {"dL_dh": [h.grad[0].norm(dim=-1).mean().item() for h in hs], "dL_dx": x.grad.norm(dim=-1).mean(0).tolist()}
 
 
 def solved_up_to(lengths: Sequence[int], accs: Sequence[float], threshold: float = 0.95) -> int:
@@ -132,8 +154,14 @@ def solved_up_to(lengths: Sequence[int], accs: Sequence[float], threshold: float
     return best
 
 
-def sweep_plot(ax, lengths: Sequence[int], curves: dict[str, Sequence[float]], ylabel: str, chance: float | None = None,
-               threshold: float | None = None) -> None:
+def sweep_plot(
+    ax,
+    lengths: Sequence[int],
+    curves: dict[str, Sequence[float]],
+    ylabel: str,
+    chance: float | None = None,
+    threshold: float | None = None,
+) -> None:
     """One line per model on a log length axis, with the chance level and the 'solved' threshold dashed."""
     for name, ys in curves.items():
         ax.plot(lengths, ys, marker="o", markersize=4, label=name)

@@ -15,6 +15,7 @@ What is checked:
 - the LSTM's stacked weights are the gates i, f, g, o in that order (one step by hand);
 - packed sequences: h_n is each sequence's state at its true last step, not at the padded end.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -22,7 +23,7 @@ from functools import partial
 
 from training.labs.common import LabResult
 
-B, T, I, H = 3, 5, 4, 6
+B, T, I, H = 3, 5, 4, 6  # noqa: E741 (I is the input size, as in every shape comment: (B, T, I))
 CELLS = ("rnn", "lstm", "gru")
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # rows of weight_ih / weight_hh per hidden unit
 
@@ -69,14 +70,32 @@ def check_shapes(device, cell: str, batch_first: bool, num_layers: int, bidirect
         sfx = f"_l{layer}" + ("_reverse" if d else "")
         in_size = I if layer == 0 else D * H  # upper layers read both directions of the layer below
         g = GATES[cell] * H
-        want_params |= {f"weight_ih{sfx}": (g, in_size), f"weight_hh{sfx}": (g, H), f"bias_ih{sfx}": (g,),
-                        f"bias_hh{sfx}": (g,)}
-    passed = (tuple(out.shape) == want_out and tuple(h_n.shape) == want_state and params == want_params
-              and (c_n is None) == (cell != "lstm") and (c_n is None or tuple(c_n.shape) == want_state))
-    return {"passed": passed, "cell": cell, "batch_first": batch_first, "num_layers": num_layers,
-            "bidirectional": bidirectional, "input": list(x.shape), "output": list(out.shape),
-            "h_n": list(h_n.shape), "c_n": None if c_n is None else list(c_n.shape),
-            "weight_ih_l0": list(params["weight_ih_l0"]), "weight_hh_l0": list(params["weight_hh_l0"])}
+        want_params |= {
+            f"weight_ih{sfx}": (g, in_size),
+            f"weight_hh{sfx}": (g, H),
+            f"bias_ih{sfx}": (g,),
+            f"bias_hh{sfx}": (g,),
+        }
+    passed = (
+        tuple(out.shape) == want_out
+        and tuple(h_n.shape) == want_state
+        and params == want_params
+        and (c_n is None) == (cell != "lstm")
+        and (c_n is None or tuple(c_n.shape) == want_state)
+    )
+    return {
+        "passed": passed,
+        "cell": cell,
+        "batch_first": batch_first,
+        "num_layers": num_layers,
+        "bidirectional": bidirectional,
+        "input": list(x.shape),
+        "output": list(out.shape),
+        "h_n": list(h_n.shape),
+        "c_n": None if c_n is None else list(c_n.shape),
+        "weight_ih_l0": list(params["weight_ih_l0"]),
+        "weight_hh_l0": list(params["weight_hh_l0"]),
+    }
 
 
 def check_direction_slices(device, cell: str, batch_first: bool) -> dict:
@@ -85,8 +104,10 @@ def check_direction_slices(device, cell: str, batch_first: bool) -> dict:
     x = _inputs(batch_first, device)
     out, h_n, c_n = _run(model, x)
     seq = out if batch_first else out.transpose(0, 1)  # (B, T, 2H)
-    gaps = {"fwd: output[:, -1, :H] vs h_n[-2]": _gap(seq[:, -1, :H], h_n[-2]),
-            "bwd: output[:, 0, H:] vs h_n[-1]": _gap(seq[:, 0, H:], h_n[-1])}
+    gaps = {
+        "fwd: output[:, -1, :H] vs h_n[-2]": _gap(seq[:, -1, :H], h_n[-2]),
+        "bwd: output[:, 0, H:] vs h_n[-1]": _gap(seq[:, 0, H:], h_n[-1]),
+    }
     # the wrong pairings really differ: the backward direction's last step is not its final state
     wrong = {"bwd: output[:, -1, H:] vs h_n[-1]": _gap(seq[:, -1, H:], h_n[-1])}
     # layer 0 of the stack, rows 0 and 1 (l*2 + d), is a 1-layer bidirectional model with the same weights
@@ -155,27 +176,38 @@ def check_packed(device, cell: str, bidirectional: bool) -> dict:
     out_p, h_n, _ = _run(model, packed)
     out, out_len = pad_packed_sequence(out_p, batch_first=True)  # (B, max(lengths), D*H)
     last = torch.stack([out[b, n - 1, :H] for b, n in enumerate(lengths)])  # forward at the true last step
-    alone = torch.cat([_run(model, x[b:b + 1, :n])[1] for b, n in enumerate(lengths)], dim=1)  # (D, B, H)
-    gaps = {"h_n[fwd] vs output at length-1": _gap(h_n[0], last),
-            "h_n vs each sequence run alone": _gap(h_n, alone),
-            "output past the length is 0": max(float(out[b, n:].abs().max()) if n < out.shape[1] else 0.0
-                                                 for b, n in enumerate(lengths))}
+    alone = torch.cat([_run(model, x[b : b + 1, :n])[1] for b, n in enumerate(lengths)], dim=1)  # (D, B, H)
+    gaps = {
+        "h_n[fwd] vs output at length-1": _gap(h_n[0], last),
+        "h_n vs each sequence run alone": _gap(h_n, alone),
+        "output past the length is 0": max(
+            float(out[b, n:].abs().max()) if n < out.shape[1] else 0.0 for b, n in enumerate(lengths)
+        ),
+    }
     if bidirectional:
         gaps["h_n[bwd] vs output[:, 0, H:]"] = _gap(h_n[1], out[:, 0, H:])
     _, h_pad, _ = _run(model, x)  # without packing the state runs on through the padding
     padded_differs = _gap(h_pad[0, 1:], h_n[0, 1:])  # sequences 1 and 2 are shorter than T
-    passed = (max(gaps.values()) <= 1e-12 and padded_differs > 1e-3 and out_len.tolist() == lengths)
-    return {"passed": passed, "cell": cell, "bidirectional": bidirectional, "lengths": lengths, "gaps": gaps,
-            "unpacked_h_n_gap": padded_differs}
+    passed = max(gaps.values()) <= 1e-12 and padded_differs > 1e-3 and out_len.tolist() == lengths
+    return {
+        "passed": passed,
+        "cell": cell,
+        "bidirectional": bidirectional,
+        "lengths": lengths,
+        "gaps": gaps,
+        "unpacked_h_n_gap": padded_differs,
+    }
 
 
 def _no_grad(check):
     """Checks only run forward passes: no autograd graph (and no warnings converting outputs to floats)."""
+
     def run_check(device) -> dict:
         import torch
 
         with torch.no_grad():
             return check(device)
+
     return run_check
 
 
@@ -183,10 +215,12 @@ def _checks() -> dict:
     checks = {}
     for cell, bf, layers, bi in itertools.product(CELLS, (True, False), (1, 2), (False, True)):
         checks[f"shapes[{cell},batch_first={bf},layers={layers},bi={bi}]"] = partial(
-            check_shapes, cell=cell, batch_first=bf, num_layers=layers, bidirectional=bi)
+            check_shapes, cell=cell, batch_first=bf, num_layers=layers, bidirectional=bi
+        )
     for cell, bf in itertools.product(CELLS, (True, False)):
-        checks[f"direction_slices[{cell},batch_first={bf}]"] = partial(check_direction_slices, cell=cell,
-                                                                       batch_first=bf)
+        checks[f"direction_slices[{cell},batch_first={bf}]"] = partial(
+            check_direction_slices, cell=cell, batch_first=bf
+        )
     checks["hand_rnn"] = check_hand_rnn
     checks["lstm_gate_order"] = check_lstm_gate_order
     for cell, bi in itertools.product(CELLS, (False, True)):
@@ -206,9 +240,26 @@ def run(args, ctx) -> LabResult:
     for name, check in ctx.bar(CHECKS.items(), total=len(CHECKS), desc="shapes"):
         results[name] = check(ctx.device)
     failed = [name for name, r in results.items() if not r["passed"]]
-    table = [{k: r[k] for k in ("cell", "batch_first", "num_layers", "bidirectional", "input", "output", "h_n",
-                                "c_n", "weight_ih_l0", "weight_hh_l0")}
-             for name, r in results.items() if name.startswith("shapes[")]
+    table = [
+        {
+            k: r[k]
+            for k in (
+                "cell",
+                "batch_first",
+                "num_layers",
+                "bidirectional",
+                "input",
+                "output",
+                "h_n",
+                "c_n",
+                "weight_ih_l0",
+                "weight_hh_l0",
+            )
+        }
+        for name, r in results.items()
+        if name.startswith("shapes[")
+    ]
     headline = {"checks": len(results), "passed": len(results) - len(failed), "failed": failed}
-    return LabResult(headline=headline, metrics={"sizes": {"B": B, "T": T, "I": I, "H": H}, "shape_table": table,
-                                                 "results": results})
+    return LabResult(
+        headline=headline, metrics={"sizes": {"B": B, "T": T, "I": I, "H": H}, "shape_table": table, "results": results}
+    )

@@ -19,6 +19,7 @@ and bits / characters is directly comparable with a character model's bits per c
 
 Only the char-vs-word lab imports this module, inside its run(); it imports torch at the top (lab modules do not).
 """
+
 from __future__ import annotations
 
 import math
@@ -111,10 +112,18 @@ class WordLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
-        self.rnn = nn.LSTM(cfg.embed_dim, cfg.hidden_size, cfg.num_layers, batch_first=True,
-                           dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
-        self.proj = nn.Linear(cfg.hidden_size, cfg.embed_dim) if cfg.tied and cfg.embed_dim != cfg.hidden_size \
+        self.rnn = nn.LSTM(
+            cfg.embed_dim,
+            cfg.hidden_size,
+            cfg.num_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+        )
+        self.proj = (
+            nn.Linear(cfg.hidden_size, cfg.embed_dim)
+            if cfg.tied and cfg.embed_dim != cfg.hidden_size
             else nn.Identity()
+        )
         self.drop = nn.Dropout(cfg.dropout)
         self.decoder = nn.Linear(cfg.embed_dim if cfg.tied else cfg.hidden_size, cfg.vocab_size)
         if cfg.tied:  # one matrix reads and writes words: fewer parameters, better with little data
@@ -135,23 +144,36 @@ def token_bits(model: WordLM, ids: np.ndarray, first: int, device="cpu", chunk: 
     out, state = [], None
     with torch.no_grad():
         for i in range(0, len(ids), chunk):  # state carried: the same numbers as one long pass
-            logits, state = model(x[None, i:i + chunk], state)  # (1, chunk, V)
-            out.append(F.cross_entropy(logits[0], y[i:i + chunk], reduction="none") / LN2)
+            logits, state = model(x[None, i : i + chunk], state)  # (1, chunk, V)
+            out.append(F.cross_entropy(logits[0], y[i : i + chunk], reduction="none") / LN2)
     return torch.cat(out).cpu().numpy()
 
 
-def train(model: WordLM, ids: np.ndarray, *, minutes: float, batch: int = 32, bptt: int = 64, lr: float = 3e-3,
-          warmup: int = 50, on_eval=None, evals: int = 8, bar=None) -> dict:
+def train(
+    model: WordLM,
+    ids: np.ndarray,
+    *,
+    minutes: float,
+    batch: int = 32,
+    bptt: int = 64,
+    lr: float = 3e-3,
+    warmup: int = 50,
+    on_eval=None,
+    evals: int = 8,
+    bar=None,
+) -> dict:
     """Truncated BPTT over ``batch`` contiguous streams until the time budget ends; the learning rate warms
-    up linearly, then follows a cosine on wall-clock progress (``training.generator.train.lr_at``). ``on_eval()`` (outside the clock) ``evals`` times."""
+    up linearly, then follows a cosine on wall-clock progress (``training.generator.train.lr_at``). ``on_eval()``
+    (outside the clock) ``evals`` times."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
     rest = [p for p in model.parameters() if all(p is not q for q in decay)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.99)
+    )
     dev = next(model.parameters()).device
     n = len(ids) // batch
     data = torch.from_numpy(ids[: n * batch].reshape(batch, n)).to(dev)  # (B, N): row b = b-th slice of the text
-    schedule = TrainConfig(lr=lr, warmup_steps=warmup, min_lr_frac=0.05)   # the generator's warm-up + cosine
+    schedule = TrainConfig(lr=lr, warmup_steps=warmup, min_lr_frac=0.05)  # the generator's warm-up + cosine
     budget, elapsed, step, epoch = minutes * 60, 0.0, 0, 0
     history, losses, next_eval = [], [], 1
     state = None
@@ -164,7 +186,7 @@ def train(model: WordLM, ids: np.ndarray, *, minutes: float, batch: int = 32, bp
         progress = elapsed / budget
         for g in opt.param_groups:
             g["lr"] = lr_at(schedule, step, progress)
-        x, y = data[:, i:i + bptt], data[:, i + 1:i + 1 + bptt]
+        x, y = data[:, i : i + bptt], data[:, i + 1 : i + 1 + bptt]
         state = None if state is None else tuple(s.detach() for s in state)  # gradients stop at the chunk edge
         logits, state = model(x, state)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
@@ -178,15 +200,29 @@ def train(model: WordLM, ids: np.ndarray, *, minutes: float, batch: int = 32, bp
         if bar is not None:
             bar.update(1)
         if on_eval is not None and (elapsed >= budget * next_eval / evals):
-            history.append({"step": step, "minutes": elapsed / 60, "train_bits_per_token": float(np.mean(losses)),
-                            **on_eval()})
+            history.append(
+                {"step": step, "minutes": elapsed / 60, "train_bits_per_token": float(np.mean(losses)), **on_eval()}
+            )
             losses, next_eval = [], next_eval + 1
-    return {"steps": step, "epochs": step * bptt / n, "train_seconds": elapsed, "history": history,
-            "tokens_seen": step * bptt * batch}
+    return {
+        "steps": step,
+        "epochs": step * bptt / n,
+        "train_seconds": elapsed,
+        "history": history,
+        "tokens_seen": step * bptt * batch,
+    }
 
 
-def sample(model: WordLM, vocab: WordVocab, speller: Speller, prompt: str, chars: int, temperature: float,
-           seed: int = 0, device="cpu") -> str:
+def sample(
+    model: WordLM,
+    vocab: WordVocab,
+    speller: Speller,
+    prompt: str,
+    chars: int,
+    temperature: float,
+    seed: int = 0,
+    device="cpu",
+) -> str:
     """At least ``chars`` characters after ``prompt``; a sampled <unk> is spelled by the speller."""
     model.eval()
     rng = np.random.default_rng(seed)

@@ -1,4 +1,5 @@
 """The lab tests run their models as the lab command does: torch and BLAS on one thread (training/labs/common.py)."""
+
 from __future__ import annotations
 
 import pytest

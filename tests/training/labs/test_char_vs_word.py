@@ -1,4 +1,5 @@
 """char-vs-word: the word tokens rebuild the text, the bit accounting adds up, and the quick run's comparison."""
+
 from __future__ import annotations
 
 import math
@@ -7,22 +8,27 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import ROOT, run_lab
 from training.common.files import read_json
 from training.labs import word_lm as wl
 from training.labs.char_vs_word import KINDS, char_bits, kind_of
 
-from tests.conftest import ROOT, run_lab
-
-PASSAGE = ('     "Holmes\'s cross-examination was interrupted," he said, at 221B\n\n     "To-day?"  Café!\t[x]\n')
+PASSAGE = '     "Holmes\'s cross-examination was interrupted," he said, at 221B\n\n     "To-day?"  Café!\t[x]\n'
 
 
 def test_tokens_rebuild_the_text_exactly():
     toks = wl.tokenize(PASSAGE)
     assert "".join(toks) == PASSAGE
     assert "Holmes's" in toks and "\n\n     " in toks and "  " in toks and "Café" in toks and "221" in toks
-    assert toks[toks.index("cross"):toks.index("cross") + 3] == ["cross", "-", "examination"]
-    assert [KINDS[kind_of(t)] for t in ["Holmes", " ", "\n     ", ",", "221", '"']] == \
-        ["word", "space", "space", "punct", "number", "punct"]
+    assert toks[toks.index("cross") : toks.index("cross") + 3] == ["cross", "-", "examination"]
+    assert [KINDS[kind_of(t)] for t in ["Holmes", " ", "\n     ", ",", "221", '"']] == [
+        "word",
+        "space",
+        "space",
+        "punct",
+        "number",
+        "punct",
+    ]
     assert "unknown" in KINDS  # tokens outside the vocabulary: the lab sets their kind itself
 
 

@@ -1,14 +1,14 @@
 """echo: the first bit must survive T-1 distracting steps; a gate biased open carries it much further."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
+from tests.conftest import run_lab
 from training.common.files import read_json
 from training.labs import seqtasks as st
 from training.labs.echo import bits, parse_models
-
-from tests.conftest import run_lab
 
 
 def test_bits_are_plus_minus_one_and_the_label_is_the_first_bit():
@@ -20,8 +20,11 @@ def test_bits_are_plus_minus_one_and_the_label_is_the_first_bit():
 
 
 def test_models_parse_cell_and_gate_bias():
-    assert parse_models("rnn, lstm:3,gru:1.5") == {"rnn": ("rnn", 0.0), "lstm:3": ("lstm", 3.0),
-                                                  "gru:1.5": ("gru", 1.5)}
+    assert parse_models("rnn, lstm:3,gru:1.5") == {
+        "rnn": ("rnn", 0.0),
+        "lstm:3": ("lstm", 3.0),
+        "gru:1.5": ("gru", 1.5),
+    }
 
 
 def test_gate_bias_opens_the_forget_and_update_gates():
@@ -31,7 +34,7 @@ def test_gate_bias_opens_the_forget_and_update_gates():
         torch.manual_seed(0)
         biased = st.SeqModel(cell, 1, 16, 1, gate_bias=3.0).rnn
         delta = (biased.bias_ih_l0 + biased.bias_hh_l0 - plain.bias_ih_l0 - plain.bias_hh_l0).detach()
-        assert torch.allclose(delta.view(chunks, 16)[1], torch.full((16,), 3.0))   # forget (i, f, g, o) / z (r, z, n)
+        assert torch.allclose(delta.view(chunks, 16)[1], torch.full((16,), 3.0))  # forget (i, f, g, o) / z (r, z, n)
         assert delta.view(chunks, 16)[[0, 2]].abs().max() == 0
     with pytest.raises(ValueError):
         st.SeqModel("rnn", 1, 16, 1, gate_bias=1.0)

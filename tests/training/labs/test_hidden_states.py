@@ -1,15 +1,15 @@
 """hidden-states: the hand-stepped traces match the models, the text features, and what the quick run finds."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import run_lab
 from training.common.files import read_json
 from training.labs.committed import char_states, load_classifier, trace_lstm
 from training.labs.hidden_states import FEATURES, loo_centroid_accuracy, pca, text_features
-
-from tests.conftest import run_lab
 
 
 def test_trace_lstm_gives_what_nn_lstm_gives_and_the_cell_states_behind_it():
@@ -35,7 +35,7 @@ def test_char_states_lays_out_layer_then_h_or_c_then_unit():
     assert states.shape == (2, 13, 2 * 2 * 6) and check < 1e-6
     with torch.no_grad():
         h, c = trace_lstm(model.rnn, model.embed(torch.from_numpy(ids)))
-    np.testing.assert_allclose(states[..., 6:12], c[0].numpy())   # L1.c
+    np.testing.assert_allclose(states[..., 6:12], c[0].numpy())  # L1.c
     np.testing.assert_allclose(states[..., 12:18], h[1].numpy())  # L2.h
 
 

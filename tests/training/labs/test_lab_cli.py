@@ -1,12 +1,12 @@
 """The lab command itself: every lab is listed with --help, and a run writes its folder and ends with its headline."""
+
 from __future__ import annotations
 
 import pytest
 
+from tests.conftest import run_lab, training_cli
 from training.common.files import read_json
 from training.labs import LABS
-
-from tests.conftest import run_lab, training_cli
 
 
 def test_every_lab_is_a_sub_command_with_help():

@@ -1,4 +1,5 @@
 """numpy-rnn: hand-written BPTT matches finite differences and autograd, and trains like nn.LSTM step for step."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import run_lab
 from training.labs import numpy_cells as nc
 from training.labs.numpy_checks import TorchCharModel, check_autograd, check_finite_differences, check_tbptt
-
-from tests.conftest import run_lab
 
 
 def _ids(n: int = 400, vocab: int = 11, seed: int = 0) -> np.ndarray:
@@ -70,8 +70,7 @@ def test_numpy_and_torch_lstm_train_in_lockstep(tmp_path):
 
     rng = np.random.default_rng(0)
     ids = np.where(rng.random(3000) < 0.1, rng.integers(0, 9, 3000), np.arange(3000) % 7)  # a period, noised
-    ctx = LabContext(name="numpy-rnn", out=tmp_path, quick=True, device=torch.device("cpu"), seed=0,
-                     progress=False)
+    ctx = LabContext(name="numpy-rnn", out=tmp_path, quick=True, device=torch.device("cpu"), seed=0, progress=False)
     setup = Setup(hidden=16, batch=8, bptt=16, steps=30, lr=1e-2, eval_every=15)
     hist = train_pair(setup, ids[:2500], ids[2500:], 9, ctx)["history"]
     gap = np.abs(np.array(hist["numpy_bpc"]) - np.array(hist["torch_bpc"]))
@@ -93,8 +92,10 @@ def test_lab_command_quick(tmp_path):
     head = run_lab("numpy-rnn", tmp_path)
 
     assert head["max_rel_error"] <= 1e-6
-    assert max(head["finite_differences_rel_error"], head["autograd_rel_error"],
-               head["tbptt_rel_error"]) == head["max_rel_error"]
+    assert (
+        max(head["finite_differences_rel_error"], head["autograd_rel_error"], head["tbptt_rel_error"])
+        == head["max_rel_error"]
+    )
     assert head["max_train_loss_gap"] <= 1e-9  # NumPy and nn.LSTM: the same losses step for step
     assert head["numpy_train_bpc"] < 5.0  # from log2(vocab) ~ 6.1 bits at the start
     assert head["numpy_val_bpc"] == pytest.approx(head["torch_val_bpc"], abs=1e-6)

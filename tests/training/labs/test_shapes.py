@@ -1,4 +1,5 @@
 """shapes: nn.RNN / nn.LSTM / nn.GRU shapes, the h_n layout, a hand-computed step and packed sequences."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from training.labs.shapes import CHECKS, B, H, I, T, make
-
 from tests.conftest import run_lab
+from training.labs.shapes import CHECKS, B, H, I, T, make
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
@@ -20,14 +20,17 @@ def test_lab_check(name):
     assert result["passed"], result
 
 
-@pytest.mark.parametrize("cell,batch_first,layers,bi,out_shape,state_shape", [
-    ("rnn", True, 1, False, (B, T, H), (1, B, H)),
-    ("rnn", False, 3, True, (T, B, 2 * H), (6, B, H)),
-    ("lstm", True, 2, True, (B, T, 2 * H), (4, B, H)),
-    ("lstm", False, 2, False, (T, B, H), (2, B, H)),
-    ("gru", True, 1, True, (B, T, 2 * H), (2, B, H)),
-    ("gru", False, 2, True, (T, B, 2 * H), (4, B, H)),
-])
+@pytest.mark.parametrize(
+    "cell,batch_first,layers,bi,out_shape,state_shape",
+    [
+        ("rnn", True, 1, False, (B, T, H), (1, B, H)),
+        ("rnn", False, 3, True, (T, B, 2 * H), (6, B, H)),
+        ("lstm", True, 2, True, (B, T, 2 * H), (4, B, H)),
+        ("lstm", False, 2, False, (T, B, H), (2, B, H)),
+        ("gru", True, 1, True, (B, T, 2 * H), (2, B, H)),
+        ("gru", False, 2, True, (T, B, 2 * H), (4, B, H)),
+    ],
+)
 def test_exact_shapes(cell, batch_first, layers, bi, out_shape, state_shape):
     model = make(cell, num_layers=layers, bidirectional=bi, batch_first=batch_first)
     x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=torch.float64)
@@ -68,8 +71,9 @@ def test_hand_computed_scalar_rnn():
         rnn.weight_hh_l0.fill_(-0.8)
         rnn.bias_ih_l0.fill_(0.1)
         rnn.bias_hh_l0.fill_(0.2)
-    out, h_n = rnn(torch.tensor([[[1.0], [-0.5]]], dtype=torch.float64), torch.full((1, 1, 1), 0.25,
-                                                                                   dtype=torch.float64))
+    out, h_n = rnn(
+        torch.tensor([[[1.0], [-0.5]]], dtype=torch.float64), torch.full((1, 1, 1), 0.25, dtype=torch.float64)
+    )
     h1 = math.tanh(0.5 * 1.0 - 0.8 * 0.25 + 0.3)  # = tanh(0.6)
     h2 = math.tanh(0.5 * -0.5 - 0.8 * h1 + 0.3)
     assert out[0, :, 0].tolist() == pytest.approx([h1, h2], abs=1e-14)
@@ -82,7 +86,7 @@ def test_packed_h_n_is_at_true_last_step():
     lengths = [T, 2, 3]
     _, h_n = model(pack_padded_sequence(x, torch.tensor(lengths), batch_first=True, enforce_sorted=False))
     for b, n in enumerate(lengths):
-        _, h_alone = model(x[b:b + 1, :n])
+        _, h_alone = model(x[b : b + 1, :n])
         assert torch.allclose(h_n[:, b], h_alone[:, 0], atol=1e-14)
     _, h_padded = model(x)  # without packing the padding is read as input
     assert torch.allclose(h_padded[:, 0], h_n[:, 0], atol=1e-14)  # the full-length sequence agrees
@@ -100,6 +104,9 @@ def test_lab_command_quick(tmp_path):
     head = run_lab("shapes", tmp_path)
     assert head["checks"] == head["passed"] == len(CHECKS) and head["failed"] == []
     metrics = json.loads((tmp_path / "shapes" / "metrics.json").read_text())
-    row = next(r for r in metrics["shape_table"] if r["cell"] == "lstm" and r["batch_first"]
-               and r["num_layers"] == 2 and r["bidirectional"])
+    row = next(
+        r
+        for r in metrics["shape_table"]
+        if r["cell"] == "lstm" and r["batch_first"] and r["num_layers"] == 2 and r["bidirectional"]
+    )
     assert row["output"] == [B, T, 2 * H] and row["h_n"] == row["c_n"] == [4, B, H]
