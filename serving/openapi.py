@@ -323,35 +323,51 @@ class Document:
         return self._doc
 
 
-def documented_service(
-    version: str, keyed: bool, request_models: dict[str, type[BaseModel]], response_models: dict[str, Any]
-) -> type:
+def api_models(schemas: Any) -> dict[str, dict[str, Any]]:
+    """The ``request_models`` and ``response_models`` of ``document()`` for this service's APIs (serving/service.py)."""
+    from .schemas import EndSessionRequest, EndSessionResponse, Info, Prediction
+
+    return {
+        "request_models": {
+            "classify": schemas.ClassifyRequest,
+            "generate": schemas.GenerateRequest,
+            "end_session": EndSessionRequest,
+        },
+        "response_models": {
+            "classify": list[Prediction],
+            "generate": None,
+            "end_session": EndSessionResponse,
+            "info": Info,
+        },
+    }
+
+
+def documented_service(version: str, keyed: bool, schemas: Any) -> type:
     """A ``bentoml.Service`` class (``service_class=`` of ``@bentoml.service``) with this document, built once."""
     import bentoml
     import yaml
 
-    title, description = TITLE, DESCRIPTION
     yaml.add_representer(Document, lambda dumper, d: dumper.represent_dict(d.asdict()))
     built: list[Document] = []
 
     class DocumentedService(bentoml.Service):
         @property
         def doc(self) -> str:  # BentoML would describe the service with its own readme and badges
-            return description
+            return DESCRIPTION
 
         @property
         def openapi_spec(self) -> Document:  # type: ignore[override]
             if not built:
+                base = super().openapi_spec.asdict()
                 built.append(
                     Document(
                         document(
-                            super().openapi_spec.asdict(),
-                            title=title,
+                            base,
+                            title=TITLE,
                             version=version,
-                            description=description,
+                            description=DESCRIPTION,
                             keyed=keyed,
-                            request_models=request_models,
-                            response_models=response_models,
+                            **api_models(schemas),
                         )
                     )
                 )

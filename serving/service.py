@@ -115,21 +115,7 @@ aliases = Starlette(
     # the body deadline; it also bounds how long anything BentoML keeps per request lives
     traffic={"timeout": 60},
     logging={"access": {"enabled": SETTINGS.access_log}},
-    service_class=openapi.documented_service(
-        __version__,
-        keyed=SETTINGS.directory.keyed,
-        request_models={
-            "classify": SCHEMAS.ClassifyRequest,
-            "generate": SCHEMAS.GenerateRequest,
-            "end_session": EndSessionRequest,
-        },
-        response_models={
-            "classify": list[Prediction],
-            "generate": None,
-            "end_session": EndSessionResponse,
-            "info": Info,
-        },
-    ),
+    service_class=openapi.documented_service(__version__, SETTINGS.directory.keyed, SCHEMAS),
 )
 @bentoml.asgi_app(aliases, path="/")  # matched only for its own paths, after BentoML's routes
 class RnnText:

@@ -21,7 +21,7 @@ from loadtests.server import ONE_CLIENT_LIMITS
 from serving import openapi
 from serving.config import Settings
 from serving.errors import ClientError, normalize, quota_exceeded, rate_limited, session_busy, store_down
-from serving.schemas import EndSessionRequest, EndSessionResponse, Info, Prediction, Schemas
+from serving.schemas import Schemas
 
 ROOT = Path(__file__).resolve().parents[2]
 # the JSON Schema 2020-12 keywords (and OpenAPI's own) a schema here may use: a misspelt constraint ("ge" for
@@ -62,22 +62,7 @@ def build(keyed: bool = False) -> dict:
 
     base = bentoml.Service.openapi_spec.fget(RnnText).asdict()  # BentoML's own document, before ours
     return openapi.document(
-        base,
-        title=openapi.TITLE,
-        version="9.9",
-        description="d",
-        keyed=keyed,
-        request_models={
-            "classify": schemas.ClassifyRequest,
-            "generate": schemas.GenerateRequest,
-            "end_session": EndSessionRequest,
-        },
-        response_models={
-            "classify": list[Prediction],
-            "generate": None,
-            "end_session": EndSessionResponse,
-            "info": Info,
-        },
+        base, title=openapi.TITLE, version="9.9", description="d", keyed=keyed, **openapi.api_models(schemas)
     )
 
 
