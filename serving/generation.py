@@ -147,13 +147,13 @@ class Generation:
                     last_refresh = time.monotonic()
             done: dict[str, Any] = {"done": True, "chars": stream.produced}
             try:
-                kept = await self._finish(req, stream, t.client, t.kept)
+                await self._finish(t)
             except StoreUnavailable:
                 self._error("store_unavailable")
                 yield sse({"error": "session store unavailable", "kind": "store_unavailable", **done})
                 return
-            if kept:
-                done["session_id"] = kept
+            if t.kept:
+                done["session_id"] = t.kept
             # free the session before saying done: a client that continues it at once, maybe on another worker
             # over another connection, must not find it still busy
             await self.release(t)
@@ -171,19 +171,18 @@ class Generation:
         self._gauge_streams()
         await self._release(t.req.session_id, t.token, t.client, t.slot)
 
-    async def _finish(self, req: GenerateFields, stream: Stream, client: Client, sid: str | None) -> str | None:
-        """Save (keep_session, under ``sid``) or drop the session; returns the kept id."""
-        if req.keep_session and sid is not None:
+    async def _finish(self, t: Ticket) -> None:
+        """Save the session under ``t.kept`` (keep_session), or drop a continued one."""
+        stream, client = t.stream, t.client
+        if t.kept is not None:
             self.runtime.save_rng(stream.state, stream.rng)
             # at its session quota, the client's own least recently saved idle session makes room (docs/serving.md)
             owner_max = client.limits.sessions if client.limits is not None else 0
-            await self.store.save(sid, encode_state(stream.state, self.model_tag), client.tag, owner_max)
+            await self.store.save(t.kept, encode_state(stream.state, self.model_tag), client.tag, owner_max)
             await self.update_session_gauge()
-            return sid
-        if req.session_id is not None:  # continued without keep_session: this was its last request
-            await self.store.delete(req.session_id)
+        elif t.req.session_id is not None:  # continued without keep_session: this was its last request
+            await self.store.delete(t.req.session_id)
             await self.update_session_gauge()
-        return None
 
     async def end_session(self, sid: str, client: Client = ANONYMOUS) -> None:
         try:

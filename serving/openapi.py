@@ -102,16 +102,26 @@ class SessionsProbe(BaseModel):
     sessions: Literal["ok", "unavailable"]
 
 
+def _headers(**headers: tuple[str, bool]) -> dict[str, Any]:
+    """Response headers, name -> (description, required); every one a string."""
+    return {
+        name: {"description": text, "required": required, "schema": {"type": "string"}}
+        for name, (text, required) in headers.items()
+    }
+
+
+def _body_model(response: Any) -> type[BaseModel]:
+    """The pydantic model of a 200 body given as ``Model`` or ``list[Model]``."""
+    return getattr(response, "__args__", (response,))[0]
+
+
 def _error(description: str, **headers: tuple[str, bool]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "description": description,
         "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}},
     }
     if headers:
-        out["headers"] = {
-            name: {"description": text, "required": required, "schema": {"type": "string"}}
-            for name, (text, required) in headers.items()
-        }
+        out["headers"] = _headers(**headers)
     return out
 
 
@@ -164,7 +174,7 @@ def document(
     doc["openapi"] = OPENAPI_VERSION
     doc["info"] = {"title": title, "version": version, "description": description}
     models = {*request_models.values(), Error, GenerateEvent, SessionsProbe}
-    models |= {getattr(m, "__args__", (m,))[0] for m in response_models.values() if m is not None}
+    models |= {_body_model(m) for m in response_models.values() if m is not None}
     keyed_models = [
         (m, "validation" if m in request_models.values() else "serialization")
         for m in sorted(models, key=lambda m: m.__name__)
@@ -239,13 +249,14 @@ def _finish_operation(
                 "example": SSE_EXAMPLE,
             }
         }
-        ok["headers"] = {
-            SESSION_HEADER: {
-                "description": "with keep_session: the id the session is kept under, known before the stream ends",
-                "required": False,
-                "schema": {"type": "string"},
+        ok["headers"] = _headers(
+            **{
+                SESSION_HEADER: (
+                    "with keep_session: the id the session is kept under, known before the stream ends",
+                    False,
+                )
             }
-        }
+        )
         session = f"$response.header.{SESSION_HEADER}"
         ok["links"] = {
             "ContinueSession": {
@@ -260,12 +271,10 @@ def _finish_operation(
             },
         }
     else:
-        item = getattr(response, "__args__", None)
-        schema = (
-            {"type": "array", "items": {"$ref": REF.format(model=item[0].__name__)}}
-            if item
-            else {"$ref": REF.format(model=response.__name__)}
-        )
+        model = _body_model(response)
+        schema = {"$ref": REF.format(model=model.__name__)}
+        if model is not response:  # list[Model]
+            schema = {"type": "array", "items": schema}
         ok["content"] = {"application/json": {"schema": schema}}
     responses = {"200": ok}
     statuses = sorted({*BODY_STATUSES, *OPERATIONS[name], 429, 503, *((401,) if keyed else ())})
@@ -304,7 +313,7 @@ def _finish_probes(paths: dict[str, Any]) -> None:
                 "200": {"description": "the store answers", "content": {"application/json": {"schema": probe}}},
                 "503": {
                     "description": "the store does not answer",
-                    "headers": {"Retry-After": {"required": True, "schema": {"type": "string"}}},
+                    "headers": _headers(**{"Retry-After": RETRY}),
                     "content": {"application/json": {"schema": probe}},
                 },
             },
