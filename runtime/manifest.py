@@ -50,6 +50,11 @@ def write_manifest(folder: str | os.PathLike, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def model_id(manifest: dict[str, Any]) -> str:
+    """The model's name for clients (``/v1/models``): the manifest's ``id``, else ``rnntext-<kind>``."""
+    return str(manifest.get("id") or f"rnntext-{manifest['kind']}")
+
+
 def load_manifest(folder: str | os.PathLike, kind: str | None = None, verify: bool = True) -> dict[str, Any]:
     """Read and (by default) verify a model folder's manifest; raise ArtifactError naming the problem."""
     folder = Path(folder)

@@ -20,10 +20,12 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from runtime.hardware import available_providers, device_name, usable_cores
+from runtime.manifest import model_id
 
 from .config import Settings
 from .generation import Generation
@@ -70,6 +72,13 @@ def default_dirs(settings: Settings) -> dict[str, Path]:
     return {kind: model_dir(settings.models, kind) for kind in ("classifier", "generator")}
 
 
+def _timestamp(iso: str | None) -> int:
+    try:
+        return int(datetime.fromisoformat(iso).timestamp())
+    except (TypeError, ValueError):
+        return 0
+
+
 def model_tag(manifest: dict, files: dict[str, str]) -> str:
     """Identifies the weights in use (the files of the precision loaded): a session saved by another model
     version or precision is not resumed, since its state would not continue the same text."""
@@ -103,6 +112,9 @@ class AppState:
             "generator": self.generator.step_session.get_providers(),
         }
         self.precision = {"classifier": self.classifier.precision, "generator": self.generator.precision}
+        # the generator's name and date for OpenAI's clients (GET /v1/models, the "model" field)
+        self.model_id = model_id(self.generator.manifest)
+        self.model_created = _timestamp(self.generator.manifest.get("created"))
         self.device = device_name(self.providers["classifier"])
         log.info(
             "worker %s of %d: ONNX Runtime providers %s on %s, precision %s (setting %r), %d intra-op "

@@ -64,6 +64,12 @@ class Settings(BaseModel):
     max_chars: int = Field(2000, ge=1, alias="RNNTEXT_MAX_CHARS")
     default_chars: int = Field(200, ge=1, alias="RNNTEXT_DEFAULT_CHARS")
     max_streams: int = Field(64, ge=1, alias="RNNTEXT_MAX_STREAMS")
+    max_score_chars: int = Field(
+        8000, ge=1, alias="RNNTEXT_MAX_SCORE_CHARS", description="the longest text POST /score reads (one step a char)"
+    )
+    max_choices: int = Field(
+        4, ge=1, le=64, alias="RNNTEXT_MAX_CHOICES", description="/v1/completions: prompts times n, each a stream"
+    )
     session_ttl_s: float = Field(900.0, gt=0, allow_inf_nan=False, alias="RNNTEXT_SESSION_TTL_S")
     max_sessions: int = Field(10000, ge=1, alias="RNNTEXT_MAX_SESSIONS")
     session_lease_s: float = Field(

@@ -44,6 +44,10 @@ def session_busy() -> ClientError:
     return ClientError(409, "session_busy", "session is in use by another request; retry when it has finished")
 
 
+def not_generating() -> ClientError:
+    return ClientError(409, "not_generating", "this session has no running stream to stop (it has ended, or not begun)")
+
+
 def store_down() -> ClientError:
     return ClientError(503, "store_unavailable", "session store unavailable")
 
@@ -69,10 +73,48 @@ def overloaded(message: str) -> ClientError:
     return ClientError(503, "overloaded", message)
 
 
-def error_response(err: ClientError, on_error: Callable[[str], None] | None = None) -> JSONResponse:
+def openai_body(status: int, kind: str, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error body (``/v1/`` routes): ``type`` from the status as OpenAI names it, ``code`` the kind."""
+    return {
+        "error": {
+            "message": message,
+            "type": OPENAI_TYPES.get(status, "invalid_request_error"),
+            "param": param,
+            "code": kind,
+        }
+    }
+
+
+OPENAI_TYPES = {  # status -> OpenAI's error "type" (vLLM uses its exception classes' names instead)
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "overloaded_error",
+}
+
+
+def from_error_doc(status: int, doc: dict[str, Any]) -> dict[str, Any]:
+    """This service's ``{"error", "kind", "detail"}`` body as OpenAI's; ``param`` from a validation problem."""
+    param = None
+    detail = doc.get("detail")
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        param = ".".join(str(p) for p in detail[0].get("loc") or ()) or None
+    return openai_body(status, doc["kind"], doc["error"], param)
+
+
+def error_response(
+    err: ClientError, on_error: Callable[[str], None] | None = None, openai: bool = False
+) -> JSONResponse:
     if on_error is not None:
         on_error(err.kind)
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
+    body = openai_body(err.status, err.kind, err.message) if openai else err.body()
+    return JSONResponse(body, status_code=err.status, headers=err.headers())
 
 
 # ---------------------------------------------------------------- BentoML's own error bodies
@@ -109,8 +151,8 @@ def normalize(status: int, body: bytes) -> dict[str, Any] | None:
         doc = body.decode(errors="replace").strip()
     if isinstance(doc, list) and len(doc) == 1:  # BentoML wraps some errors in a one-item list
         doc = doc[0]
-    if isinstance(doc, dict) and "kind" in doc:
-        return None
+    if isinstance(doc, dict) and ("kind" in doc or isinstance(doc.get("error"), dict)):
+        return None  # this service's own shape, or OpenAI's (the /v1/ routes)
     detail = doc.get("detail") if isinstance(doc, dict) else None
     if isinstance(detail, list) and detail and isinstance(detail[0], dict):
         first = detail[0]

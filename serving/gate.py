@@ -19,6 +19,8 @@
   type: pickle is refused with 415, multipart parses differently);
 * every 4xx that BentoML answers itself (pydantic's validation report, above all) is rewritten into this
   service's ``{"error", "kind"}`` shape (serving/errors.py ``normalize``);
+* under ``/v1/`` (the OpenAI-compatible API) every error body is OpenAI's ``{"error": {"message", "type", "param",
+  "code"}}``, the same errors with the same statuses (``code`` is the kind);
 * ``X-Rnntext-Worker: <worker index>`` on every response, so that a client (and the tests) can see which
   worker served it.
 """
@@ -35,11 +37,20 @@ from collections.abc import Callable
 from typing import Any
 
 from .clients import Client, Directory
-from .errors import ClientError, error_response, normalize, rate_limited
+from .errors import ClientError, error_response, from_error_doc, normalize, rate_limited
 from .pages import is_page
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/readyz/sessions", "/healthz"})  # probes never need the key
-API_METHODS = {"/classify": "POST", "/generate": "POST", "/end_session": "POST", "/info": "POST"}
+API_METHODS = {
+    "/classify": "POST",
+    "/generate": "POST",
+    "/end_session": "POST",
+    "/stop": "POST",
+    "/score": "POST",
+    "/info": "POST",
+    "/v1/completions": "POST",
+}
+OPENAI_PREFIX = "/v1/"  # errors there are OpenAI's {"error": {"message", "type", "param", "code"}} (completions.py)
 ALIASES = {"/info": "GET"}  # GET /info is served too (curl, browsers): serving/service.py
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -111,7 +122,8 @@ class Gate:
         path = scope["path"]
         client: Client | None = None
         t0 = time.perf_counter() if self.access_log else 0.0
-        send = self._tag(send, path in API_METHODS, is_page(path), lambda: client, scope, t0)
+        openai = path.startswith(OPENAI_PREFIX)
+        send = self._tag(send, path in API_METHODS, is_page(path), lambda: client, scope, t0, openai)
         api_body = path in API_METHODS and scope["method"] in BODY_METHODS
         head = _Head(scope, as_json=api_body)
         unread = head.announced  # bytes of body still to come (chunked: unknown, counted as large)
@@ -126,7 +138,7 @@ class Gate:
                     unread = 0
         except ClientError as err:
             on_error = None if self.on_error is None else (lambda kind: self.on_error(kind, _label(client)))
-            reply = error_response(err, on_error)
+            reply = error_response(err, on_error, openai=openai)
             if unread > KEEP_ALIVE_UNREAD:
                 # a large body is still on its way: closing spares both sides sending and discarding it. A small
                 # one is discarded by uvicorn's parser as the rest of this request, and the connection lives on
@@ -208,7 +220,14 @@ class Gate:
         return self._worker_header
 
     def _tag(
-        self, send: Callable, api: bool, page: bool, client: Callable[[], Client | None], scope: dict, t0: float
+        self,
+        send: Callable,
+        api: bool,
+        page: bool,
+        client: Callable[[], Client | None],
+        scope: dict,
+        t0: float,
+        openai: bool = False,
     ) -> Callable:
         """``send`` that adds the worker and security headers, logs the request (RNNTEXT_ACCESS_LOG) and, on API
         paths, rewrites BentoML's own 4xx bodies."""
@@ -241,6 +260,8 @@ class Gate:
                 if doc is not None:
                     if self.on_error:
                         self.on_error(doc["kind"], _label(client()))
+                    if openai:
+                        doc = from_error_doc(start["status"], doc)
                     body = json.dumps(doc).encode()
                     start["headers"] = [
                         (k, v) for k, v in start["headers"] if k.lower() not in (b"content-length", b"content-type")

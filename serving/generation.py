@@ -1,13 +1,16 @@
-"""One /generate request from start to end: session hand-out, prompt prefill, the event stream, saving.
+"""One generation (or scoring) from start to end: session hand-out, prompt prefill, the stream, saving.
 
 ``begin`` does everything that can fail with a client error (unknown session 404, busy session 409, the client
 at its stream quota 429, no free slot 503, the store down 503) before the first byte is sent, and before any
-prefill, so those get a JSON reply with the right status; ``events`` then yields the server-sent events. Whatever
-happens to the stream (end, error, client gone), ``release`` gives the slot, the client's stream quota and the
-session back.
+prefill, so those get a JSON reply with the right status; ``run`` then yields the stream's events (``Chunk``,
+``Prompt``, ``Done``), which /generate writes as its server-sent events (``events``) and /v1/completions as
+OpenAI's (serving/completions.py). Whatever happens to the stream (end, error, client gone), ``release`` gives
+the slot, the client's stream quota and the session back.
 
 Sessions belong to the client that made them (``Client.tag``): another client's id is answered exactly as an
-unknown one (404), busy or not, so an id reveals nothing to anyone but its owner.
+unknown one (404), busy or not, so an id reveals nothing to anyone but its owner. A running stream with a session
+can be ended gracefully by its owner (``stop``, POST /stop): on this worker directly, on another one through a
+flag in the session store that the stream polls every STOP_POLL_S.
 """
 
 from __future__ import annotations
@@ -17,13 +20,24 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
+from runtime.logprobs import CharLogprob, StopText, char_logprob
+
 from .clients import Client
-from .errors import overloaded, quota_exceeded, session_busy, store_down, unknown_session
+from .errors import (
+    ClientError,
+    not_generating,
+    overloaded,
+    quota_exceeded,
+    session_busy,
+    store_down,
+    unknown_session,
+)
 from .schemas import GenerateFields
 from .sessions import SessionBusy, StoreUnavailable, decode_state, encode_state, new_session_id
 from .stepper import Stepper, StepperFull, Stream
@@ -32,6 +46,8 @@ ANONYMOUS = Client("local", False, None)  # unit tests and callers without clien
 
 log = logging.getLogger(__name__)
 FLUSH_S = 0.05  # characters produced within 50 ms of the last event go out together
+STOP_POLL_S = 0.2  # how often a stream with a session looks for a stop request made on another worker
+STOP_FLAG_S = 5.0  # how long such a request waits to be taken (a stream that has ended never takes it)
 
 
 def sse(doc: dict[str, Any]) -> bytes:
@@ -39,15 +55,83 @@ def sse(doc: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(doc, ensure_ascii=False).encode() + b"\n\n"
 
 
+def stop_flag(sid: str) -> str:
+    return f"stop:{sid}"
+
+
+@dataclass
+class Job:
+    """One generation or scoring as this module runs it, whichever API asked for it."""
+
+    prompt: str = ""
+    max_chars: int = 200
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    seed: int | None = None
+    session_id: str | None = None
+    keep_session: bool = False
+    stop: tuple[str, ...] = ()  # stop sequences: generation ends at the first; it is not returned
+    top: int | None = None  # record each generated character's log-probability, with this many alternatives
+    score_prompt: bool = False  # read the prompt through the step batcher, recording its log-probabilities
+    context: str = ""  # read (prefill) before the prompt and not scored (POST /score)
+    readonly: bool = False  # the session is read, never saved nor deleted (POST /score)
+
+    @classmethod
+    def of(cls, req: GenerateFields) -> Job:
+        stop = req.stop if isinstance(req.stop, list) else [req.stop] if req.stop else []
+        return cls(
+            req.prompt,
+            req.max_chars,
+            req.temperature,
+            req.top_k,
+            req.top_p,
+            req.seed,
+            req.session_id,
+            req.keep_session,
+            tuple(stop),
+        )
+
+    def sampling(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+
+
+@dataclass
+class Chunk:
+    text: str
+    logprobs: list[CharLogprob] | None = None  # one per character of text (Job.top)
+
+
+@dataclass
+class Prompt:
+    """The prompt's log-probabilities (Job.score_prompt), before any Chunk."""
+
+    logprobs: list[CharLogprob]
+
+
+@dataclass
+class Done:
+    chars: int  # characters generated, a stop sequence that ended them included
+    reason: str  # "length", "stop", "stopped" (POST /stop) or "error"
+    session_id: str | None = None  # the kept session
+    stop: str | None = None  # the stop sequence (reason "stop")
+    error: ClientError | None = None  # reason "error"; kind "internal" for a defect
+
+
 @dataclass
 class Ticket:
-    req: GenerateFields
+    job: Job
     stream: Stream
-    token: str | None  # the session's lock token when continuing a session
+    token: str | None  # the lock token of ``locked``
     client: Client = ANONYMOUS
     slot: str | None = None  # the client's stream-quota slot
     released: bool = False
     kept: str | None = None  # with keep_session: the id the session is saved under (known before the stream)
+    locked: str | None = None  # the session this stream holds the lock of (continued, or kept new)
+    placeholder: bool = (
+        False  # a new kept session saved at begin (so that /stop knows its owner): dropped unless finished
+    )
+    finished: bool = False
 
 
 class Generation:
@@ -57,11 +141,13 @@ class Generation:
         self.runtime, self.store, self.stepper = runtime, store, stepper
         self.model_tag, self.metrics = model_tag, metrics
         self.quotas = quotas  # serving/quotas.py: the clients' stream slots (None: no per-client quota)
+        self.running: dict[str, Ticket] = {}  # this worker's streams with a session, by session id (for stop)
 
-    async def begin(self, req: GenerateFields, client: Client = ANONYMOUS) -> Ticket:
+    async def begin(self, req: GenerateFields | Job, client: Client = ANONYMOUS) -> Ticket:
+        job = req if isinstance(req, Job) else Job.of(req)
         if self.stepper.active >= self.stepper.max_streams:  # fail fast, before any work
             raise overloaded(f"all {self.stepper.max_streams} generation slots are busy")
-        token, state, sid, slot = None, None, req.session_id, None
+        token, state, sid, slot, locked, kept, placeholder = None, None, job.session_id, None, None, None, False
         try:
             if self.quotas is not None and client.limits is not None:
                 slot = new_session_id()
@@ -74,6 +160,7 @@ class Generation:
             if sid is not None:
                 try:
                     token = await self.store.acquire(sid)
+                    locked = sid
                 except SessionBusy:
                     if await self.store.owner_of(sid) != client.tag:
                         raise unknown_session() from None
@@ -82,37 +169,73 @@ class Generation:
                 state = None if blob is None else decode_state(blob, self.runtime.state_class, self.model_tag)
                 if state is None:
                     raise unknown_session()
-            state, rng, first = await asyncio.to_thread(self._start, req, state)
-            stream = self.stepper.open(state, req.max_chars, rng, **req.sampling(), first=first)
+                if job.readonly:  # read: the lock is not needed any longer
+                    await self._release(sid, token)
+                    token = locked = None
+            state, rng, first, first_lp, forced = await asyncio.to_thread(self._start, job, state)
+            if job.keep_session:
+                kept = sid or new_session_id()
+                if sid is None:  # a new session: saved now, so that its owner can stop (POST /stop) its first stream
+                    token, locked = await self.store.acquire(kept), kept
+                    await self.store.save(
+                        kept, encode_state(state, self.model_tag), client.tag, self._owner_max(client)
+                    )
+                    placeholder = True
+            stream = self.stepper.open(
+                state,
+                job.max_chars,
+                rng,
+                **job.sampling(),
+                first=first,
+                stop=job.stop,
+                forced=forced,
+                top=job.top,
+                first_logprob=first_lp,
+            )
             if self.metrics is not None:
                 self.metrics.chars.inc()
-        except StoreUnavailable:
-            await self._release(sid, token, client, slot)
-            raise store_down() from None
-        except StepperFull as exc:
-            await self._release(sid, token, client, slot)
-            raise overloaded(str(exc)) from None
-        except BaseException:
-            await self._release(sid, token, client, slot)
+        except BaseException as exc:
+            if placeholder:
+                await self._drop(kept)
+            await self._release(locked, token, client, slot)
+            if isinstance(exc, StoreUnavailable):
+                raise store_down() from None
+            if isinstance(exc, StepperFull):
+                raise overloaded(str(exc)) from None
             raise
         self._gauge_streams()
-        kept = (req.session_id or new_session_id()) if req.keep_session else None
-        return Ticket(req, stream, token, client, slot, kept=kept)
+        t = Ticket(job, stream, token, client, slot, kept=kept, locked=locked, placeholder=placeholder)
+        if locked is not None:
+            self.running[locked] = t
+        return t
 
-    def _start(self, req: GenerateFields, state: Any) -> tuple[Any, Any, str]:
+    def _start(self, job: Job, state: Any) -> tuple[Any, Any, str | None, CharLogprob | None, Any]:
         """The prompt and the first character, in a pool thread: the stepping thread runs at a lower CPU
         priority (serving/stepper.py), and the time to the first chunk should not wait for it. The same
-        sample-then-step as every later character, so the text is the one the stepper alone would write."""
+        sample-then-step as every later character, so the text is the one the stepper alone would write.
+        With ``score_prompt`` the prompt is left to the stepper (as forced ids) and nothing is sampled here."""
         rt = self.runtime
-        state = rt.start(req.prompt, state, req.seed)
+        if job.score_prompt:
+            state = rt.start(job.context, state, job.seed)  # an empty context without a state reads PRIME
+            return state, rt.rng_for(state), None, None, rt.encode(job.prompt)
+        state = rt.start(job.context + job.prompt, state, job.seed)
         rng = rt.rng_for(state)
-        i = rt.sample_next(state.logits, req.temperature, req.top_k, req.top_p, rng)
+        if job.max_chars <= 0:
+            return state, rng, None, None, None
+        i = rt.sample_next(state.logits, job.temperature, job.top_k, job.top_p, rng)
+        lp = None if job.top is None else char_logprob(state.logits, i, job.top)
         rt.advance([state], [i])
-        return state, rng, rt.decode([i])
+        return state, rng, rt.decode([i]), lp, None
 
-    async def events(self, t: Ticket) -> AsyncIterator[bytes]:
-        req, stream = t.req, t.stream
-        last_refresh, last_sent = time.monotonic(), 0.0  # the first characters go out at once
+    async def run(self, t: Ticket) -> AsyncIterator[Chunk | Prompt | Done]:
+        """The stream's events: ``Prompt`` (score_prompt), ``Chunk``s, then one ``Done``. Stop sequences are held
+        back until they are sure not to be one (runtime.logprobs.StopText), and never returned."""
+        job, stream = t.job, t.stream
+        held = StopText(job.stop)
+        n_forced = 0 if stream.forced is None else len(stream.forced)
+        prompt_sent = n_forced == 0
+        last_refresh = last_poll = time.monotonic()
+        last_sent = 0.0  # the first characters go out at once
         try:
             while True:
                 items = [await stream.out.get()]
@@ -126,40 +249,75 @@ class Generation:
                 while not stream.out.empty():
                     items.append(stream.out.get_nowait())
                 last_sent = time.monotonic()
-                text = "".join(i for i in items if isinstance(i, str))
-                if text:
-                    yield sse({"text": text})
                 failure = next((i for i in items if isinstance(i, Exception)), None)
+                ended = None in items
+                if not prompt_sent and (len(stream.logprobs) >= n_forced or ended):
+                    prompt_sent = True
+                    yield Prompt(stream.logprobs[:n_forced])
+                before = held.released
+                text = held.push("".join(i for i in items if isinstance(i, str)))
+                if ended:
+                    text += held.finish(stream.stop_hit if stream.reason == "stop" else None)
+                if text:
+                    lps = None
+                    if job.top is not None:
+                        lps = stream.logprobs[n_forced + before : n_forced + before + len(text)]
+                    yield Chunk(text, lps)
                 if failure is not None:
                     self._error("internal")
-                    yield sse({"error": "generation failed", "kind": "internal", "done": True})
+                    yield Done(stream.produced, "error", error=ClientError(500, "internal", "generation failed"))
                     return
-                if None in items:
+                if ended:
                     break
-                if (t.token or t.slot) and time.monotonic() - last_refresh > self.store.LOCK_TTL_S / 3:
+                now = time.monotonic()
+                if t.locked is not None and now - last_poll > STOP_POLL_S:
+                    last_poll = now
+                    try:
+                        if await self.store.take_flag(stop_flag(t.locked)):
+                            self.stepper.stop(stream)
+                    except StoreUnavailable:
+                        pass
+                if (t.token or t.slot) and now - last_refresh > self.store.LOCK_TTL_S / 3:
                     try:
                         if t.token:
-                            await self.store.refresh(req.session_id, t.token)
+                            await self.store.refresh(t.locked, t.token)
                         if t.slot:
                             await self.quotas.refresh_stream(t.client.tag, t.slot)
                     except StoreUnavailable:  # keep streaming; saving at the end will say so
                         log.warning("could not extend a session lock (store unavailable)")
-                    last_refresh = time.monotonic()
-            done: dict[str, Any] = {"done": True, "chars": stream.produced}
+                    last_refresh = now
+            done = Done(stream.produced, stream.reason or "length", stop=stream.stop_hit)
             try:
                 await self._finish(t)
             except StoreUnavailable:
                 self._error("store_unavailable")
-                yield sse({"error": "session store unavailable", "kind": "store_unavailable", **done})
+                done.reason, done.error = "error", store_down()
+                yield done
                 return
-            if t.kept:
-                done["session_id"] = t.kept
+            done.session_id = t.kept
             # free the session before saying done: a client that continues it at once, maybe on another worker
             # over another connection, must not find it still busy
             await self.release(t)
-            yield sse(done)
+            yield done
         finally:
             await self.release(t)
+
+    async def events(self, t: Ticket) -> AsyncIterator[bytes]:
+        """/generate's server-sent events: ``{"text"}`` chunks, then ``{"done": true, "chars", "finish_reason"}``
+        (with ``session_id`` when kept, ``stop`` when a stop sequence ended it), or an error event."""
+        async with aclosing(self.run(t)) as events:  # closed with this one: the slot is free when the client goes
+            async for event in events:
+                if isinstance(event, Chunk):
+                    yield sse({"text": event.text})
+                elif isinstance(event, Done):
+                    done: dict[str, Any] = {"done": True, "chars": event.chars, "finish_reason": event.reason}
+                    if event.error is not None:
+                        done = {"error": event.error.message, "kind": event.error.kind, **done}
+                    if event.session_id is not None:
+                        done["session_id"] = event.session_id
+                    if event.stop is not None:
+                        done["stop"] = event.stop
+                    yield sse(done)
 
     async def release(self, t: Ticket) -> None:
         """Give the slot and the session back (idempotent). Called when the events end, and again by the
@@ -169,20 +327,76 @@ class Generation:
         t.released = True
         self.stepper.close(t.stream)
         self._gauge_streams()
-        await self._release(t.req.session_id, t.token, t.client, t.slot)
+        if t.locked is not None and self.running.get(t.locked) is t:
+            del self.running[t.locked]
+        if t.placeholder and not t.finished:  # the first stream of a new session did not end: no session
+            await self._drop(t.kept)
+        await self._release(t.locked, t.token, t.client, t.slot)
+
+    async def _drop(self, sid: str | None) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.delete(sid)
+            except StoreUnavailable:  # it expires
+                log.warning("could not drop an unfinished new session (store unavailable)")
+
+    def _owner_max(self, client: Client) -> int:
+        return client.limits.sessions if client.limits is not None else 0
 
     async def _finish(self, t: Ticket) -> None:
         """Save the session under ``t.kept`` (keep_session), or drop a continued one."""
-        stream, client = t.stream, t.client
-        if t.kept is not None:
+        stream, job = t.stream, t.job
+        if job.readonly:
+            pass
+        elif t.kept is not None:
             self.runtime.save_rng(stream.state, stream.rng)
             # at its session quota, the client's own least recently saved idle session makes room (docs/serving.md)
-            owner_max = client.limits.sessions if client.limits is not None else 0
-            await self.store.save(t.kept, encode_state(stream.state, self.model_tag), client.tag, owner_max)
+            await self.store.save(
+                t.kept, encode_state(stream.state, self.model_tag), t.client.tag, self._owner_max(t.client)
+            )
             await self.update_session_gauge()
-        elif t.req.session_id is not None:  # continued without keep_session: this was its last request
-            await self.store.delete(t.req.session_id)
+        elif job.session_id is not None:  # continued without keep_session: this was its last request
+            await self.store.delete(job.session_id)
             await self.update_session_gauge()
+        t.finished = True
+
+    async def stop(self, sid: str, client: Client = ANONYMOUS) -> None:
+        """End the running stream of one of ``client``'s sessions at the next character boundary (POST /stop)."""
+        t = self.running.get(sid)
+        if t is not None:  # streaming from this worker
+            if t.client.tag != client.tag:
+                raise unknown_session()
+            if not self.stepper.stop(t.stream):
+                raise not_generating()
+            return
+        try:
+            if await self.store.owner_of(sid) != client.tag:
+                raise unknown_session()
+            try:
+                token = await self.store.acquire(sid)
+            except SessionBusy:  # its stream runs on another worker (or replica): it polls for this flag
+                await self.store.set_flag(stop_flag(sid), STOP_FLAG_S)
+                return
+            await self.store.release(sid, token)
+        except StoreUnavailable:
+            raise store_down() from None
+        raise not_generating()
+
+    async def score(self, job: Job, client: Client = ANONYMOUS) -> tuple[list[CharLogprob], int]:
+        """The log-probability of every character of ``job.prompt`` (read through the step batcher, after
+        ``job.context`` and the session's state when ``job.session_id``), and how many were outside the vocabulary."""
+        t = await self.begin(job, client)
+        try:
+            prompt = None
+            async for event in self.run(t):
+                if isinstance(event, Prompt):
+                    prompt = event.logprobs
+                elif isinstance(event, Done) and event.error is not None:
+                    raise event.error
+        finally:
+            await self.release(t)
+        unknown = int((t.stream.forced == self.runtime.unk_id).sum())
+        return prompt or [], unknown
 
     async def end_session(self, sid: str, client: Client = ANONYMOUS) -> None:
         try:

@@ -143,6 +143,14 @@ class RedisStore:
     async def release(self, sid: str, token: str) -> None:
         await redis_call(self._release(keys=[self._lock(sid)], args=[token]))
 
+    async def set_flag(self, name: str, ttl_s: float) -> None:
+        """Raise a flag for ``ttl_s`` seconds (another worker or replica takes it: a stop request)."""
+        await redis_call(self.redis.set(f"{self.prefix}flag:{name}", b"1", px=max(1, int(ttl_s * 1000))))
+
+    async def take_flag(self, name: str) -> bool:
+        """Whether the flag is raised, lowering it."""
+        return bool(await redis_call(self.redis.delete(f"{self.prefix}flag:{name}")))
+
     async def ping(self) -> bool:
         try:
             return bool(await redis_call(self.redis.ping()))

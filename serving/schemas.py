@@ -77,6 +77,50 @@ class Info(BaseModel):
     settings: dict[str, Any]
 
 
+MAX_STOPS, MAX_STOP_CHARS = 4, 64
+StopText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_STOP_CHARS)]
+# a stop sequence or up to MAX_STOPS of them, as in OpenAI's API
+Stops = StopText | Annotated[list[StopText], Field(max_length=MAX_STOPS)] | None
+STOP_DOC = (
+    f"stop sequences (a string, or up to {MAX_STOPS} of 1 to {MAX_STOP_CHARS} characters): generation ends at the "
+    "first one, which is not returned (the session has read it)"
+)
+
+
+class StopRequest(BaseModel):
+    model_config = STRICT
+    session_id: str = Field(
+        max_length=256,
+        description="the kept session whose running stream to end (its X-Rnntext-Session-Id header)",
+        examples=["Wm1pX0l8n2rXq6yZJ0cF3c2Yb2sVh1QeAbCdEfGh"],
+    )
+
+
+class StopResponse(BaseModel):
+    session_id: str = Field(description="the session whose stream is ending")
+    stopping: bool = Field(
+        True,
+        description="always true: the stream ends at its next character; its done event says after how many "
+        'characters (`"finish_reason": "stopped"`), and the session continues exactly from there',
+    )
+
+
+class CharScore(BaseModel):
+    char: str = Field(description="the character of the text", examples=["e"])
+    logprob: float = Field(description="its natural-log probability", examples=[-0.21])
+    top: dict[str, float] | None = Field(
+        None, description="the top_logprobs most likely characters here, with theirs", examples=[{"e": -0.21}]
+    )
+
+
+class ScoreResponse(BaseModel):
+    chars: int = Field(description="characters scored", examples=[32])
+    bits_per_char: float = Field(description="mean -log2 p(char | all before it)", examples=[1.43])
+    logprob: float = Field(description="the text's total natural-log probability", examples=[-31.7])
+    unknown: int = Field(description="characters outside the model's vocabulary (scored as its unknown character)")
+    logprobs: list[CharScore] | None = Field(None, description="per character, when logprobs was true")
+
+
 class GenerateFields(BaseModel):
     """The /generate body as the generation code uses it (limits checked by the API's own model)."""
 
@@ -89,6 +133,7 @@ class GenerateFields(BaseModel):
     seed: int | None = None
     session_id: str | None = None
     keep_session: bool = False
+    stop: str | list[str] | None = None
 
     def sampling(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
@@ -98,6 +143,9 @@ class Schemas:
     """The request models whose limits are settings."""
 
     def __init__(self, s: Settings):
+        from .completions import completion_request  # it builds on this module's types
+
+        self.CompletionRequest = completion_request(s)
         text = Annotated[str, StringConstraints(min_length=1, max_length=s.max_text_chars, pattern=r"\S")]
         self.ClassifyRequest = create_model(
             "ClassifyRequest",
@@ -158,4 +206,39 @@ class Schemas:
             ),
             session_id=(str | None, Field(None, max_length=256, description="continue this kept session")),
             keep_session=(bool, Field(False, description="keep the state; the done event then has session_id")),
+            stop=(Stops, Field(None, examples=[["\n\n"]], description=STOP_DOC)),
+        )
+        self.ScoreRequest = create_model(
+            "ScoreRequest",
+            __config__=STRICT,
+            __doc__="A text to score: its bits per character and, on request, every character's log-probability.",
+            text=(
+                str,
+                Field(
+                    min_length=1,
+                    max_length=s.max_score_chars,
+                    examples=["I have no doubt that"],
+                    description=f"1 to {s.max_score_chars} characters, each scored given all before it",
+                ),
+            ),
+            context=(
+                str,
+                Field(
+                    "",
+                    max_length=s.max_prompt_chars,
+                    examples=[""],
+                    description="read first, not scored (as a /generate prompt): the text is scored after it",
+                ),
+            ),
+            session_id=(
+                str | None,
+                Field(
+                    None, max_length=256, description="score as a continuation of this kept session (left unchanged)"
+                ),
+            ),
+            logprobs=(bool, Field(False, description="return every character's log-probability")),
+            top_logprobs=(
+                Int,
+                Field(0, ge=0, le=5, description="with logprobs: also the most likely characters at each position"),
+            ),
         )

@@ -3,6 +3,9 @@
     POST /classify     {"texts": [...]}               -> [{"label", "probabilities"}, ...]  (adaptive batching)
     POST /generate     {"prompt", "max_chars", ...}   -> text/event-stream of ``data: <JSON>`` events
     POST /end_session  {"session_id"}                 -> {"ended": id}
+    POST /stop         {"session_id"}                 -> {"session_id", "stopping": true}  (ends its running stream)
+    POST /score        {"text", "context"?, ...}      -> {"bits_per_char", "chars", "logprobs"?, ...}
+    POST /v1/completions, GET /v1/models              -> OpenAI's completions API (serving/completions.py)
     POST /info  (GET /info too)                       -> readiness, worker, providers, precision, models, settings
     /livez /readyz /healthz /metrics                  -> BentoML's probes and Prometheus metrics
     GET /readyz/sessions                              -> 200 while the session store answers, else 503
@@ -21,16 +24,31 @@ from typing import Annotated, Any
 
 import bentoml
 from bentoml.validators import ContentType
+from pydantic import BaseModel
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from . import __version__, model_store, openapi, pages, patches
+from runtime.logprobs import LN2
+
+from . import __version__, completions, model_store, openapi, pages, patches
 from .board import WorkerBoard
 from .config import Settings
-from .errors import ClientError, error_response
+from .errors import ClientError, error_response, openai_body
 from .gate import Gate, client_of
-from .schemas import EndSessionRequest, EndSessionResponse, GenerateFields, Info, Prediction, Schemas
+from .generation import Job
+from .schemas import (
+    CharScore,
+    EndSessionRequest,
+    EndSessionResponse,
+    GenerateFields,
+    Info,
+    Prediction,
+    Schemas,
+    ScoreResponse,
+    StopRequest,
+    StopResponse,
+)
 
 SETTINGS = Settings.from_env()  # the decorators below need the limits, the batching and worker settings
 SCHEMAS = Schemas(SETTINGS)
@@ -98,11 +116,33 @@ async def sessions_ready(request) -> JSONResponse:
     )
 
 
+async def models_get(request) -> JSONResponse:
+    """GET /v1/models: the generator, as OpenAI's model list."""
+    state = _svc().state
+    return JSONResponse(completions.models(state.model_id, state.model_created, SETTINGS))
+
+
+class CompletionStream(StreamingResponse):
+    """A /v1/completions event stream that gives its streams back however the response ends, even when the client
+    left before the first chunk (a generator never started never runs its ``finally``)."""
+
+    def __init__(self, run: completions.Completer, headers: dict[str, str]):
+        super().__init__(run.stream(), media_type="text/event-stream", headers=headers)
+        self.run = run
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.run.release()
+
+
 # GET /info, the session probe, the demo page (/demo) and the API docs page (/) in place of BentoML's index
 aliases = Starlette(
     routes=[
         Route("/info", info_get, methods=["GET"]),
         Route("/readyz/sessions", sessions_ready, methods=["GET", "HEAD"]),
+        Route("/v1/models", models_get, methods=["GET"]),
         *pages.ROUTES,
     ]
 )
@@ -186,6 +226,75 @@ class RnnText:
             ctx.response.status_code = err.status
             return error_response(err, lambda kind: _count_error(kind, client.label))
         return EndSessionResponse(ended=session_id)
+
+    @bentoml.api(input_spec=StopRequest)
+    async def stop(self, ctx: bentoml.Context, session_id: str) -> StopResponse:
+        """End the running stream of one of your kept sessions at its next character: the stream still sends its
+        last characters and a done event with ``"finish_reason": "stopped"`` and ``chars``, and the session is kept
+        exactly after them (continue it as after any request). 409 ``not_generating`` when nothing is running."""
+        client = _client(ctx)
+        try:
+            await self.generation.stop(session_id, client)
+        except ClientError as err:
+            ctx.response.status_code = err.status
+            return error_response(err, lambda kind: _count_error(kind, client.label))
+        return StopResponse(session_id=session_id)
+
+    @bentoml.api(input_spec=SCHEMAS.ScoreRequest)
+    async def score(self, ctx: bentoml.Context, **request: Any) -> ScoreResponse:
+        """Bits per character of a text (each character given all before it, after ``context`` and the session's
+        state) and, with ``logprobs``, every character's log-probability. The session is not changed."""
+        client = _client(ctx)
+        top = request["top_logprobs"] if request["logprobs"] else 0
+        job = Job(
+            prompt=request["text"],
+            max_chars=0,
+            session_id=request["session_id"],
+            top=top,
+            score_prompt=True,
+            context=request["context"],
+            readonly=True,
+        )
+        try:
+            records, unknown = await self.generation.score(job, client)
+        except ClientError as err:
+            ctx.response.status_code = err.status
+            return error_response(err, lambda kind: _count_error(kind, client.label))
+        total = sum(r.logprob for r in records)
+        vocab = self.generation.runtime.vocab
+        return ScoreResponse(
+            chars=len(records),
+            bits_per_char=-total / len(records) / LN2,
+            logprob=total,
+            unknown=unknown,
+            logprobs=[
+                CharScore(char=ch, logprob=r.logprob, top={vocab[i]: lp for i, lp in r.top} if top else None)
+                for ch, r in zip(request["text"], records)
+            ]
+            if request["logprobs"]
+            else None,
+        )
+
+    @bentoml.api(route="/v1/completions", input_spec=SCHEMAS.CompletionRequest)
+    async def completions(self, ctx: bentoml.Context, **request: Any) -> dict:
+        """OpenAI-compatible completions (one token = one character): JSON, or text_completion chunks as server-sent
+        events with ``stream``. Errors in OpenAI's shape (serving/completions.py, docs/serving.md)."""
+        client = _client(ctx)
+        request = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in request.items()}
+        try:
+            run = await completions.begin(self.generation, request, self.state.model_id, SETTINGS.max_choices, client)
+            headers = {}
+            if run.tickets[0].kept:
+                headers[openapi.SESSION_HEADER] = run.tickets[0].kept
+            if request["stream"]:
+                headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
+                return CompletionStream(run, headers)
+            return JSONResponse(await run.body(), headers=headers)
+        except ClientError as err:
+            _count_error(err.kind, client.label)
+            ctx.response.status_code = err.status
+            body = openai_body(err.status, err.kind, err.message)
+            return JSONResponse(body, status_code=err.status, headers=err.headers())
 
     @bentoml.api
     async def info(self, ctx: bentoml.Context) -> Info:

@@ -101,6 +101,7 @@ class MemoryStore:
         self.LOCK_TTL_S = lease_s
         self._data: OrderedDict[str, tuple[bytes, float, str]] = OrderedDict()  # sid -> (blob, expires, owner)
         self._leases: dict[str, tuple[str, float]] = {}  # sid -> (token, expires)
+        self._flags: dict[str, float] = {}  # name -> expires
         self.evicted = 0
 
     def _purge(self) -> None:
@@ -172,6 +173,18 @@ class MemoryStore:
         held = self._leases.get(sid)
         if held is not None and held[0] == token:
             del self._leases[sid]
+
+    async def set_flag(self, name: str, ttl_s: float) -> None:
+        """Raise a flag for ``ttl_s`` seconds (a stop request for a stream that takes it)."""
+        now = self.clock()
+        if len(self._flags) > 10_000:  # flags nobody took: forget the lapsed ones
+            self._flags = {k: v for k, v in self._flags.items() if v > now}
+        self._flags[name] = now + ttl_s
+
+    async def take_flag(self, name: str) -> bool:
+        """Whether the flag is raised, lowering it."""
+        expires = self._flags.pop(name, None)
+        return expires is not None and expires > self.clock()
 
     async def ping(self) -> bool:
         return True

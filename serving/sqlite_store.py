@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS sessions (sid TEXT PRIMARY KEY, blob BLOB NOT NULL, u
                                      owner TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS sessions_by_use ON sessions (used);
 CREATE TABLE IF NOT EXISTS leases (sid TEXT PRIMARY KEY, token TEXT NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY, expires REAL NOT NULL);
 """
 
 # One statement, so one write transaction: SQLite takes the write lock before it looks for the row, and two
@@ -290,3 +291,21 @@ class SqliteStore(SqliteFile):
 
     async def release(self, sid: str, token: str) -> None:
         await self._run(lambda db: db.execute("DELETE FROM leases WHERE sid = ? AND token = ?", (sid, token)))
+
+    async def set_flag(self, name: str, ttl_s: float) -> None:
+        """Raise a flag for ``ttl_s`` seconds (another worker takes it: a stop request for its stream)."""
+        await self._run(
+            lambda db: db.execute(
+                "INSERT OR REPLACE INTO flags (name, expires) VALUES (?, ?)", (name, self.clock() + ttl_s)
+            )
+        )
+
+    async def take_flag(self, name: str) -> bool:
+        """Whether the flag is raised, lowering it. A read first: polled often, and mostly there is none."""
+
+        def take(db: sqlite3.Connection) -> bool:
+            if db.execute("SELECT 1 FROM flags WHERE name = ?", (name,)).fetchone() is None:
+                return False
+            return db.execute("DELETE FROM flags WHERE name = ? AND expires > ?", (name, self.clock())).rowcount > 0
+
+        return await self._run(take)

@@ -15,6 +15,12 @@ thread, under the lock, so a finished stream's state has fed exactly the charact
 
 A stream that is closed (finished, or its client went away) leaves the active set at once: its slot is free for
 the next request even while a tick that still includes it is running; that tick's result for it is dropped.
+
+How a stream ends (``Stream.reason``): ``length`` (``max_chars`` written), ``stop`` (its text ends with one of its
+stop sequences, checked character by character here, so not one character more is generated), or ``stopped``
+(``stop()``, i.e. POST /stop: it ends between two ticks, so its state covers exactly the characters it emitted).
+A stream may first read ``forced`` characters through the same batched step (scoring: /score, and a prompt whose
+log-probabilities are asked for), recording each one's log-probability; they are not emitted as text.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from runtime.logprobs import char_logprob, first_stop
 
 log = logging.getLogger(__name__)
 HANDOVER_S = 0.01
@@ -51,9 +59,36 @@ class Stream:
     rng: Any  # numpy Generator, advanced only by this stream
     out: asyncio.Queue = field(default_factory=asyncio.Queue)  # str chunks, then None (end) or an Exception
     ended: asyncio.Event = field(default_factory=asyncio.Event)  # set with the last item (None or Exception)
-    produced: int = 0
+    produced: int = 0  # characters generated (forced ones not counted)
     closed: bool = False
     pending: list = field(default_factory=list)  # characters not yet handed to the event loop
+    stop: tuple[str, ...] = ()  # stop sequences
+    forced: Any = None  # (F,) ids read before sampling starts, each one's log-probability recorded
+    top: int | None = None  # record log-probabilities with this many alternatives (None: record none)
+    logprobs: list = field(default_factory=list)  # CharLogprob per forced, then per generated character
+    fed: int = 0  # forced ids read so far
+    stopping: bool = False  # stop() was called: end at the next tick boundary
+    reason: str | None = None  # why it ended: "length", "stop" or "stopped"
+    stop_hit: str | None = None  # the stop sequence it ended with (reason "stop")
+    tail: str = ""  # the last characters generated, as long as the longest stop sequence
+
+    @property
+    def forcing(self) -> bool:
+        return self.forced is not None and self.fed < len(self.forced)
+
+    def wrote(self, ch: str) -> None:
+        """Count one generated character (the caller holds the stepper's lock, or owns the stream)."""
+        self.produced += 1
+        self.remaining -= 1
+        self.pending.append(ch)
+        if self.stop:
+            self.tail = (self.tail + ch)[-max(map(len, self.stop)) :]
+            self.stop_hit = first_stop(self.tail, self.stop)
+            if self.stop_hit is not None:
+                self.reason = "stop"
+                return
+        if self.remaining <= 0:
+            self.reason = "length"
 
 
 class Stepper:
@@ -91,15 +126,29 @@ class Stepper:
         top_k: int | None,
         top_p: float,
         first: str | None = None,
+        stop: tuple[str, ...] = (),
+        forced: Any = None,
+        top: int | None = None,
+        first_logprob: Any = None,
     ) -> Stream:
-        """A stream of ``max_chars`` characters; ``first``: its first character, already fed to ``state``."""
-        stream = Stream(state, max_chars, temperature, top_k, top_p, rng)
+        """A stream of ``max_chars`` characters; ``first``: its first character, already fed to ``state`` (with
+        its CharLogprob when ``top`` is set); ``forced``: ids to read first (then ``first`` must be None)."""
+        stream = Stream(state, max_chars, temperature, top_k, top_p, rng, stop=tuple(stop), forced=forced, top=top)
         if first is not None:
-            stream.produced, stream.remaining = 1, max_chars - 1
+            if first_logprob is not None:
+                stream.logprobs.append(first_logprob)
+            stream.wrote(first)
+        elif not stream.forcing and max_chars <= 0:
+            stream.reason = "length"
+        if stream.reason is not None:  # done already: never stepped
+            stream.pending.clear()
+            if first is not None:
+                stream.out.put_nowait(first)
+            self._deliver([(stream, "", True)])
+            return stream
+        if first is not None:
+            stream.pending.clear()
             stream.out.put_nowait(first)
-            if stream.remaining <= 0:
-                self._deliver([(stream, "", True)])
-                return stream
         with self._lock:
             if len(self._active) >= self.max_streams:
                 raise StepperFull(f"all {self.max_streams} generation slots are busy")
@@ -110,6 +159,17 @@ class Stepper:
             self._thread.start()
         self._wake.set()
         return stream
+
+    def stop(self, stream: Stream) -> bool:
+        """End the stream at the next tick boundary (reason "stopped"): the characters it has emitted by then are
+        exactly the ones its state has read. False when it has ended already. A stream still reading its forced
+        characters ends when it has read them all (a state half-way through a prompt would continue nothing)."""
+        with self._lock:
+            if stream.closed or stream not in self._active:
+                return False
+            stream.stopping = True
+        self._wake.set()
+        return True
 
     def close(self, stream: Stream) -> None:
         """Free the stream's slot now (idempotent); no character is produced for it after this returns."""
@@ -128,7 +188,10 @@ class Stepper:
         while not self._stopping:
             self._wake.clear()
             with self._lock:
-                batch = list(self._active)
+                batch = [s for s in self._active if not (s.stopping and not s.forcing)]
+                stopped = self._end_stopped() if len(batch) < len(self._active) else []
+            if stopped:
+                self._hand_over(self._deliver, stopped)
             if not batch:
                 if stepped and self.on_tick:
                     self.on_tick(0, 0)
@@ -138,7 +201,7 @@ class Stepper:
             stepped = True
             self._give_way()
             try:
-                ids = self._tick(batch)
+                ids, records = self._tick(batch)
             except Exception as exc:  # a failed step fails only the streams that were in it
                 log.exception("generation step failed for %d streams", len(batch))
                 self._hand_over(self._fail, self._take(batch), exc)
@@ -147,14 +210,19 @@ class Stepper:
             now = time.monotonic()
             due = now - last_handover >= HANDOVER_S
             with self._lock:
-                for s, i in zip(batch, ids):
+                for s, i, record in zip(batch, ids, records):
                     if s.closed:
                         continue
-                    s.produced += 1
-                    s.remaining -= 1
                     emitted += 1
-                    s.pending.append(self.runtime.decode([i]))
-                    finished = s.remaining <= 0
+                    if record is not None:
+                        s.logprobs.append(record)
+                    if s.forcing:
+                        s.fed += 1
+                        if not s.forcing and s.remaining <= 0:
+                            s.reason = "length"
+                    else:
+                        s.wrote(self.runtime.decode([i]))
+                    finished = s.reason is not None
                     if finished:
                         self._active.remove(s)  # finished: its state covers exactly what it emitted
                     if due or finished or s.produced == 1:
@@ -177,12 +245,31 @@ class Stepper:
         while self.busy() and time.monotonic() < deadline:
             time.sleep(0.0005)
 
-    def _tick(self, batch: list[Stream]) -> list[int]:
-        """Sample each stream's next character, then feed them all through one batched step."""
+    def _end_stopped(self) -> list[tuple[Stream, str, bool]]:
+        """Take the streams that stop() asked to end out of the active set (the caller holds the lock)."""
+        out = []
+        for s in [s for s in self._active if s.stopping and not s.forcing]:
+            self._active.remove(s)
+            s.reason = "stopped"
+            out.append((s, "".join(s.pending), True))
+            s.pending.clear()
+        return out
+
+    def _tick(self, batch: list[Stream]) -> tuple[list[int], list[Any]]:
+        """Each stream's next character (its next forced one, or a sample), then one batched step for all."""
         rt = self.runtime
-        ids = [rt.sample_next(s.state.logits, s.temperature, s.top_k, s.top_p, s.rng) for s in batch]
+        ids, records = [], []
+        for s in batch:
+            forcing = s.forcing  # read once: the event loop may stop the stream meanwhile, never unforce it
+            i = (
+                int(s.forced[s.fed])
+                if forcing
+                else rt.sample_next(s.state.logits, s.temperature, s.top_k, s.top_p, s.rng)
+            )
+            ids.append(i)
+            records.append(None if s.top is None else char_logprob(s.state.logits, i, s.top))
         rt.advance([s.state for s in batch], ids, wide=bool(self.wide and self.wide(len(batch))))
-        return ids
+        return ids, records
 
     def _take(self, batch: list[Stream]) -> list[Stream]:
         with self._lock:

@@ -1,5 +1,5 @@
 // rnntext demo page: plain JavaScript, no build step, no request outside this service.
-// Talks to the same typed API as any client: POST /classify, POST /generate (server-sent events),
+// Talks to the same typed API as any client: POST /classify, POST /generate (server-sent events), POST /stop,
 // POST /end_session and GET /info; errors are the service's own {"error", "kind"} bodies.
 "use strict";
 
@@ -24,7 +24,7 @@
   const state = {
     key: sessionStorage.getItem(KEY_STORE) || "",
     limits: null,          // /info settings: the inputs' bounds
-    run: null,             // the generation in flight: {controller, stopped}
+    run: null,             // the generation in flight: {controller, sessionId, stopping, stopped}
     sessionId: null,       // the kept session the last complete generation left
   };
 
@@ -125,6 +125,19 @@
     $("generate-continue").disabled = running || !state.sessionId;
   }
 
+  const SESSION_HEADER = "X-Rnntext-Session-Id";   // the kept session's id, sent before the first event
+
+  // The status line's ending for a done event's finish_reason.
+  function finishText(reason, chars) {
+    switch (reason) {
+      case "stopped": return ` · stopped after ${chars} character${chars === 1 ? "" : "s"}`;
+      case "stop": return " · done (stop sequence)";
+      case "length": return " · done (max characters)";
+      case "error": return " · ended by an error";
+      default: return " · done";
+    }
+  }
+
   // Server-sent events from a fetch body: each event is one "data: <JSON>" line and a blank line.
   async function* events(resp) {
     const reader = resp.body.getReader();
@@ -168,18 +181,25 @@
       if (previous) endSession(previous);     // a new Generate leaves the old session behind: free it now
     }
     state.sessionId = null;
-    const run = { controller: new AbortController(), stopped: false };
+    // sessionId: the kept session this stream advances (its response header); stopping: Stop asked the service
+    // to end the stream (POST /stop), which then still sends its last text and a done event; stopped: the fetch
+    // was aborted (Stop's fallback, or leaving the page)
+    const run = { controller: new AbortController(), sessionId: null, responded: false, stopWanted: false,
+                  stopping: false, stopped: false };
     state.run = run;
     setRunning(true);
     const output = $("generate-output");
     const box = $("generate-box");
+    const metaEl = $("generate-meta");
     const t0 = performance.now();
     let chars = 0;
     const meta = (suffix) => {
       const s = (performance.now() - t0) / 1000;
-      $("generate-meta").textContent = `${chars} chars · ${s > 0 ? Math.round(chars / s) : 0} chars/s${suffix || ""}`;
+      metaEl.textContent = `${chars} chars · ${s > 0 ? Math.round(chars / s) : 0} chars/s${suffix || ""}`;
     };
-    $("generate-meta").textContent = continuing ? "Continuing…" : "Generating…";
+    run.meta = meta;
+    metaEl.textContent = continuing ? "Continuing…" : "Generating…";
+    delete metaEl.dataset.finishReason;
     $("generate-session").textContent = "";
     try {
       const resp = await post("/generate", body, run.controller.signal);
@@ -187,27 +207,33 @@
         // refused before it started (busy, overloaded, bad field): a continued session is still there
         if (continuing && resp.status !== 404) state.sessionId = previous;
         showError(await serviceError(resp), "Generate failed");
-        $("generate-meta").textContent = "";
+        metaEl.textContent = "";
         return;
       }
+      run.sessionId = resp.headers.get(SESSION_HEADER) || (continuing ? previous : null);
+      run.responded = true;
+      if (run.stopWanted) requestStop(run);     // Stop was pressed before the answer came
       clearError();
       for await (const ev of events(resp)) {
         if (ev.text) {
           output.append(ev.text);      // one text node per chunk: the text grows as it streams
           chars += ev.text.length;
           box.scrollTop = box.scrollHeight;
-          meta();
+          meta(run.stopping ? " · stopping…" : "");
         }
         if (ev.error) showError(`${ev.error} (${ev.kind})`, "Generation stopped");
         if (ev.done) {
           state.sessionId = ev.session_id || null;
-          meta(" · done");
+          const reason = ev.finish_reason || (ev.error ? "error" : "");
+          if (reason) metaEl.dataset.finishReason = reason;
+          meta(finishText(reason, typeof ev.chars === "number" ? ev.chars : chars));
           $("generate-session").textContent = state.sessionId ? `Session ${state.sessionId} kept: Continue goes on from here.` : "";
         }
       }
     } catch (err) {
       if (run.stopped) {
-        meta(" · stopped");
+        meta(" · stopped (not saved)");
+        metaEl.dataset.finishReason = "aborted";
         // the continued session stays at its last saved point, which this page has already shown past: end it
         // once the service has noticed the closed stream (it expires by itself if this is refused)
         if (continuing) setTimeout(() => endSession(previous), 1000);
@@ -221,10 +247,46 @@
     }
   }
 
+  // Stop: ask the service to end the stream at the next character (POST /stop). The stream then still sends its
+  // last text and a done event with finish_reason "stopped", and the session is saved exactly there, so Continue
+  // goes on from what the page shows. Without a session id, or when /stop fails, abort the fetch instead.
   function stop() {
-    if (!state.run) return;
-    state.run.stopped = true;
-    state.run.controller.abort();      // the service sees the connection close and frees the stream's slot
+    const run = state.run;
+    if (!run || run.stopping || run.stopped) return;
+    $("generate-stop").disabled = true;
+    if (!run.responded) {
+      run.stopWanted = true;             // the session id comes with the response's headers
+      $("generate-meta").textContent = "Stopping…";
+      return;
+    }
+    requestStop(run);
+  }
+
+  async function requestStop(run) {
+    if (!run.sessionId) { abortRun(run); return; }
+    run.stopping = true;
+    run.meta(" · stopping…");
+    let resp;
+    try {
+      resp = await post("/stop", { session_id: run.sessionId });
+    } catch (_) {
+      resp = null;                       // the service could not be reached: abort below
+    }
+    if (state.run !== run) return;       // the stream has ended meanwhile: its done event said how
+    if (resp && (resp.ok || resp.status === 409)) return;   // 409 not_generating: it was just ending by itself
+    abortRun(run);
+  }
+
+  // Close the stream's connection: the service frees the stream's slot and keeps the session as it was before
+  // this request (so the page turns Continue off).
+  function abortRun(run) {
+    if (!run || state.run !== run) return;
+    run.stopped = true;
+    run.controller.abort();
+  }
+
+  function leave() {
+    abortRun(state.run);
   }
 
   function endSession(sessionId) {
@@ -333,7 +395,7 @@
       sessionStorage.removeItem(KEY_STORE);
     });
     // leaving the page mid-stream closes the connection (the browser aborts fetches on unload): say so explicitly
-    window.addEventListener("pagehide", stop);
+    window.addEventListener("pagehide", leave);
     loadInfo();
   }
 

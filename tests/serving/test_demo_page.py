@@ -229,16 +229,75 @@ def test_stop_freezes_the_output_and_frees_the_stream_slot(watched, server):
     stopped = output(page)
     page.wait_for_timeout(1000)
     assert output(page) == stopped and 0 < len(stopped) < 20_000
-    assert "stopped" in page.locator("#generate-meta").text_content()
-    assert page.get_by_test_id("generate-continue").is_disabled()
+    n = stopped_after(page)
+    assert n == len(stopped)  # the done event's count is what the page shows
+    assert page.get_by_test_id("generate-continue").is_enabled()  # a graceful stop saved the session there
     assert wait_streams_zero(server) == 0
     watched.check()
 
 
-def start_long_stream(page) -> None:
-    set_generation(page, PROMPT, "0.8", 20_000)
+def test_stop_then_continue_gives_exactly_the_greedy_text(watched, client, server):
+    """Stop mid-stream (POST /stop: the service ends the stream at a character and saves the session there), then
+    Continue for the rest: the page's text is exactly one greedy generation of the same total length."""
+    total_max, rest = 20_000, 300
+    page = watched.open()
+    start_long_stream(page, temperature="0", max_chars=total_max)
+    page.get_by_test_id("generate-stop").click()
+    until(page, FINISHED)
+    n = stopped_after(page)
+    assert 0 < n < total_max
+    first = output(page)
+    assert len(first) == n
+    assert page.get_by_test_id("generate-continue").is_enabled()
+    assert "kept: Continue goes on from here" in page.locator("#generate-session").text_content()
+    assert wait_streams_zero(server) == 0
+    page.get_by_test_id("generate-max-chars").fill(str(rest))  # Continue sends the page's max characters
+    page.get_by_test_id("generate-continue").click()
+    until(page, FINISHED + " && document.querySelector('#generate-meta').dataset.finishReason === 'length'")
+    assert re.search(rf"{rest} chars · \d+ chars/s · done", page.locator("#generate-meta").text_content())
+    expected = api_greedy(client, PROMPT, n + rest)
+    assert output(page)[:n] == first
+    assert output(page) == expected
+    assert page.get_by_test_id("generate-continue").is_enabled()
+    watched.check()
+
+
+def test_when_stop_is_refused_the_page_closes_the_stream_and_turns_continue_off(watched, server):
+    """The fallback: /stop fails (here a 500 put in by the browser), so the page aborts the fetch as before the
+    graceful stop existed. The service frees the slot and the session was not advanced: Continue is off."""
+    page = watched.open()
+    page.route(
+        "**/stop",
+        lambda route: route.fulfill(
+            status=500, content_type="application/json", body='{"error": "injected", "kind": "internal"}'
+        ),
+    )
+    start_long_stream(page)
+    page.get_by_test_id("generate-stop").click()
+    until(page, FINISHED)
+    stopped = output(page)
+    page.wait_for_timeout(1000)
+    assert output(page) == stopped and 0 < len(stopped) < 20_000
+    assert "stopped (not saved)" in page.locator("#generate-meta").text_content()
+    assert page.evaluate("document.querySelector('#generate-meta').dataset.finishReason") == "aborted"
+    assert page.get_by_test_id("generate-continue").is_disabled()
+    assert wait_streams_zero(server) == 0
+    watched.check(allowed_statuses=(500,))
+
+
+def start_long_stream(page, temperature: str = "0.8", max_chars: int = 20_000) -> None:
+    set_generation(page, PROMPT, temperature, max_chars)
     page.get_by_test_id("generate-button").click()
     until(page, "document.querySelector('[data-testid=generate-output]').textContent.length > 0")
+
+
+def stopped_after(page) -> int:
+    """N from the status line "... · stopped after N characters" (the done event's finish_reason "stopped")."""
+    meta = page.locator("#generate-meta").text_content()
+    m = re.search(r"stopped after (\d+) characters?$", meta)
+    assert m, meta
+    assert page.evaluate("document.querySelector('#generate-meta').dataset.finishReason") == "stopped"
+    return int(m.group(1))
 
 
 def test_reloading_or_closing_the_tab_mid_stream_frees_the_stream_slot(browser, server):
@@ -339,15 +398,16 @@ def test_the_api_docs_page_describes_this_service_and_loads_nothing_from_outside
     assert spec["info"]["title"] == "rnntext: BBC News topics and Sherlock Holmes text"
     assert spec["info"]["version"] == "0.1.0" and "contact" not in spec["info"]
     assert "[the demo page](/demo)" in spec["info"]["description"] and "BentoML" not in spec["info"]["description"]
-    assert {"/classify", "/generate", "/end_session", "/info"} <= set(spec["paths"])
+    assert {"/classify", "/generate", "/stop", "/end_session", "/info"} <= set(spec["paths"])
     page = watched.page
     page.goto("/")
     page.get_by_text("Try it in a browser").wait_for()
     page.locator("#swagger-ui .opblock").first.wait_for()
     assert page.title() == "rnntext API"
     # every operation of the OpenAPI 3.1 document is rendered (Swagger UI 5 reads 3.1; a console error fails check())
+    # (how many operations there are is tests/serving/test_openapi.py's business: here, that all of them render)
     operations = sum(len(item) for item in spec["paths"].values())
-    assert operations == 10
+    assert operations >= 11
     assert page.locator("#swagger-ui .opblock").count() == operations
     page.get_by_role("link", name="Try it in the demo page").click()
     until(page, LOADED)
@@ -359,7 +419,7 @@ def test_the_api_docs_page_describes_this_service_and_loads_nothing_from_outside
 
 @pytest.fixture(scope="module")
 def keyed_server():
-    srv = Server(env={"RNNTEXT_API_KEY": "demo-secret", "RNNTEXT_WORKERS": "1"})
+    srv = Server(env={"RNNTEXT_API_KEY": "demo-secret", "RNNTEXT_WORKERS": "1", **SERVER_ENV})
     try:
         srv.wait_ready()
         yield srv
@@ -390,6 +450,13 @@ def test_with_an_api_key_the_page_asks_for_it_and_sends_it(browser, keyed_server
     assert page.evaluate("sessionStorage.getItem('rnntext-api-key')") == "demo-secret"
     page.get_by_test_id("classify-button").click()
     page.get_by_test_id("classify-result").locator("[data-label]").first.wait_for()
+    assert error.is_hidden()
+    # Stop sends the key too: a refused /stop would fall back to closing the stream and turn Continue off
+    start_long_stream(page)
+    page.get_by_test_id("generate-stop").click()
+    until(page, FINISHED)
+    assert 0 < stopped_after(page) < 20_000
+    assert page.get_by_test_id("generate-continue").is_enabled()
     assert error.is_hidden()
     w.check(allowed_statuses=(401,))
     w.close()

@@ -68,7 +68,12 @@ def test_second_request_on_a_busy_session_is_409_and_the_lock_is_released(runtim
                 await attempt
             assert (info.value.status, info.value.kind) == (409, "session_busy")
         events = [e async for e in gen.events(ticket)]
-        assert events[-1] == b'data: {"done": true, "chars": 20, "session_id": "' + sid.encode() + b'"}\n\n'
+        assert (
+            events[-1]
+            == b'data: {"done": true, "chars": 20, "finish_reason": "length", "session_id": "'
+            + sid.encode()
+            + b'"}\n\n'
+        )
         await gen.end_session(sid)  # free again
         with pytest.raises(ClientError) as info:
             await gen.end_session(sid)
@@ -99,7 +104,7 @@ def test_continuing_without_keep_session_ends_the_session(runtime):
     async def go(gen, store):
         sid = (await run_all(gen, req(keep_session=True)))[-1]["session_id"]
         last = await run_all(gen, req(prompt="", session_id=sid))
-        assert last[-1] == {"done": True, "chars": 20}
+        assert last[-1] == {"done": True, "chars": 20, "finish_reason": "length"}
         assert await store.load(sid) is None
 
     run(runtime, go)
@@ -125,5 +130,125 @@ def test_session_of_another_model_version_is_unknown(runtime):
             await gen.begin(req(prompt="", session_id=sid))
         assert (info.value.status, info.value.kind) == (404, "unknown_session")
         assert await store.acquire(sid)  # the failed request gave the session back
+
+    run(runtime, go)
+
+
+async def stop_after(gen: Generation, ticket, chars: int, stop) -> list[dict]:
+    """The stream's events, with ``await stop()`` called once it has produced ``chars`` characters."""
+    events, stopped = [], False
+    async for e in gen.events(ticket):
+        events.append(json.loads(e[len(b"data: ") :]))
+        if not stopped and ticket.stream.produced >= chars:
+            stopped = True
+            await stop()
+    return events
+
+
+def test_stop_ends_a_new_sessions_first_stream_and_it_continues_exactly(runtime):
+    async def go(gen, store):
+        ticket = await gen.begin(req(max_chars=10**7, keep_session=True))  # never ends by itself
+        sid = ticket.kept
+        assert await store.owner_of(sid) == "a:local"  # saved at once, so that its owner can stop it
+        events = await stop_after(gen, ticket, 1, lambda: gen.stop(sid))
+        done = events[-1]
+        assert (done["finish_reason"], done["session_id"]) == ("stopped", sid)
+        n = done["chars"]
+        assert 1 <= n < 10**7 and len(text(events)) == n
+        rest = await run_all(gen, req(prompt="", session_id=sid, max_chars=300))
+        assert text(events) + text(rest) == text(await run_all(gen, req(max_chars=n + 300)))
+        for sid_, status, kind in ((sid, 404, "unknown_session"), ("no-such", 404, "unknown_session")):
+            with pytest.raises(ClientError) as info:  # the session ended with its last request
+                await gen.stop(sid_)
+            assert (info.value.status, info.value.kind) == (status, kind)
+
+    run(runtime, go)
+
+
+def test_stop_on_an_idle_session_is_409_and_on_another_clients_404(runtime):
+    from serving.clients import Client
+
+    async def go(gen, store):
+        sid = (await run_all(gen, req(keep_session=True)))[-1]["session_id"]
+        with pytest.raises(ClientError) as info:
+            await gen.stop(sid)
+        assert (info.value.status, info.value.kind) == (409, "not_generating")
+        ticket = await gen.begin(req(prompt="", session_id=sid, max_chars=1000, keep_session=True))
+        with pytest.raises(ClientError) as info:
+            await gen.stop(sid, Client("mallory", True, None))
+        assert (info.value.status, info.value.kind) == (404, "unknown_session")
+        assert not ticket.stream.stopping
+        await gen.release(ticket)
+
+    run(runtime, go)
+
+
+def test_stop_reaches_a_stream_on_another_worker_through_the_store(runtime):
+    """Two Generations on one store stand for two workers: the stream's worker takes the stop flag."""
+
+    async def go(gen, store):
+        other = Generation(runtime, store, Stepper(runtime, 4), gen.model_tag)
+        try:
+            ticket = await gen.begin(req(max_chars=10**7, keep_session=True))
+            events = await stop_after(gen, ticket, 1, lambda: other.stop(ticket.kept))
+            assert events[-1]["finish_reason"] == "stopped" and events[-1]["chars"] < 10**7
+            assert await store.take_flag(f"stop:{ticket.kept}") is False  # taken by the stream
+        finally:
+            await other.stepper.aclose()
+
+    run(runtime, go)
+
+
+def test_an_aborted_first_stream_leaves_no_session(runtime):
+    async def go(gen, store):
+        ticket = await gen.begin(req(max_chars=1000, keep_session=True))
+        assert await store.count() == 1
+        events = gen.events(ticket)
+        await events.__anext__()
+        await events.aclose()  # the client went away: the new session is not kept
+        assert await store.count() == 0 and gen.running == {}
+        assert await store.acquire(ticket.kept)  # and its lock is free
+
+    run(runtime, go)
+
+
+def test_a_stop_sequence_is_not_returned_and_the_session_has_read_it(runtime):
+    async def go(gen, store):
+        whole = text(await run_all(gen, req(max_chars=200)))
+        stop = whole[30:33]
+        cut = whole.index(stop)
+        events = await run_all(gen, req(max_chars=200, stop=[stop], keep_session=True))
+        done = events[-1]
+        assert text(events) == whole[:cut]
+        assert (done["finish_reason"], done["stop"], done["chars"]) == ("stop", stop, cut + len(stop))
+        rest = await run_all(gen, req(prompt="", session_id=done["session_id"], max_chars=200 - done["chars"]))
+        assert text(events) + stop + text(rest) == whole
+
+    run(runtime, go)
+
+
+def test_score_reads_a_session_without_changing_it(runtime):
+    from runtime.logprobs import log_softmax
+    from serving.generation import Job
+
+    async def go(gen, store):
+        sid = (await run_all(gen, req(keep_session=True)))[-1]["session_id"]
+        saved = await store.load(sid)
+        records, unknown = await gen.score(
+            Job(prompt="abc", max_chars=0, session_id=sid, top=1, score_prompt=True, readonly=True)
+        )
+        assert await store.load(sid) == saved and unknown == 0
+        assert await store.acquire(sid)  # not left locked
+        # the same numbers by hand: the session's state, then one step per character
+        from serving.sessions import decode_state
+
+        state = decode_state(saved, runtime.state_class, gen.model_tag)
+        expected = []
+        for ch in "abc":
+            i = int(runtime.encode(ch)[0])
+            expected.append(log_softmax(state.logits)[i])
+            runtime.advance([state], [i])
+        assert [r.logprob for r in records] == pytest.approx(expected, abs=1e-6)
+        assert all(len(r.top) == 1 for r in records)
 
     run(runtime, go)

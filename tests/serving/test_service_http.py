@@ -121,7 +121,7 @@ def test_stream_framing_and_done_event(client):
     events = sse_events(r)
     *chunks, done = events
     assert chunks and all(set(e) == {"text"} and e["text"] for e in chunks)
-    assert done == {"done": True, "chars": 50}
+    assert done == {"done": True, "chars": 50, "finish_reason": "length"}
     assert len(generated_text(events)) == 50
 
 
@@ -130,7 +130,7 @@ def test_greedy_continuation_equals_one_long_request(client):
     whole = generated_text(generate(client, prompt=prompt, max_chars=200, temperature=0))
     first = generate(client, prompt=prompt, max_chars=100, temperature=0, keep_session=True)
     sid = first[-1]["session_id"]
-    assert first[-1] == {"done": True, "chars": 100, "session_id": sid}
+    assert first[-1] == {"done": True, "chars": 100, "finish_reason": "length", "session_id": sid}
     second = generate(client, prompt="", max_chars=100, temperature=0, session_id=sid, keep_session=True)
     assert second[-1]["session_id"] == sid
     assert len(whole) == 200
@@ -193,8 +193,8 @@ def test_concurrent_use_of_one_session_is_409(client, server):
             r = other.post("/end_session", json={"session_id": sid})
             assert (r.status_code, r.json()) == (409, busy)
             events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
-        assert events[-1] == {"done": True, "chars": 2000, "session_id": sid}
-    assert generate(client, session_id=sid, max_chars=5)[-1] == {"done": True, "chars": 5}
+        assert events[-1] == {"done": True, "chars": 2000, "finish_reason": "length", "session_id": sid}
+    assert generate(client, session_id=sid, max_chars=5)[-1] == {"done": True, "chars": 5, "finish_reason": "length"}
 
 
 def info(client):

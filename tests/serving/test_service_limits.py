@@ -32,7 +32,7 @@ def still_serving(client):
     r = client.post("/classify", json={"texts": ["The match ended in a draw"]})
     assert r.status_code == 200 and len(r.json()) == 1
     r = client.post("/generate", json={"prompt": "Holmes", "max_chars": 3})
-    assert r.status_code == 200 and sse_events(r)[-1] == {"done": True, "chars": 3}
+    assert r.status_code == 200 and sse_events(r)[-1] == {"done": True, "chars": 3, "finish_reason": "length"}
 
 
 def error_of(r: httpx.Response) -> tuple[int, dict]:

@@ -143,7 +143,7 @@ def test_a_worker_killed_mid_stream_loses_only_its_request(server, two):
     # the interrupted request saved nothing: the session continues exactly like its twin
     tb = generated_text(generate(b, session_id=twin, max_chars=40, temperature=0)[0])
     assert generated_text(sse_events(r)) == tb and len(tb) == 40
-    assert generate(b, session_id=other, max_chars=5)[0][-1] == {"done": True, "chars": 5}
+    assert generate(b, session_id=other, max_chars=5)[0][-1] == {"done": True, "chars": 5, "finish_reason": "length"}
     # and the server has replaced the worker: a connection reaches a live worker with a new pid
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

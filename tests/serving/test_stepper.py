@@ -165,3 +165,75 @@ def test_ticks_give_way_to_a_running_request_but_never_starve(busy, lo, hi):
     text, took = asyncio.run(main())
     assert text == reference(rt, 0.3, 10, 0.0, 1)  # the same text either way
     assert lo <= took < hi, took
+
+
+def test_a_stop_sequence_ends_the_stream_on_its_last_character():
+    rt = FakeRuntime()
+    whole = reference(FakeRuntime(), 0.3, 200, 0.9, 5)
+    stop = whole[40:42]  # two characters the sampled text writes, first ending at or before position 42
+    end = whole.index(stop) + len(stop)
+
+    async def go():
+        st = Stepper(rt, max_streams=4)
+        s = st.open(rt.start(0.3), 200, np.random.default_rng(5), 0.9, None, 1.0, stop=("zzz", stop))
+        text = await collect(s)
+        await st.aclose()
+        return s, text
+
+    s, text = asyncio.run(go())
+    assert text == whole[:end]  # the stepper emits it; the event layer holds it back (runtime.logprobs.StopText)
+    assert (s.reason, s.stop_hit, s.produced) == ("stop", stop, end)
+    assert sum(rt.batches) == end  # not one step more
+
+
+def test_stop_ends_between_ticks_and_the_state_covers_exactly_what_was_emitted():
+    """POST /stop: a stream stopped after N characters continues exactly as the uninterrupted one."""
+    rt = FakeRuntime(step_s=0.002)
+    whole = reference(FakeRuntime(), 0.7, 300, 0.0, 0)
+
+    async def go():
+        st = Stepper(rt, max_streams=4)
+        s = st.open(rt.start(0.7), 300, np.random.default_rng(0), 0.0, None, 1.0)
+        while s.produced < 20:
+            await asyncio.sleep(0.005)
+        assert st.stop(s) is True
+        text = await collect(s)
+        assert st.stop(s) is False  # ended already
+        rest = st.open(s.state, 300 - len(text), s.rng, 0.0, None, 1.0)  # continue from its state
+        more = await collect(rest)
+        await st.aclose()
+        return s, text, more
+
+    s, text, more = asyncio.run(go())
+    assert s.reason == "stopped" and 20 <= s.produced == len(text) < 300
+    assert text + more == whole
+
+
+def test_forced_characters_are_read_and_scored_then_sampling_goes_on():
+    """Scoring (/score, echo with logprobs): forced ids go through the same batched step; the log-probability of
+    each comes from the logits before it, exactly as a plain loop computes them."""
+    from runtime.logprobs import log_softmax
+
+    rt = FakeRuntime()
+    forced = np.array([3, 1, 4, 1, 5], np.int64)
+    plain, expected = rt.start(0.2), []
+    for i in forced:
+        expected.append(log_softmax(plain.logits)[i])
+        rt.advance([plain], [int(i)])
+    after = rt.decode([int(np.argmax(plain.logits))])  # greedy continues from the state after the forced ids
+
+    async def go():
+        st = Stepper(rt, max_streams=4)
+        score = st.open(rt.start(0.2), 0, None, 0.0, None, 1.0, forced=forced, top=2)
+        both = st.open(rt.start(0.2), 1, None, 0.0, None, 1.0, forced=forced, top=0)
+        texts = await asyncio.gather(collect(score), collect(both))
+        await st.aclose()
+        return score, both, texts
+
+    score, both, texts = asyncio.run(go())
+    assert texts == ["", after]
+    assert (score.reason, score.produced, both.produced) == ("length", 0, 1)
+    assert [r.id for r in score.logprobs] == forced.tolist()
+    assert [r.logprob for r in score.logprobs] == pytest.approx(expected, abs=1e-12)
+    assert all(len(r.top) == 2 and r.top[0][1] >= r.top[1][1] for r in score.logprobs)
+    assert len(both.logprobs) == 6 and both.logprobs[-1].id == VOCAB.index(after)

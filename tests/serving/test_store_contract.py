@@ -295,6 +295,21 @@ async def test_refresh_extends_a_lease(env, store):
     await store.release("a", await store.acquire("a"))
 
 
+@contract(short_lease=True)
+async def test_a_flag_is_taken_once_and_lapses(env, store):
+    """Stop requests for a stream on another worker (serving/generation.py): raised by one, taken by the other."""
+    assert await store.take_flag("stop:a") is False
+    await store.set_flag("stop:a", env.lease_s)
+    await store.set_flag("stop:b", env.lease_s)
+    assert await store.take_flag("stop:a") is True
+    assert await store.take_flag("stop:a") is False  # taken: lowered
+    await store.set_flag("stop:c", 0.5 * env.lease_s)
+    await env.advance(0.7 * env.lease_s)
+    assert await store.take_flag("stop:c") is False  # lapsed before anyone took it
+    assert await store.take_flag("stop:b") is True
+    assert await store.count() == 0  # flags are not sessions
+
+
 # ---------------------------------------------------------------- several processes on one shared store
 CHILD = r"""
 import asyncio, json, sys, time

@@ -42,6 +42,11 @@ def add_arguments(p) -> None:
     p.add_argument("--tol", type=float, default=1e-4, help="largest allowed logit difference")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument(
+        "--model-id",
+        default="sherlock-char-lstm",
+        help="the model's name in the manifest: what /v1/models lists and /v1/completions' model field names",
+    )
+    p.add_argument(
         "--text",
         help=f"canon whose last {EVAL_CHARS:,} characters measure the int8 graphs "
         "(default $DATA_DIR/sherlock/canon.txt)",
@@ -182,6 +187,7 @@ def main(args) -> int:
             tmp,
             {
                 "kind": "generator",
+                "id": args.model_id,
                 "vocab": list(vocab.chars),
                 "unk_id": vocab.unk_id,
                 "num_layers": model.cfg.num_layers,
