@@ -1,4 +1,5 @@
-"""OpenAI-compatible text completions (``POST /v1/completions``, ``GET /v1/models``) on the same generation code.
+"""OpenAI-compatible text completions (``POST /v1/completions``) on the same generation code (the request and
+response models: serving/openai_schemas.py).
 
 The protocol is OpenAI's legacy completions API as vLLM's OpenAI server implements it; one token is one character.
 Every choice is one stream of serving/generation.py, so the same slots, client quotas, sessions and step batching
@@ -6,7 +7,9 @@ serve both APIs, and greedy or seeded text is the same through ``/generate`` and
 vLLM (docs/serving.md "OpenAI-compatible API" lists it all):
 
 * ``n`` choices of one prompt are seeded ``seed``, ``seed + 1``, ...: choice 0 is the text ``/generate`` writes
-  with ``seed``; prompts times ``n`` is at most RNNTEXT_MAX_CHOICES;
+  with ``seed``; ``n`` and the number of prompts are each at most RNNTEXT_MAX_CHOICES, every choice is a stream
+  (the client's stream quota counts them);
+* with ``session_id`` every choice starts from the session; choice 0 alone keeps it (``keep_session``) or ends it;
 * with ``echo`` and ``logprobs`` the first prompt character has a log-probability too (it is read after the
   model's start-of-text state, a newline), so ``echo: true, max_tokens: 0, logprobs: 1`` scores a text as
   ``POST /score`` does;
@@ -24,147 +27,18 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Annotated, Any, Literal
-
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model
+from typing import Any
 
 from runtime.logprobs import CharLogprob
 
 from .clients import Client
-from .config import Settings
 from .errors import ClientError, openai_body
-from .generation import ANONYMOUS, Chunk, Done, Generation, Job, Prompt, Ticket
-from .schemas import MAX_SEED, STOP_DOC, Int, OptionalInt, Stops
+from .generation import Generation
+from .jobs import ANONYMOUS, Chunk, Done, Job, Prompt, Ticket
+from .schemas import MAX_SEED
 
 
-def _only(value: Any, neutral: tuple, what: str) -> Any:
-    if value not in neutral:
-        raise ValueError(f"{what} is not supported by a character model; leave it out or send {neutral[0]!r}")
-    return value
-
-
-def _neutral(neutral: tuple, what: str):
-    return AfterValidator(lambda v: _only(v, neutral, what))
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-    include_usage: bool | None = Field(None, description="send a last chunk with the usage (and no choices)")
-    continuous_usage_stats: bool | None = Field(None, description="accepted and ignored")
-
-
-def completion_request(s: Settings) -> type[BaseModel]:
-    """OpenAI's completion request with this server's limits. Unknown fields are ignored, as vLLM does."""
-    prompt_text = Annotated[str, StringConstraints(max_length=s.max_prompt_chars)]
-    return create_model(
-        "CompletionRequest",
-        __config__=ConfigDict(extra="ignore", strict=True),
-        __doc__="OpenAI's completions request (one token = one character).",
-        model=(str | None, Field(None, max_length=256, description="the id from /v1/models; null = that model")),
-        prompt=(
-            prompt_text | Annotated[list[prompt_text], Field(min_length=1, max_length=s.max_choices)],
-            Field(
-                examples=["To Sherlock Holmes she is always "],
-                description=f"a string, or up to {s.max_choices} strings (one choice each); "
-                "token-id prompts are refused (the tokens here are characters)",
-            ),
-        ),
-        max_tokens=(
-            OptionalInt,
-            Field(16, ge=0, le=s.max_chars, examples=[200], description="characters to generate (OpenAI's default 16)"),
-        ),
-        temperature=(float | None, Field(1.0, ge=0, le=2, allow_inf_nan=False, description="0 = greedy")),
-        top_p=(float | None, Field(1.0, gt=0, le=1, allow_inf_nan=False)),
-        n=(Int, Field(1, ge=1, le=s.max_choices, description="choices per prompt, seeded seed, seed + 1, ...")),
-        stream=(bool, Field(False, description="server-sent text_completion chunks, then `data: [DONE]`")),
-        stream_options=(StreamOptions | None, None),
-        logprobs=(
-            OptionalInt,
-            Field(None, ge=0, le=5, description="log-probabilities of each character and of this many alternatives"),
-        ),
-        echo=(bool, Field(False, description="return the prompt before the completion")),
-        stop=(Stops, Field(None, examples=[["\n\n"]], description=STOP_DOC)),
-        seed=(OptionalInt, Field(None, ge=0, le=MAX_SEED)),
-        user=(str | None, Field(None, max_length=256, description="accepted and ignored")),
-        top_k=(OptionalInt, Field(None, ge=-1, le=1_000_000, description="extra field; -1, 0 or null = no cut")),
-        session_id=(str | None, Field(None, max_length=256, description="extra field: continue this kept session")),
-        keep_session=(bool, Field(False, description="extra field: keep the state (X-Rnntext-Session-Id header)")),
-        frequency_penalty=(Annotated[float | None, _neutral((0, None), "frequency_penalty")], None),
-        presence_penalty=(Annotated[float | None, _neutral((0, None), "presence_penalty")], None),
-        logit_bias=(Annotated[dict[str, float] | None, _neutral(({}, None), "logit_bias")], None),
-        suffix=(Annotated[str | None, _neutral((None,), "suffix")], None),
-        best_of=(OptionalInt, Field(None, ge=1, description="must equal n (no server-side best-of)")),
-    )
-
-
-# ------------------------------------------------------------------ response models (documented in /docs.json)
-class CompletionLogprobs(BaseModel):
-    tokens: list[str] = Field(description="one character each")
-    token_logprobs: list[float] = Field(description="natural-log probability of each (the model's, before sampling)")
-    top_logprobs: list[dict[str, float]] = Field(description="the `logprobs` most likely characters, and the chosen")
-    text_offset: list[int] = Field(description="each character's offset in the choice's text")
-
-
-class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    logprobs: CompletionLogprobs | None = None
-    finish_reason: Literal["length", "stop"] | None = Field(description="null until a streamed choice ends")
-    stop_reason: str | None = Field(None, description="the stop sequence that ended it")
-
-
-class Usage(BaseModel):
-    prompt_tokens: int = Field(description="prompt characters (each prompt once, whatever n)")
-    completion_tokens: int = Field(description="characters generated, stop sequences included")
-    total_tokens: int
-
-
-class Completion(BaseModel):
-    """The response, and each streamed chunk (``choices`` with text deltas; ``usage`` only in the last one)."""
-
-    id: str = Field(examples=["cmpl-2f0c6c1f6fbb4f7e9a3c4d2b1a0e9f8d"])
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str = Field(examples=["sherlock-char-lstm"])
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-    session_id: str | None = Field(None, description="the kept session (keep_session; not streamed: see the header)")
-
-
-class ModelCard(BaseModel):
-    id: str = Field(examples=["sherlock-char-lstm"])
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "rnntext"
-    root: str
-    max_model_len: int = Field(description="the longest prompt plus completion, in characters")
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class OpenAIErrorDetail(BaseModel):
-    message: str
-    type: str = Field(examples=["invalid_request_error"])
-    param: str | None = Field(None, examples=["temperature"])
-    code: str = Field(description="this service's error kind", examples=["invalid_request"])
-
-
-class OpenAIError(BaseModel):
-    error: OpenAIErrorDetail
-
-
-def models(model_id: str, created: int, settings: Settings) -> dict[str, Any]:
-    card = ModelCard(
-        id=model_id, created=created, root=model_id, max_model_len=settings.max_prompt_chars + settings.max_chars
-    )
-    return ModelList(data=[card]).model_dump()
-
-
-# ------------------------------------------------------------------ requests -> jobs, events -> OpenAI chunks
-def jobs(req: dict[str, Any], model_id: str, max_choices: int) -> tuple[list[str], list[Job]]:
+def jobs(req: dict[str, Any], model_id: str) -> tuple[list[str], list[Job]]:
     """The prompts and one Job per choice (prompt-major, as OpenAI indexes them); ClientError 4xx if refused."""
     if req.get("model") not in (None, model_id):
         raise ClientError(
@@ -172,18 +46,13 @@ def jobs(req: dict[str, Any], model_id: str, max_choices: int) -> tuple[list[str
         )
     prompts = [req["prompt"]] if isinstance(req["prompt"], str) else list(req["prompt"])
     n = req.get("n", 1)
-    if len(prompts) * n > max_choices:
-        raise ClientError(400, "invalid_request", f"prompts times n is {len(prompts) * n}; at most {max_choices}")
-    if req.get("best_of") not in (None, n):
-        raise ClientError(400, "invalid_request", "best_of must equal n (no server-side best-of)")
-    if (req.get("session_id") is not None or req.get("keep_session")) and len(prompts) * n > 1:
-        raise ClientError(400, "invalid_request", "session_id and keep_session need one prompt and n = 1")
     stop = req.get("stop")
     stop = tuple([stop] if isinstance(stop, str) else stop or ())
-    seed, top_k = req.get("seed"), req.get("top_k")
+    seed, top_k, sid = req.get("seed"), req.get("top_k"), req.get("session_id")
     out = []
     for prompt in prompts:
         for j in range(n):
+            first = not out  # with a session, every choice starts from it; only choice 0 keeps (or ends) it
             out.append(
                 Job(
                     prompt=prompt,
@@ -192,11 +61,12 @@ def jobs(req: dict[str, Any], model_id: str, max_choices: int) -> tuple[list[str
                     top_k=None if top_k in (None, -1, 0) else top_k,
                     top_p=1.0 if req.get("top_p") is None else req["top_p"],
                     seed=None if seed is None else (seed + j) % (MAX_SEED + 1),
-                    session_id=req.get("session_id"),
-                    keep_session=bool(req.get("keep_session")),
+                    session_id=sid,
+                    keep_session=bool(req.get("keep_session")) and first,
                     stop=stop,
                     top=req.get("logprobs"),
                     score_prompt=bool(req.get("echo")) and req.get("logprobs") is not None,
+                    readonly=sid is not None and not first,
                 )
             )
     return prompts, out
@@ -379,17 +249,16 @@ class Completer:
         yield b"data: [DONE]\n\n"
 
 
-async def begin(
-    gen: Generation, req: dict[str, Any], model_id: str, max_choices: int, client: Client = ANONYMOUS
-) -> Completer:
+async def begin(gen: Generation, req: dict[str, Any], model_id: str, client: Client = ANONYMOUS) -> Completer:
     """Every choice's stream begun (or none: a ClientError, before any byte is sent)."""
-    prompts, todo = jobs(req, model_id, max_choices)
-    tickets: list[Ticket] = []
+    prompts, todo = jobs(req, model_id)
+    tickets: dict[int, Ticket] = {}
     try:
-        for job in todo:
-            tickets.append(await gen.begin(job, client))
+        # choice 0 last: it holds a continued session's lock while it streams, and the others read the session first
+        for i in [*range(1, len(todo)), 0]:
+            tickets[i] = await gen.begin(todo[i], client)
     except BaseException:
-        for t in tickets:
+        for t in tickets.values():
             await gen.release(t)
         raise
-    return Completer(gen, req, model_id, prompts, tickets)
+    return Completer(gen, req, model_id, prompts, [tickets[i] for i in range(len(todo))])

@@ -68,7 +68,11 @@ class Settings(BaseModel):
         8000, ge=1, alias="RNNTEXT_MAX_SCORE_CHARS", description="the longest text POST /score reads (one step a char)"
     )
     max_choices: int = Field(
-        4, ge=1, le=64, alias="RNNTEXT_MAX_CHOICES", description="/v1/completions: prompts times n, each a stream"
+        4,
+        ge=1,
+        le=64,
+        alias="RNNTEXT_MAX_CHOICES",
+        description="/v1/completions: the largest n and the most prompts (each choice a stream)",
     )
     session_ttl_s: float = Field(900.0, gt=0, allow_inf_nan=False, alias="RNNTEXT_SESSION_TTL_S")
     max_sessions: int = Field(10000, ge=1, alias="RNNTEXT_MAX_SESSIONS")

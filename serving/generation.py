@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -38,11 +37,10 @@ from .errors import (
     store_down,
     unknown_session,
 )
+from .jobs import ANONYMOUS, Chunk, Done, Job, Prompt, Ticket
 from .schemas import GenerateFields
 from .sessions import SessionBusy, StoreUnavailable, decode_state, encode_state, new_session_id
-from .stepper import Stepper, StepperFull, Stream
-
-ANONYMOUS = Client("local", False, None)  # unit tests and callers without clients: no quotas
+from .stepper import Stepper, StepperFull
 
 log = logging.getLogger(__name__)
 FLUSH_S = 0.05  # characters produced within 50 ms of the last event go out together
@@ -57,81 +55,6 @@ def sse(doc: dict[str, Any]) -> bytes:
 
 def stop_flag(sid: str) -> str:
     return f"stop:{sid}"
-
-
-@dataclass
-class Job:
-    """One generation or scoring as this module runs it, whichever API asked for it."""
-
-    prompt: str = ""
-    max_chars: int = 200
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float = 1.0
-    seed: int | None = None
-    session_id: str | None = None
-    keep_session: bool = False
-    stop: tuple[str, ...] = ()  # stop sequences: generation ends at the first; it is not returned
-    top: int | None = None  # record each generated character's log-probability, with this many alternatives
-    score_prompt: bool = False  # read the prompt through the step batcher, recording its log-probabilities
-    context: str = ""  # read (prefill) before the prompt and not scored (POST /score)
-    readonly: bool = False  # the session is read, never saved nor deleted (POST /score)
-
-    @classmethod
-    def of(cls, req: GenerateFields) -> Job:
-        stop = req.stop if isinstance(req.stop, list) else [req.stop] if req.stop else []
-        return cls(
-            req.prompt,
-            req.max_chars,
-            req.temperature,
-            req.top_k,
-            req.top_p,
-            req.seed,
-            req.session_id,
-            req.keep_session,
-            tuple(stop),
-        )
-
-    def sampling(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
-
-
-@dataclass
-class Chunk:
-    text: str
-    logprobs: list[CharLogprob] | None = None  # one per character of text (Job.top)
-
-
-@dataclass
-class Prompt:
-    """The prompt's log-probabilities (Job.score_prompt), before any Chunk."""
-
-    logprobs: list[CharLogprob]
-
-
-@dataclass
-class Done:
-    chars: int  # characters generated, a stop sequence that ended them included
-    reason: str  # "length", "stop", "stopped" (POST /stop) or "error"
-    session_id: str | None = None  # the kept session
-    stop: str | None = None  # the stop sequence (reason "stop")
-    error: ClientError | None = None  # reason "error"; kind "internal" for a defect
-
-
-@dataclass
-class Ticket:
-    job: Job
-    stream: Stream
-    token: str | None  # the lock token of ``locked``
-    client: Client = ANONYMOUS
-    slot: str | None = None  # the client's stream-quota slot
-    released: bool = False
-    kept: str | None = None  # with keep_session: the id the session is saved under (known before the stream)
-    locked: str | None = None  # the session this stream holds the lock of (continued, or kept new)
-    placeholder: bool = (
-        False  # a new kept session saved at begin (so that /stop knows its owner): dropped unless finished
-    )
-    finished: bool = False
 
 
 class Generation:

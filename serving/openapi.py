@@ -190,7 +190,7 @@ def document(
     doc = json.loads(json.dumps(base))  # a deep copy, with BentoML's integer status keys as the strings JSON has
     doc["openapi"] = OPENAPI_VERSION
     doc["info"] = {"title": title, "version": version, "description": description}
-    from .completions import ModelList, OpenAIError
+    from .openai_schemas import ModelList, OpenAIError
 
     models = {*request_models.values(), Error, GenerateEvent, SessionsProbe, OpenAIError, ModelList}
     models |= {_body_model(m) for m in response_models.values() if m is not None}
@@ -310,6 +310,11 @@ def _finish_operation(
                 "description": "continue the kept session",
                 "requestBody": {"session_id": session, "keep_session": True, "max_chars": 20},
             },
+            "StopSession": {
+                "operationId": "rnntext__stop",
+                "description": "end the kept session's running stream (409 not_generating once it has ended)",
+                "requestBody": {"session_id": session},
+            },
             "EndSession": {
                 "operationId": "rnntext__end_session",
                 "description": "end the kept session",
@@ -394,7 +399,7 @@ class Document:
 
 def api_models(schemas: Any) -> dict[str, dict[str, Any]]:
     """The ``request_models`` and ``response_models`` of ``document()`` for this service's APIs (serving/service.py)."""
-    from .completions import Completion
+    from .openai_schemas import Completion
     from .schemas import (
         EndSessionRequest,
         EndSessionResponse,

@@ -143,7 +143,7 @@ class Schemas:
     """The request models whose limits are settings."""
 
     def __init__(self, s: Settings):
-        from .completions import completion_request  # it builds on this module's types
+        from .openai_schemas import completion_request  # it builds on this module's types
 
         self.CompletionRequest = completion_request(s)
         text = Annotated[str, StringConstraints(min_length=1, max_length=s.max_text_chars, pattern=r"\S")]

@@ -31,12 +31,12 @@ from starlette.routing import Route
 
 from runtime.logprobs import LN2
 
-from . import __version__, completions, model_store, openapi, pages, patches
+from . import __version__, completions, model_store, openai_schemas, openapi, pages, patches
 from .board import WorkerBoard
 from .config import Settings
 from .errors import ClientError, error_response, openai_body
 from .gate import Gate, client_of
-from .generation import Job
+from .jobs import Job
 from .schemas import (
     CharScore,
     EndSessionRequest,
@@ -119,7 +119,7 @@ async def sessions_ready(request) -> JSONResponse:
 async def models_get(request) -> JSONResponse:
     """GET /v1/models: the generator, as OpenAI's model list."""
     state = _svc().state
-    return JSONResponse(completions.models(state.model_id, state.model_created, SETTINGS))
+    return JSONResponse(openai_schemas.models(state.model_id, state.model_created, SETTINGS))
 
 
 class CompletionStream(StreamingResponse):
@@ -282,7 +282,7 @@ class RnnText:
         client = _client(ctx)
         request = {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in request.items()}
         try:
-            run = await completions.begin(self.generation, request, self.state.model_id, SETTINGS.max_choices, client)
+            run = await completions.begin(self.generation, request, self.state.model_id, client)
             headers = {}
             if run.tickets[0].kept:
                 headers[openapi.SESSION_HEADER] = run.tickets[0].kept

@@ -31,6 +31,7 @@ KEYWORDS = {
     "properties",
     "required",
     "additionalProperties",
+    "maxProperties",
     "items",
     "anyOf",
     "enum",
@@ -89,8 +90,9 @@ def test_bentomls_own_document_is_invalid_for_the_version_it_declares():
     top_p = base["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert top_p["properties"]["top_p"]["exclusiveMinimum"] == 0  # 2020-12's numeric form; 3.0 wants a bool
     # BentoML's layout that serving/openapi.py relies on
-    for name in ("classify", "generate", "end_session", "info"):
+    for name in ("classify", "generate", "end_session", "stop", "score", "info", "v1/completions"):
         op = base["paths"][f"/{name}"]["post"]
+        name = name.removeprefix("v1/")
         assert op["operationId"] == f"rnntext__{name}" and op["tags"] == ["Service APIs"]
     assert {"/livez", "/readyz", "/healthz", "/metrics"} <= set(base["paths"])
 
@@ -115,12 +117,24 @@ def test_every_operation_documents_the_statuses_it_can_answer():
         "info": {200, 400, 408, 413, 429, 503, 500},
         "generate": {200, 400, 404, 408, 409, 413, 429, 503, 500},
         "end_session": {200, 400, 404, 408, 409, 413, 429, 503, 500},
+        "stop": {200, 400, 404, 408, 409, 413, 429, 503, 500},
+        "score": {200, 400, 404, 408, 409, 413, 429, 503, 500},
+        "v1/completions": {200, 400, 404, 408, 409, 413, 429, 503, 500},
     }
     for name, statuses in expected.items():
         assert {int(s) for s in plain["paths"][f"/{name}"]["post"]["responses"]} == statuses, name
         assert {int(s) for s in keyed["paths"][f"/{name}"]["post"]["responses"]} == statuses | {401}, name
         assert keyed["paths"][f"/{name}"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}]
         assert "security" not in plain["paths"][f"/{name}"]["post"]
+    # the OpenAI-compatible routes document OpenAI's error body, the others this service's
+    for name, model in (("v1/completions", "OpenAIError"), ("score", "Error")):
+        for status, response in keyed["paths"][f"/{name}"]["post"]["responses"].items():
+            if status not in ("200", "500"):
+                assert response["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}
+    completions = plain["paths"]["/v1/completions"]["post"]["responses"]["200"]["content"]
+    assert set(completions) == {"application/json", "text/event-stream"}
+    assert set(plain["paths"]["/v1/models"]["get"]["responses"]) == {"200"}
+    assert set(keyed["paths"]["/v1/models"]["get"]["responses"]) == {"200", "401"}
     assert set(keyed["components"]["securitySchemes"]) == {"bearer", "apiKey"}
     assert "securitySchemes" not in plain["components"]
     assert {int(s) for s in plain["paths"]["/info"]["get"]["responses"]} == {200, 429, 503, 500}
@@ -137,6 +151,7 @@ def test_generate_is_an_event_stream_with_a_session_header_and_links_to_its_sess
     assert ok["headers"][openapi.SESSION_HEADER]["schema"] == {"type": "string"}
     assert {k: v["operationId"] for k, v in ok["links"].items()} == {
         "ContinueSession": "rnntext__generate",
+        "StopSession": "rnntext__stop",
         "EndSession": "rnntext__end_session",
     }
     assert ok["links"]["EndSession"]["requestBody"] == {"session_id": f"$response.header.{openapi.SESSION_HEADER}"}
@@ -248,7 +263,7 @@ def check_report(report: dict) -> None:
     assert report["complete"] and report["exit_code"] == 0
     assert report["failures"] == [] and report["errors"] == []
     assert report["test_cases"]["with_failures"] == 0 and report["test_cases"]["errored"] == 0
-    assert report["operations"]["tested"] == report["operations"]["total"] == 10
+    assert report["operations"]["tested"] == report["operations"]["total"] == 14
     assert all(p["status"] == "success" for p in report["phases"].values()), report["phases"]
 
 
@@ -276,6 +291,6 @@ def test_schemathesis_finds_nothing(keyed, tmp_path):
     assert generated.get(200, 0) >= 20 and generated.get(500, 0) == 0, generated
     if keyed:
         assert requests_by_status(metrics, "/classify").get(401, 0) >= 1
-    for endpoint in ("/classify", "/generate", "/end_session", "/info"):
+    for endpoint in ("/classify", "/generate", "/end_session", "/stop", "/score", "/v1/completions", "/info"):
         answered = requests_by_status(metrics, endpoint)
         assert sum(answered.values()) >= 20 and answered.get(500, 0) == 0, (endpoint, answered)
