@@ -7,8 +7,9 @@ serve both APIs, and greedy or seeded text is the same through ``/generate`` and
 vLLM (docs/serving.md "OpenAI-compatible API" lists it all):
 
 * ``n`` choices of one prompt are seeded ``seed``, ``seed + 1``, ...: choice 0 is the text ``/generate`` writes
-  with ``seed``; ``n`` and the number of prompts are each at most RNNTEXT_MAX_CHOICES, every choice is a stream
-  (the client's stream quota counts them);
+  with ``seed`` (on fp32; int8 numbers depend on the streams that share a step, and the choices always do);
+  ``n`` and the number of prompts are each at most RNNTEXT_MAX_CHOICES, and every choice is a stream (the
+  client's stream quota counts them);
 * with ``session_id`` every choice starts from the session; choice 0 alone keeps it (``keep_session``) or ends it;
 * with ``echo`` and ``logprobs`` the first prompt character has a log-probability too (it is read after the
   model's start-of-text state, a newline), so ``echo: true, max_tokens: 0, logprobs: 1`` scores a text as

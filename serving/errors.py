@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -104,7 +105,7 @@ def from_error_doc(status: int, doc: dict[str, Any]) -> dict[str, Any]:
     param = None
     detail = doc.get("detail")
     if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-        param = ".".join(str(p) for p in detail[0].get("loc") or ()) or None
+        param = _where(detail[0].get("loc") or ()) or None
     return openai_body(status, doc["kind"], doc["error"], param)
 
 
@@ -130,12 +131,30 @@ KIND_BY_STATUS = {
 }
 
 
+# the names pydantic gives the members of a union in an error's location ("constrained-str", "list[str]"): not
+# fields, so a client is not shown them (this API's field names have neither "-" nor "[")
+_UNION_MEMBER = re.compile(r"[-\[]|^(str|int|float|bool|none|dict|list)$")
+
+
+def _field_path(loc: tuple | list) -> list:
+    return [p for p in loc if isinstance(p, int) or not _UNION_MEMBER.search(str(p))]
+
+
 def _where(loc: tuple | list) -> str:
     """pydantic's location ('texts', 0) as the client wrote it: texts[0]."""
     out = ""
-    for part in loc:
+    for part in _field_path(loc):
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+def _most_relevant(detail: list[dict]) -> dict:
+    """The problem to name: for a value of a union (``str | list[str]``), the one of the member the value's type
+    matches (five stop sequences: "too many", not "should be a string"); else the first."""
+    for problem in detail:  # the list member failed for another reason than "not a list": the value was one
+        if problem.get("type") != "list_type" and any(str(p).startswith("list[") for p in problem.get("loc") or ()):
+            return problem
+    return detail[0]
 
 
 def normalize(status: int, body: bytes) -> dict[str, Any] | None:
@@ -155,7 +174,7 @@ def normalize(status: int, body: bytes) -> dict[str, Any] | None:
         return None  # this service's own shape, or OpenAI's (the /v1/ routes)
     detail = doc.get("detail") if isinstance(doc, dict) else None
     if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-        first = detail[0]
+        first = _most_relevant(detail)
         if first.get("type") == "json_invalid":
             msg = str(first.get("msg", "")).removeprefix("Invalid JSON: ")
             return {"error": f"body is not valid JSON: {msg}", "kind": "malformed_json"}
@@ -167,7 +186,8 @@ def normalize(status: int, body: bytes) -> dict[str, Any] | None:
         elif first.get("type") == "string_pattern_mismatch":  # the only pattern: r"\S" (schemas.py)
             message = f"{where}: is empty or whitespace only"
         else:
-            message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+            msg = str(first.get("msg")).removeprefix("Value error, ")  # a validator's own ValueError
+            message = f"{where}: {msg}" if where else msg
         return {"error": message, "kind": "invalid_request", "detail": detail}
     message = doc.get("error") if isinstance(doc, dict) else doc
     return {"error": str(message or "bad request"), "kind": KIND_BY_STATUS.get(status, "invalid_request")}

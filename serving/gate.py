@@ -49,6 +49,7 @@ API_METHODS = {
     "/score": "POST",
     "/info": "POST",
     "/v1/completions": "POST",
+    "/v1/models": "GET",  # served beside BentoML's routes (serving/service.py); rate-limited as the others
 }
 OPENAI_PREFIX = "/v1/"  # errors there are OpenAI's {"error": {"message", "type", "param", "code"}} (completions.py)
 ALIASES = {"/info": "GET"}  # GET /info is served too (curl, browsers): serving/service.py
@@ -148,15 +149,20 @@ class Gate:
         await self.app(scope, receive, send)
 
     def _refuse_unread(self, scope: dict, announced: bool) -> None:
-        """A route that takes no body gets none read: 405 for a body method, 413 for a GET that announces one."""
-        if scope["path"] in API_METHODS:
+        """A route that takes no body gets none read: 405 for a body method, 413 for a GET that announces one; an
+        unknown route under /v1/ is a 404 (an OpenAI client asking for what this server lacks, e.g. chat)."""
+        path = scope["path"]
+        if path in API_METHODS:
             return
+        if path.startswith(OPENAI_PREFIX):
+            known = sorted(p for p in API_METHODS if p.startswith(OPENAI_PREFIX))
+            raise ClientError(404, "not_found", f"no route {path} (this server has {' and '.join(known)})")
         if scope["method"] not in READ_METHODS:
             raise ClientError(
-                405, "method_not_allowed", f"{scope['path']} accepts GET and HEAD only", headers={"Allow": "GET, HEAD"}
+                405, "method_not_allowed", f"{path} accepts GET and HEAD only", headers={"Allow": "GET, HEAD"}
             )
         if announced:
-            raise ClientError(413, "payload_too_large", f"{scope['path']} takes no request body")
+            raise ClientError(413, "payload_too_large", f"{path} takes no request body")
 
     def _identify(self, scope: dict, head: _Head) -> Client:
         """The client; 401 on a path that needs a key and has none (or a wrong one)."""

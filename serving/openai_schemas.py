@@ -6,10 +6,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, create_model
 
 from .config import Settings
 from .schemas import MAX_SEED, STOP_DOC, Int, OptionalInt, Stops
+
+
+def _text_prompt(value: Any) -> Any:
+    """Token ids are OpenAI's other prompt form; here a token is a character, so only text is taken."""
+    if isinstance(value, list) and value and not all(isinstance(v, str) for v in value):
+        raise ValueError("a string or a list of strings (token ids are not taken: a token here is a character)")
+    return value
+
 
 NOT_HERE = "not supported by a character model: "  # OpenAI's fields that only their neutral value may have
 
@@ -29,7 +37,10 @@ def completion_request(s: Settings) -> type[BaseModel]:
         __doc__="OpenAI's completions request (one token = one character).",
         model=(str | None, Field(None, max_length=256, description="the id from /v1/models; null = that model")),
         prompt=(
-            prompt_text | Annotated[list[prompt_text], Field(min_length=1, max_length=s.max_choices)],
+            Annotated[
+                prompt_text | Annotated[list[prompt_text], Field(min_length=1, max_length=s.max_choices)],
+                BeforeValidator(_text_prompt),
+            ],
             Field(
                 examples=["To Sherlock Holmes she is always "],
                 description=f"a string, or up to {s.max_choices} strings (n choices each); "

@@ -262,7 +262,9 @@ class RnnText:
             return error_response(err, lambda kind: _count_error(kind, client.label))
         total = sum(r.logprob for r in records)
         vocab = self.generation.runtime.vocab
-        return ScoreResponse(
+        # no "logprobs": null: BentoML's client reads an optional list as a list (_bentoml_sdk/method.py keeps the
+        # first member of the union) and fails on null; a missing field it leaves out
+        scored = ScoreResponse(
             chars=len(records),
             bits_per_char=-total / len(records) / LN2,
             logprob=total,
@@ -274,6 +276,7 @@ class RnnText:
             if request["logprobs"]
             else None,
         )
+        return JSONResponse(scored.model_dump(exclude_none=not request["logprobs"]))
 
     @bentoml.api(route="/v1/completions", input_spec=SCHEMAS.CompletionRequest)
     async def completions(self, ctx: bentoml.Context, **request: Any) -> dict:

@@ -99,6 +99,15 @@ def test_classify_request(body, expected):
         (b'{"keep_session": 1}', invalid("keep_session: Input should be a valid boolean")),
         (b'{"session_id": ["x"]}', invalid("session_id: Input should be a valid string")),
         (b'{"maxchars": 3}', invalid("unknown field 'maxchars'")),
+        (
+            b'{"stop": ["a", "b", "c", "d", "e"]}',
+            invalid("stop: List should have at most 4 items after validation, not 5"),
+        ),
+        (b'{"stop": 7}', invalid("stop: Input should be a valid string")),
+        (b'{"stop": ""}', invalid("stop: String should have at least 1 character")),
+        (b'{"stop": ["ok", ""]}', invalid("stop[1]: String should have at least 1 character")),
+        (b'{"stop": "\\n\\n"}', None),
+        (b'{"stop": ["\\n\\n", "Holmes"]}', None),
         (b'{"temperature": 1, "top_k": null}', None),
     ],
 )
@@ -119,6 +128,92 @@ def test_generate_defaults_come_from_the_settings():
         False,
     )
     assert r.sampling() == {"temperature": 1.0, "top_k": None, "top_p": 1.0}
+
+
+def openai_reply(body: bytes) -> dict | None:
+    """What an OpenAI client gets from /v1/completions for a body: OpenAI's error (or None: accepted)."""
+    from serving.errors import from_error_doc
+
+    doc = reply(S.CompletionRequest, body)
+    if doc is None:
+        return None
+    try:
+        S.CompletionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        doc["detail"] = exc.errors(include_context=False, include_input=False)
+    return from_error_doc(400, doc)["error"]
+
+
+@pytest.mark.parametrize(
+    "body, message, param",
+    [
+        (
+            b'{"prompt": [1, 2, 3]}',
+            "prompt: a string or a list of strings (token ids are not taken: a token here is a character)",
+            "prompt",
+        ),
+        (b'{"prompt": "x", "temperature": 2.5}', "temperature: Input should be less than or equal to 2", "temperature"),
+        (b'{"prompt": "x", "max_tokens": 301}', "max_tokens: Input should be less than or equal to 300", "max_tokens"),
+        (b'{"prompt": "x", "n": 5}', "n: Input should be less than or equal to 4", "n"),
+        (b'{"prompt": "x", "logprobs": 6}', "logprobs: Input should be less than or equal to 5", "logprobs"),
+        (
+            b'{"prompt": "x", "frequency_penalty": 0.5}',
+            "frequency_penalty: Input should be less than or equal to 0",
+            "frequency_penalty",
+        ),
+        (b'{"prompt": "x", "suffix": "end"}', "suffix: Input should be null", "suffix"),
+        (b'{"prompt": "x", "best_of": 2}', "best_of: Input should be less than or equal to 1", "best_of"),
+        (
+            b'{"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}',
+            "stop: List should have at most 4 items after validation, not 5",
+            "stop",
+        ),
+        (
+            b'{"prompt": "x", "stream_options": {"include_usage": "yes"}}',
+            "stream_options.include_usage: Input should be a valid boolean",
+            "stream_options.include_usage",
+        ),
+        (b'{"max_tokens": 5}', "prompt: Field required", "prompt"),
+    ],
+)
+def test_completion_request_errors_name_the_field_as_openai_clients_sent_it(body, message, param):
+    assert openai_reply(body) == {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": param,
+        "code": "invalid_request",
+    }
+
+
+def test_completion_request_takes_what_openai_clients_send():
+    # LangChain's legacy OpenAI LLM sends every neutral default; unknown fields are ignored, as vLLM does
+    body = {
+        "model": "m",
+        "prompt": ["a", "b"],
+        "max_tokens": 0,
+        "temperature": 0,
+        "top_p": 1,
+        "n": 1,
+        "best_of": 1,
+        "frequency_penalty": 0,
+        "presence_penalty": 0,
+        "logit_bias": {},
+        "stream": True,
+        "logprobs": 0,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": False},
+        "echo": True,
+        "stop": "\n",
+        "seed": 3,
+        "user": "u",
+        "suffix": None,
+        "top_k": -1,
+        "session_id": None,
+        "keep_session": False,
+        "some_future_field": 1,
+    }
+    assert openai_reply(json.dumps(body).encode()) is None
+    r = S.CompletionRequest.model_validate_json(json.dumps(body))
+    assert (r.max_tokens, r.n, r.temperature) == (0, 1, 0) and not hasattr(r, "some_future_field")
 
 
 def test_end_session_request():

@@ -41,22 +41,27 @@ def stopped_stream(server, body: dict, stop_headers: dict = ALICE) -> tuple[str,
     text, done, stops = "", None, []
     with httpx.stream("POST", server.url + "/generate", json=body, headers=ALICE, timeout=120) as r:
         assert r.status_code == 200
-        sid = r.headers["x-rnntext-session-id"]
+        sid, worker = r.headers["x-rnntext-session-id"], r.headers["x-rnntext-worker"]
         for line in r.iter_lines():
             if not line.startswith("data: "):
                 continue
             event = json.loads(line[len("data: ") :])
             text += event.get("text", "")
             if event.get("done"):
-                done = event
+                done = {**event, "worker": worker}  # the worker that ran the stream
             elif not stops:
                 stops.append(post(server, "/stop", {"session_id": sid}, stop_headers))
     return text, done, stops
 
 
 def test_stop_then_continue_gives_the_one_greedy_text_whichever_worker_the_stop_reaches(server):
-    workers = set()
-    for _ in range(6):  # each /stop on a new connection: it lands on the stream's worker or the other one
+    paths, rounds = set(), 0
+    # each /stop on a new connection: it lands on the stream's worker or, mostly (a busy worker leaves accepting
+    # to an idle one: serving/patches/accept.py), the other one; the stop served on the stream's own worker is
+    # tested in-process (tests/serving/test_generation.py)
+    while "through the store" not in paths or rounds < 3:
+        rounds += 1
+        assert rounds <= 20, paths
         text, done, stops = stopped_stream(
             server, {"prompt": "Holmes", "max_chars": LONG, "temperature": 0, "keep_session": True}
         )
@@ -64,11 +69,11 @@ def test_stop_then_continue_gives_the_one_greedy_text_whichever_worker_the_stop_
         sid = done["session_id"]
         assert (stop.status_code, stop.json()) == (200, {"session_id": sid, "stopping": True})
         assert done["finish_reason"] == "stopped" and 0 < done["chars"] == len(text) < LONG
-        workers.add(stop.headers["x-rnntext-worker"])
+        paths.add("local" if stop.headers["x-rnntext-worker"] == done["worker"] else "through the store")
         r = post(server, "/generate", {"session_id": sid, "max_chars": 300, "temperature": 0}, ALICE)
         rest = generated_text(sse_events(r))
         assert text + rest == greedy(server, done["chars"] + 300)
-    assert workers == {"1", "2"}  # stops were served by both workers: the remote path (a store flag) works
+    assert "through the store" in paths  # a stop served by another worker reached the stream by a store flag
 
 
 def test_stop_follows_the_session_rules(server):
@@ -128,7 +133,7 @@ def test_score_reads_a_session_as_it_is_and_changes_nothing(server):
     continued = greedy(server, 80)[50:]  # what the session writes next
     as_session = post(server, "/score", {"text": continued, "session_id": sid}, ALICE).json()
     as_context = post(server, "/score", {"text": continued, "context": "Holmes" + greedy(server, 50)}, ALICE).json()
-    assert as_session["chars"] == 30 and as_session["logprobs"] is None
+    assert as_session["chars"] == 30 and "logprobs" not in as_session
     assert as_session["bits_per_char"] == pytest.approx(as_context["bits_per_char"], abs=1e-3)
     assert as_session["bits_per_char"] < 1.0  # its own greedy text is likely
     for headers, status in ((BOB, 404), (ALICE, 200)):
