@@ -9,9 +9,9 @@ import time
 
 import httpx
 import pytest
-from conftest import training_cli
 from serving_helpers import generated_text, server, sse_events  # noqa: F401 (fixtures)
 
+from tests.conftest import training_cli
 from training.common.files import read_text
 
 pytestmark = pytest.mark.slow
