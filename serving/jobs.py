@@ -36,18 +36,9 @@ class Job:
 
     @classmethod
     def of(cls, req: GenerateFields) -> Job:
+        """The job of a /generate request."""
         stop = req.stop if isinstance(req.stop, list) else [req.stop] if req.stop else []
-        return cls(
-            req.prompt,
-            req.max_chars,
-            req.temperature,
-            req.top_k,
-            req.top_p,
-            req.seed,
-            req.session_id,
-            req.keep_session,
-            tuple(stop),
-        )
+        return cls(**req.model_dump(exclude={"stop"}), stop=tuple(stop))
 
     def sampling(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}

@@ -43,13 +43,12 @@ class Prediction(BaseModel):
     )
 
 
+SessionId = Annotated[str, Field(max_length=256, examples=["Wm1pX0l8n2rXq6yZJ0cF3c2Yb2sVh1QeAbCdEfGh"])]
+
+
 class EndSessionRequest(BaseModel):
     model_config = STRICT
-    session_id: str = Field(
-        max_length=256,
-        description="a session_id from a /generate done event",
-        examples=["Wm1pX0l8n2rXq6yZJ0cF3c2Yb2sVh1QeAbCdEfGh"],
-    )
+    session_id: SessionId = Field(description="a session_id from a /generate done event")
 
 
 class EndSessionResponse(BaseModel):
@@ -89,10 +88,8 @@ STOP_DOC = (
 
 class StopRequest(BaseModel):
     model_config = STRICT
-    session_id: str = Field(
-        max_length=256,
-        description="the kept session whose running stream to end (its X-Rnntext-Session-Id header)",
-        examples=["Wm1pX0l8n2rXq6yZJ0cF3c2Yb2sVh1QeAbCdEfGh"],
+    session_id: SessionId = Field(
+        description="the kept session whose running stream to end (its X-Rnntext-Session-Id header)"
     )
 
 
@@ -134,9 +131,6 @@ class GenerateFields(BaseModel):
     session_id: str | None = None
     keep_session: bool = False
     stop: str | list[str] | None = None
-
-    def sampling(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
 
 
 class Schemas:

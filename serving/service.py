@@ -97,6 +97,13 @@ def _client(ctx: bentoml.Context):
     return _svc().state.directory.lookup(client_of(ctx.request.headers))
 
 
+def _refused(ctx: bentoml.Context, client, err: ClientError) -> JSONResponse:
+    """The JSON error answer of an endpoint, counted. With a ctx parameter BentoML gives every response ctx's
+    status (_bentoml_impl/server/app.py), so it is set there too."""
+    ctx.response.status_code = err.status
+    return error_response(err, lambda kind: _count_error(kind, client.label))
+
+
 async def info_get(request) -> JSONResponse:
     """GET /info for curl and browsers; the typed API is POST /info."""
     return JSONResponse(await _svc().state.info(client_of(request.headers)))
@@ -222,9 +229,7 @@ class RnnText:
         try:
             await self.generation.end_session(session_id, client)
         except ClientError as err:
-            # with a ctx parameter BentoML gives every response ctx's status (_bentoml_impl/server/app.py)
-            ctx.response.status_code = err.status
-            return error_response(err, lambda kind: _count_error(kind, client.label))
+            return _refused(ctx, client, err)
         return EndSessionResponse(ended=session_id)
 
     @bentoml.api(input_spec=StopRequest)
@@ -236,8 +241,7 @@ class RnnText:
         try:
             await self.generation.stop(session_id, client)
         except ClientError as err:
-            ctx.response.status_code = err.status
-            return error_response(err, lambda kind: _count_error(kind, client.label))
+            return _refused(ctx, client, err)
         return StopResponse(session_id=session_id)
 
     @bentoml.api(input_spec=SCHEMAS.ScoreRequest)
@@ -258,8 +262,7 @@ class RnnText:
         try:
             records, unknown = await self.generation.score(job, client)
         except ClientError as err:
-            ctx.response.status_code = err.status
-            return error_response(err, lambda kind: _count_error(kind, client.label))
+            return _refused(ctx, client, err)
         total = sum(r.logprob for r in records)
         vocab = self.generation.runtime.vocab
         # no "logprobs": null: BentoML's client reads an optional list as a list (_bentoml_sdk/method.py keeps the

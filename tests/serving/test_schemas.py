@@ -127,7 +127,7 @@ def test_generate_defaults_come_from_the_settings():
         None,
         False,
     )
-    assert r.sampling() == {"temperature": 1.0, "top_k": None, "top_p": 1.0}
+    assert r.stop is None
 
 
 def openai_reply(body: bytes) -> dict | None:
