@@ -176,23 +176,24 @@ class Completer:
         lps: list[list[Any]] = [[] for _ in self.tickets]
         dones: list[Done | None] = [None] * len(self.tickets)
         echoed = [False] * len(self.tickets)
-        async for i, e in self.events():
-            if isinstance(e, Prompt):
-                text, lp = self._choice_start(i, choices[i], e.logprobs)
-                texts[i].append(text), lps[i].append(lp)
-                echoed[i] = True
-                continue
-            if not echoed[i]:
-                text, lp = self._choice_start(i, choices[i], None)
-                texts[i].append(text), lps[i].append(lp)
-                echoed[i] = True
-            if isinstance(e, Chunk):
-                texts[i].append(e.text)
-                lps[i].append(choices[i].logprobs(e.text, e.logprobs))
-            elif isinstance(e, Done):
-                if e.error is not None:
-                    raise e.error
-                dones[i] = e
+        async with aclosing(self.events()) as events:
+            async for i, e in events:
+                if isinstance(e, Prompt):
+                    text, lp = self._choice_start(i, choices[i], e.logprobs)
+                    texts[i].append(text), lps[i].append(lp)
+                    echoed[i] = True
+                    continue
+                if not echoed[i]:
+                    text, lp = self._choice_start(i, choices[i], None)
+                    texts[i].append(text), lps[i].append(lp)
+                    echoed[i] = True
+                if isinstance(e, Chunk):
+                    texts[i].append(e.text)
+                    lps[i].append(choices[i].logprobs(e.text, e.logprobs))
+                elif isinstance(e, Done):
+                    if e.error is not None:
+                        raise e.error
+                    dones[i] = e
         body = {
             **self.head,
             "choices": [
@@ -228,22 +229,23 @@ class Completer:
             }
             return b"data: " + json.dumps(doc, ensure_ascii=False).encode() + b"\n\n"
 
-        async for i, e in self.events():
-            if not echoed[i]:
-                echoed[i] = True
-                if self.echo:
-                    text, lp = self._choice_start(i, choices[i], e.logprobs if isinstance(e, Prompt) else None)
-                    yield chunk(i, text, lp)
-            if isinstance(e, Chunk):
-                yield chunk(i, e.text, choices[i].logprobs(e.text, e.logprobs))
-            elif isinstance(e, Done):
-                if e.error is not None:
-                    err = openai_body(e.error.status, e.error.kind, e.error.message)
-                    yield b"data: " + json.dumps(err).encode() + b"\n\n"
-                    yield b"data: [DONE]\n\n"
-                    return
-                dones.append(e)
-                yield chunk(i, "", None, "length" if e.reason == "length" else "stop", e.stop)
+        async with aclosing(self.events()) as events:  # closed with this one: the client has gone
+            async for i, e in events:
+                if not echoed[i]:
+                    echoed[i] = True
+                    if self.echo:
+                        text, lp = self._choice_start(i, choices[i], e.logprobs if isinstance(e, Prompt) else None)
+                        yield chunk(i, text, lp)
+                if isinstance(e, Chunk):
+                    yield chunk(i, e.text, choices[i].logprobs(e.text, e.logprobs))
+                elif isinstance(e, Done):
+                    if e.error is not None:
+                        err = openai_body(e.error.status, e.error.kind, e.error.message)
+                        yield b"data: " + json.dumps(err).encode() + b"\n\n"
+                        yield b"data: [DONE]\n\n"
+                        return
+                    dones.append(e)
+                    yield chunk(i, "", None, "length" if e.reason == "length" else "stop", e.stop)
         if include_usage:
             doc = {**self.head, "choices": [], "usage": self.usage(dones)}
             yield b"data: " + json.dumps(doc).encode() + b"\n\n"

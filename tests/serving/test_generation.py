@@ -252,3 +252,28 @@ def test_score_reads_a_session_without_changing_it(runtime):
         assert all(len(r.top) == 1 for r in records)
 
     run(runtime, go)
+
+
+def test_completion_choices_stream_side_by_side_and_are_given_back_when_the_client_leaves(runtime):
+    from serving import completions
+
+    async def go(gen, store):
+        body = {"prompt": ["a", "b"], "n": 2, "max_tokens": 10**7, "stream": True, "temperature": 0.0}
+        run_ = await completions.begin(gen, body, "m")
+        assert gen.stepper.active == 4
+        chunks = run_.stream()
+        first = json.loads((await chunks.__anext__())[len(b"data: ") :])
+        assert first["object"] == "text_completion" and first["choices"][0]["finish_reason"] is None
+        await chunks.aclose()  # the client went away mid-stream
+        assert gen.stepper.active == 0
+        never = await completions.begin(gen, body, "m")  # a response never started (service.CompletionStream)
+        await never.release()
+        assert gen.stepper.active == 0
+        with pytest.raises(ClientError) as info:
+            await completions.begin(gen, {**body, "model": "gpt-4"}, "m")
+        assert (info.value.status, info.value.kind) == (404, "model_not_found")
+        with pytest.raises(ClientError) as info:  # the fifth choice finds no slot: the four begun are given back
+            await completions.begin(gen, {**body, "prompt": ["a", "b", "c"]}, "m")
+        assert (info.value.status, info.value.kind, gen.stepper.active) == (503, "overloaded", 0)
+
+    run(runtime, go)
