@@ -29,7 +29,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from runtime.logprobs import LN2
+from runtime.logprobs import bits_per_char
 
 from . import __version__, completions, model_store, openai_schemas, openapi, pages, patches
 from .board import WorkerBoard
@@ -269,7 +269,7 @@ class RnnText:
         # first member of the union) and fails on null; a missing field it leaves out
         scored = ScoreResponse(
             chars=len(records),
-            bits_per_char=-total / len(records) / LN2,
+            bits_per_char=bits_per_char(records),
             logprob=total,
             unknown=unknown,
             logprobs=[

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from runtime.logprobs import log_softmax
 from training.common.cli import UserError
 from training.common.files import read_text
 
@@ -32,12 +33,6 @@ def add_arguments(p) -> None:
         choices=["auto", "fp32", "int8"],
         help="which exported graphs to score (auto: what serving picks, int8 on CPU when accepted)",
     )
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = z - z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
 def bits_per_char(runtime, ids: np.ndarray, streams: int = 64, context: int = 256) -> float:
