@@ -31,6 +31,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from .gate import OPENAI_PREFIX
+
 OPENAPI_VERSION = "3.1.0"
 TITLE = "rnntext: BBC News topics and Sherlock Holmes text"
 DESCRIPTION = """\
@@ -164,8 +166,7 @@ OPERATIONS = {  # operation -> the statuses it answers beyond 200 and BODY_STATU
     "completions": (404, 409),
     "info": (),
 }
-PATHS = {"completions": "/v1/completions"}  # operations not served at /<name>
-OPENAI_OPERATIONS = frozenset({"completions"})  # errors in OpenAI's shape (OpenAIError)
+PATHS = {"completions": "/v1/completions"}  # operations not served at /<name>; under /v1/ errors are OpenAI's
 SSE_EXAMPLE = (
     'data: {"text": "I have no doubt"}\n\n'
     'data: {"done": true, "chars": 15, "session_id": "Wm1pX0l8n2rXq6yZJ0cF3c2Yb2sVh1Qe"}\n\n'
@@ -261,6 +262,7 @@ def _openai(response: dict[str, Any]) -> dict[str, Any]:
 def _finish_operation(
     op: dict[str, Any], name: str, request: type[BaseModel] | None, response: Any, keyed: bool
 ) -> None:
+    openai = PATHS.get(name, f"/{name}").startswith(OPENAI_PREFIX)  # answered in OpenAI's shape (serving/gate.py)
     if request is not None:
         # an empty /generate body is all defaults: a new 200-character text from nothing
         required = any(f.is_required() for f in request.model_fields.values())
@@ -321,7 +323,7 @@ def _finish_operation(
                 "requestBody": {"session_id": session},
             },
         }
-    elif name in OPENAI_OPERATIONS:
+    elif openai:
         ok["description"] = (
             "the completion; with `stream`, server-sent `data: <Completion chunk>` events ending with "
             "`data: [DONE]` (a failure after the stream started: `data: <OpenAIError>`)"
@@ -343,7 +345,7 @@ def _finish_operation(
     statuses = sorted({*BODY_STATUSES, *OPERATIONS[name], 429, 503, *((401,) if keyed else ())})
     for status in statuses:
         responses[str(status)] = copy.deepcopy(ERRORS[status])
-        if name in OPENAI_OPERATIONS:
+        if openai:
             _openai(responses[str(status)])
     responses["500"] = {
         "description": "a defect in this service: please report it",

@@ -34,7 +34,7 @@ from runtime.logprobs import bits_per_char
 from . import __version__, completions, model_store, openai_schemas, openapi, pages, patches
 from .board import WorkerBoard
 from .config import Settings
-from .errors import ClientError, error_response, openai_body
+from .errors import ClientError, error_response
 from .gate import Gate, client_of
 from .jobs import Job
 from .schemas import (
@@ -74,6 +74,9 @@ if os.environ.get("RNNTEXT_RUN_DIR") and bentoml.server_context.worker_index:
 patches.install(SETTINGS, board=BOARD)
 
 
+STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # event streams: no cache, no proxy buffer
+
+
 def _svc():
     return bentoml.get_current_service()
 
@@ -97,11 +100,11 @@ def _client(ctx: bentoml.Context):
     return _svc().state.directory.lookup(client_of(ctx.request.headers))
 
 
-def _refused(ctx: bentoml.Context, client, err: ClientError) -> JSONResponse:
-    """The JSON error answer of an endpoint, counted. With a ctx parameter BentoML gives every response ctx's
-    status (_bentoml_impl/server/app.py), so it is set there too."""
+def _refused(ctx: bentoml.Context, client, err: ClientError, openai: bool = False) -> JSONResponse:
+    """The JSON error answer of an endpoint (OpenAI's shape with ``openai``), counted. With a ctx parameter BentoML
+    gives every response ctx's status (_bentoml_impl/server/app.py), so it is set there too."""
     ctx.response.status_code = err.status
-    return error_response(err, lambda kind: _count_error(kind, client.label))
+    return error_response(err, lambda kind: _count_error(kind, client.label), openai=openai)
 
 
 async def info_get(request) -> JSONResponse:
@@ -204,7 +207,8 @@ class RnnText:
     @bentoml.api(input_spec=SCHEMAS.GenerateRequest)
     async def generate(self, ctx: bentoml.Context, **request: Any) -> AsyncGenerator[str, None]:
         """Sherlock Holmes-style text, streamed as server-sent events: ``data: {"text": ...}`` chunks, then
-        ``data: {"done": true, "chars": N}`` (with ``session_id`` when ``keep_session``). With a kept session
+        ``data: {"done": true, "chars": N, "finish_reason": ...}`` (with ``session_id`` when ``keep_session``,
+        ``stop`` when a stop sequence ended it). With a kept session
         the next request continues exactly where this one stopped."""
         client = _client(ctx)
         try:
@@ -215,7 +219,7 @@ class RnnText:
             ctx.response.headers.update({"content-type": "application/json", **(err.headers() or {})})
             yield json.dumps(err.body())
             return
-        ctx.response.headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
+        ctx.response.headers.update(STREAM_HEADERS)
         if ticket.kept:  # the kept session's id before the stream ends (serving/openapi.py links to it)
             ctx.response.headers[openapi.SESSION_HEADER] = ticket.kept
         async for event in self.generation.events(ticket):
@@ -293,14 +297,11 @@ class RnnText:
             if run.tickets[0].kept:
                 headers[openapi.SESSION_HEADER] = run.tickets[0].kept
             if request["stream"]:
-                headers.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
+                headers.update(STREAM_HEADERS)
                 return CompletionStream(run, headers)
             return JSONResponse(await run.body(), headers=headers)
         except ClientError as err:
-            _count_error(err.kind, client.label)
-            ctx.response.status_code = err.status
-            body = openai_body(err.status, err.kind, err.message)
-            return JSONResponse(body, status_code=err.status, headers=err.headers())
+            return _refused(ctx, client, err, openai=True)
 
     @bentoml.api
     async def info(self, ctx: bentoml.Context) -> Info:
