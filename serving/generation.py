@@ -180,7 +180,7 @@ class Generation:
                 before = held.released
                 text = held.push("".join(i for i in items if isinstance(i, str)))
                 if ended:
-                    text += held.finish(stream.stop_hit if stream.reason == "stop" else None)
+                    text += held.finish(stream.stop_hit)  # set only when a stop sequence ended it
                 if text:
                     lps = None
                     if job.top is not None:
@@ -267,11 +267,12 @@ class Generation:
         return client.limits.sessions if client.limits is not None else 0
 
     async def _finish(self, t: Ticket) -> None:
-        """Save the session under ``t.kept`` (keep_session), or drop a continued one."""
+        """Save the session under ``t.kept`` (keep_session), or drop a continued one; a read-only job neither."""
         stream, job = t.stream, t.job
-        if job.readonly:
-            pass
-        elif t.kept is not None:
+        if job.readonly:  # POST /score: the session is only read
+            t.finished = True
+            return
+        if t.kept is not None:
             self.runtime.save_rng(stream.state, stream.rng)
             # at its session quota, the client's own least recently saved idle session makes room (docs/serving.md)
             await self.store.save(

@@ -76,7 +76,6 @@ class Ticket:
     released: bool = False
     kept: str | None = None  # with keep_session: the id the session is saved under (known before the stream)
     locked: str | None = None  # the session this stream holds the lock of (continued, or kept new)
-    placeholder: bool = (
-        False  # a new kept session saved at begin (so that /stop knows its owner): dropped unless finished
-    )
+    # a new kept session saved at begin (so that /stop knows its owner): dropped unless the stream finished
+    placeholder: bool = False
     finished: bool = False

@@ -138,17 +138,13 @@ class Stepper:
             if first_logprob is not None:
                 stream.logprobs.append(first_logprob)
             stream.wrote(first)
+            stream.pending.clear()
+            stream.out.put_nowait(first)
         elif not stream.forcing and max_chars <= 0:
             stream.reason = "length"
         if stream.reason is not None:  # done already: never stepped
-            stream.pending.clear()
-            if first is not None:
-                stream.out.put_nowait(first)
             self._deliver([(stream, "", True)])
             return stream
-        if first is not None:
-            stream.pending.clear()
-            stream.out.put_nowait(first)
         with self._lock:
             if len(self._active) >= self.max_streams:
                 raise StepperFull(f"all {self.max_streams} generation slots are busy")
