@@ -23,7 +23,6 @@ vLLM (docs/serving.md "OpenAI-compatible API" lists it all):
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,9 +33,11 @@ from runtime.logprobs import CharLogprob
 
 from .clients import Client
 from .errors import ClientError, openai_body
-from .generation import Generation
+from .generation import Generation, sse
 from .jobs import ANONYMOUS, Chunk, Done, Job, Prompt, Ticket
 from .schemas import MAX_SEED
+
+DONE = b"data: [DONE]\n\n"
 
 
 def jobs(req: dict[str, Any], model_id: str) -> tuple[list[str], list[Job]]:
@@ -76,8 +77,8 @@ def jobs(req: dict[str, Any], model_id: str) -> tuple[list[str], list[Job]]:
 class Choice:
     """One choice's text and log-probabilities as they are built (offsets run over the echoed prompt too)."""
 
-    def __init__(self, index: int, vocab: list[str]):
-        self.index, self.vocab, self.offset = index, vocab, 0
+    def __init__(self, vocab: list[str]):
+        self.vocab, self.offset = vocab, 0
 
     def logprobs(self, chars: str, records: list[CharLogprob] | None) -> dict[str, Any] | None:
         if records is None:
@@ -126,14 +127,6 @@ class Completer:
 
     async def events(self) -> AsyncIterator[tuple[int, Any]]:
         """Every ticket's events as (choice index, event), as they come; all tickets released at the end."""
-        if len(self.tickets) == 1:
-            try:
-                async with aclosing(self.gen.run(self.tickets[0])) as events:
-                    async for e in events:
-                        yield 0, e
-            finally:
-                await self.gen.release(self.tickets[0])
-            return
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(i: int, t: Ticket) -> None:
@@ -157,43 +150,38 @@ class Completer:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for t in self.tickets:
-                await self.gen.release(t)
+            await self.release()
 
-    def _choice_start(self, i: int, choice: Choice, prompt_records: list[CharLogprob] | None) -> tuple[str, Any]:
-        """The echoed prompt of choice ``i``: its text and log-probabilities (when asked)."""
-        if not self.echo:
-            return "", None
-        prompt = self.choice_prompt[i]
-        want = self.req.get("logprobs") is not None
-        return prompt, choice.logprobs(prompt, prompt_records if want else None)
+    async def pieces(self) -> AsyncIterator[tuple[int, str, dict[str, Any] | None, Done | None]]:
+        """(choice, text, its OpenAI logprobs or None, None) as each choice's text comes, the echoed prompt first;
+        then (choice, "", None, Done) when it ends."""
+        choices = [Choice(self.gen.runtime.vocab) for _ in self.tickets]
+        echoed = [not self.echo] * len(self.tickets)
+        async with aclosing(self.events()) as events:  # closed with this one: the client has gone
+            async for i, e in events:
+                if not echoed[i]:  # a Prompt comes first when the prompt's log-probabilities were asked for
+                    echoed[i] = True
+                    prompt = self.choice_prompt[i]
+                    yield i, prompt, choices[i].logprobs(prompt, e.logprobs if isinstance(e, Prompt) else None), None
+                if isinstance(e, Chunk):
+                    yield i, e.text, choices[i].logprobs(e.text, e.logprobs), None
+                elif isinstance(e, Done):
+                    yield i, "", None, e
 
     async def body(self) -> dict[str, Any]:
         """The non-streamed response; a ClientError when a choice failed."""
-        vocab = self.gen.runtime.vocab
-        choices = [Choice(i, vocab) for i in range(len(self.tickets))]
         texts: list[list[str]] = [[] for _ in self.tickets]
         lps: list[list[Any]] = [[] for _ in self.tickets]
         dones: list[Done | None] = [None] * len(self.tickets)
-        echoed = [False] * len(self.tickets)
-        async with aclosing(self.events()) as events:
-            async for i, e in events:
-                if isinstance(e, Prompt):
-                    text, lp = self._choice_start(i, choices[i], e.logprobs)
-                    texts[i].append(text), lps[i].append(lp)
-                    echoed[i] = True
-                    continue
-                if not echoed[i]:
-                    text, lp = self._choice_start(i, choices[i], None)
-                    texts[i].append(text), lps[i].append(lp)
-                    echoed[i] = True
-                if isinstance(e, Chunk):
-                    texts[i].append(e.text)
-                    lps[i].append(choices[i].logprobs(e.text, e.logprobs))
-                elif isinstance(e, Done):
-                    if e.error is not None:
-                        raise e.error
-                    dones[i] = e
+        async with aclosing(self.pieces()) as pieces:
+            async for i, text, lp, done in pieces:
+                if done is None:
+                    texts[i].append(text)
+                    lps[i].append(lp)
+                elif done.error is not None:
+                    raise done.error
+                else:
+                    dones[i] = done
         body = {
             **self.head,
             "choices": [
@@ -201,7 +189,7 @@ class Completer:
                     "index": i,
                     "text": "".join(texts[i]),
                     "logprobs": merge_logprobs(lps[i]) if self.req.get("logprobs") is not None else None,
-                    "finish_reason": "length" if d.reason == "length" else "stop",
+                    "finish_reason": finish_reason(d),
                     "stop_reason": d.stop,
                 }
                 for i, d in enumerate(dones)
@@ -214,42 +202,33 @@ class Completer:
 
     async def stream(self) -> AsyncIterator[bytes]:
         """``data: <chunk>`` server-sent events, the usage chunk when asked, then ``data: [DONE]``."""
-        vocab = self.gen.runtime.vocab
         include_usage = bool((self.req.get("stream_options") or {}).get("include_usage"))
         extra = {"usage": None} if include_usage else {}
-        choices = [Choice(i, vocab) for i in range(len(self.tickets))]
-        echoed = [False] * len(self.tickets)
         dones: list[Done] = []
 
         def chunk(i: int, text: str, lp: Any, finish: str | None = None, stop: str | None = None) -> bytes:
-            doc = {
-                **self.head,
-                "choices": [{"index": i, "text": text, "logprobs": lp, "finish_reason": finish, "stop_reason": stop}],
-                **extra,
-            }
-            return b"data: " + json.dumps(doc, ensure_ascii=False).encode() + b"\n\n"
+            choice = {"index": i, "text": text, "logprobs": lp, "finish_reason": finish, "stop_reason": stop}
+            return sse({**self.head, "choices": [choice], **extra})
 
-        async with aclosing(self.events()) as events:  # closed with this one: the client has gone
-            async for i, e in events:
-                if not echoed[i]:
-                    echoed[i] = True
-                    if self.echo:
-                        text, lp = self._choice_start(i, choices[i], e.logprobs if isinstance(e, Prompt) else None)
-                        yield chunk(i, text, lp)
-                if isinstance(e, Chunk):
-                    yield chunk(i, e.text, choices[i].logprobs(e.text, e.logprobs))
-                elif isinstance(e, Done):
-                    if e.error is not None:
-                        err = openai_body(e.error.status, e.error.kind, e.error.message)
-                        yield b"data: " + json.dumps(err).encode() + b"\n\n"
-                        yield b"data: [DONE]\n\n"
-                        return
-                    dones.append(e)
-                    yield chunk(i, "", None, "length" if e.reason == "length" else "stop", e.stop)
+        async with aclosing(self.pieces()) as pieces:
+            async for i, text, lp, done in pieces:
+                if done is None:
+                    yield chunk(i, text, lp)
+                elif done.error is not None:
+                    yield sse(openai_body(done.error.status, done.error.kind, done.error.message))
+                    yield DONE
+                    return
+                else:
+                    dones.append(done)
+                    yield chunk(i, "", None, finish_reason(done), done.stop)
         if include_usage:
-            doc = {**self.head, "choices": [], "usage": self.usage(dones)}
-            yield b"data: " + json.dumps(doc).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
+            yield sse({**self.head, "choices": [], "usage": self.usage(dones)})
+        yield DONE
+
+
+def finish_reason(done: Done) -> str:
+    """OpenAI's two reasons: a stop sequence and POST /stop are both "stop"."""
+    return "length" if done.reason == "length" else "stop"
 
 
 async def begin(gen: Generation, req: dict[str, Any], model_id: str, client: Client = ANONYMOUS) -> Completer:
