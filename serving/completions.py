@@ -34,7 +34,7 @@ from runtime.logprobs import CharLogprob
 from .clients import Client
 from .errors import ClientError, openai_body
 from .generation import Generation, sse
-from .jobs import ANONYMOUS, Chunk, Done, Job, Prompt, Ticket
+from .jobs import ANONYMOUS, Chunk, Done, Job, Prompt, Ticket, stops
 from .schemas import MAX_SEED
 
 DONE = b"data: [DONE]\n\n"
@@ -48,8 +48,7 @@ def jobs(req: dict[str, Any], model_id: str) -> tuple[list[str], list[Job]]:
         )
     prompts = [req["prompt"]] if isinstance(req["prompt"], str) else list(req["prompt"])
     n = req.get("n", 1)
-    stop = req.get("stop")
-    stop = tuple([stop] if isinstance(stop, str) else stop or ())
+    stop = stops(req.get("stop"))
     seed, top_k, sid = req.get("seed"), req.get("top_k"), req.get("session_id")
     out = []
     for prompt in prompts:

@@ -38,7 +38,6 @@ from .errors import (
     unknown_session,
 )
 from .jobs import ANONYMOUS, Chunk, Done, Job, Prompt, Ticket
-from .schemas import GenerateFields
 from .sessions import SessionBusy, StoreUnavailable, decode_state, encode_state, new_session_id
 from .stepper import Stepper, StepperFull
 
@@ -66,8 +65,7 @@ class Generation:
         self.quotas = quotas  # serving/quotas.py: the clients' stream slots (None: no per-client quota)
         self.running: dict[str, Ticket] = {}  # this worker's streams with a session, by session id (for stop)
 
-    async def begin(self, req: GenerateFields | Job, client: Client = ANONYMOUS) -> Ticket:
-        job = req if isinstance(req, Job) else Job.of(req)
+    async def begin(self, job: Job, client: Client = ANONYMOUS) -> Ticket:
         if self.stepper.active >= self.stepper.max_streams:  # fail fast, before any work
             raise overloaded(f"all {self.stepper.max_streams} generation slots are busy")
         token, state, sid, slot, locked, kept, placeholder = None, None, job.session_id, None, None, None, False

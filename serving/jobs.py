@@ -10,10 +10,14 @@ from runtime.logprobs import CharLogprob
 
 from .clients import Client
 from .errors import ClientError
-from .schemas import GenerateFields
 from .stepper import Stream
 
 ANONYMOUS = Client("local", False, None)  # unit tests and callers without clients: no quotas
+
+
+def stops(value: str | list[str] | None) -> tuple[str, ...]:
+    """The ``stop`` field of either API (a string, a list or null) as a tuple of stop sequences."""
+    return (value,) if isinstance(value, str) else tuple(value or ())
 
 
 @dataclass
@@ -35,10 +39,9 @@ class Job:
     readonly: bool = False  # the session is read, never saved nor deleted (POST /score)
 
     @classmethod
-    def of(cls, req: GenerateFields) -> Job:
-        """The job of a /generate request."""
-        stop = req.stop if isinstance(req.stop, list) else [req.stop] if req.stop else []
-        return cls(**req.model_dump(exclude={"stop"}), stop=tuple(stop))
+    def of(cls, request: dict[str, Any]) -> Job:
+        """The job of a /generate request (its validated fields)."""
+        return cls(**{**request, "stop": stops(request.get("stop"))})
 
     def sampling(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}

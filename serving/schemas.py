@@ -118,21 +118,6 @@ class ScoreResponse(BaseModel):
     logprobs: list[CharScore] | None = Field(None, description="per character, when logprobs was true")
 
 
-class GenerateFields(BaseModel):
-    """The /generate body as the generation code uses it (limits checked by the API's own model)."""
-
-    model_config = STRICT
-    prompt: str = ""
-    max_chars: int = 200
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float = 1.0
-    seed: int | None = None
-    session_id: str | None = None
-    keep_session: bool = False
-    stop: str | list[str] | None = None
-
-
 class Schemas:
     """The request models whose limits are settings."""
 
@@ -158,7 +143,7 @@ class Schemas:
         )
         self.GenerateRequest = create_model(
             "GenerateRequest",
-            __base__=GenerateFields,
+            __config__=STRICT,
             __doc__="One streamed generation (server-sent events).",
             prompt=(
                 str,

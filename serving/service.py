@@ -41,7 +41,6 @@ from .schemas import (
     CharScore,
     EndSessionRequest,
     EndSessionResponse,
-    GenerateFields,
     Info,
     Prediction,
     Schemas,
@@ -212,7 +211,7 @@ class RnnText:
         the next request continues exactly where this one stopped."""
         client = _client(ctx)
         try:
-            ticket = await self.generation.begin(GenerateFields.model_construct(**request), client)
+            ticket = await self.generation.begin(Job.of(request), client)
         except ClientError as err:  # before the first byte: a JSON error with its own status
             _count_error(err.kind, client.label)
             ctx.response.status_code = err.status

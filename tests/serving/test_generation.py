@@ -12,7 +12,7 @@ from runtime.generator import GeneratorRuntime
 from serving.app_state import model_tag
 from serving.errors import ClientError
 from serving.generation import Generation
-from serving.schemas import GenerateFields as GenerateRequest
+from serving.jobs import Job
 from serving.sessions import MemoryStore
 from serving.stepper import Stepper
 
@@ -36,7 +36,7 @@ def run(runtime, test, max_streams: int = 4) -> None:
     asyncio.run(main())
 
 
-def req(**kw) -> GenerateRequest:
+def req(**kw) -> Job:
     base = dict(
         prompt="the ",
         max_chars=20,
@@ -47,10 +47,10 @@ def req(**kw) -> GenerateRequest:
         session_id=None,
         keep_session=False,
     )
-    return GenerateRequest(**{**base, **kw})
+    return Job.of({**base, **kw})
 
 
-async def run_all(gen: Generation, r: GenerateRequest) -> list[dict]:
+async def run_all(gen: Generation, r: Job) -> list[dict]:
     ticket = await gen.begin(r)
     return [json.loads(e[len(b"data: ") :]) async for e in gen.events(ticket)]
 
@@ -229,7 +229,6 @@ def test_a_stop_sequence_is_not_returned_and_the_session_has_read_it(runtime):
 
 def test_score_reads_a_session_without_changing_it(runtime):
     from runtime.logprobs import log_softmax
-    from serving.generation import Job
 
     async def go(gen, store):
         sid = (await run_all(gen, req(keep_session=True)))[-1]["session_id"]
