@@ -295,6 +295,26 @@ def main(argv: list[str] | None = None) -> int:
     stats = read_stats(stats_path)
     missed = check(stats, mem, slo, args.max_growth_mb)
 
+    print_stats(stats, slo)
+    print_memory(mem, warmup, args.max_growth_mb)
+    summary = {
+        "profile": "default",
+        "url": url,
+        "users": args.users,
+        "duration_s": args.duration,
+        "slo_p95_ms": slo,
+        "memory": mem,
+        "missed": missed,
+        "locust_exit_code": rc,
+        "endpoints": endpoint_summary(stats),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nreports: {out}/ (report.html, locust_stats.csv, rss.csv, summary.json)")
+    return verdict(missed)
+
+
+def print_stats(stats: list[dict], slo: dict[str, float]) -> None:
+    """locust's statistics (``read_stats``) as a table, with each endpoint's p95 objective (also cluster_load)."""
     print(
         f"\n{'type':<5} {'endpoint':<28} {'reqs':>6} {'fails':>5} {'rps':>6} {'p50':>6} {'p95':>6} "
         f"{'p99':>6} {'p95 SLO':>8}"
@@ -306,31 +326,21 @@ def main(argv: list[str] | None = None) -> int:
             f"{float(row['Requests/s']):6.1f} {row['50%']:>6} {row['95%']:>6} {row['99%']:>6} "
             f"{slo.get(name, ''):>8}"
         )
-    print_memory(mem, warmup, args.max_growth_mb)
-    summary = {
-        "profile": "default",
-        "url": url,
-        "users": args.users,
-        "duration_s": args.duration,
-        "slo_p95_ms": slo,
-        "memory": mem,
-        "missed": missed,
-        "locust_exit_code": rc,
-        "endpoints": {
-            r["Name"]: {
-                "requests": int(r["Request Count"]),
-                "failures": int(r["Failure Count"]),
-                "rps": float(r["Requests/s"]),
-                "p50_ms": float(r["50%"]),
-                "p95_ms": float(r["95%"]),
-                "p99_ms": float(r["99%"]),
-            }
-            for r in stats
-        },
+
+
+def endpoint_summary(stats: list[dict]) -> dict:
+    """summary.json's ``endpoints``: locust's statistics per name (also cluster_load)."""
+    return {
+        r["Name"]: {
+            "requests": int(r["Request Count"]),
+            "failures": int(r["Failure Count"]),
+            "rps": float(r["Requests/s"]),
+            "p50_ms": float(r["50%"]),
+            "p95_ms": float(r["95%"]),
+            "p99_ms": float(r["99%"]),
+        }
+        for r in stats
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\nreports: {out}/ (report.html, locust_stats.csv, rss.csv, summary.json)")
-    return verdict(missed)
 
 
 def print_memory(mem: dict, warmup: float, max_growth_mb: float) -> None:

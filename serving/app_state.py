@@ -246,7 +246,13 @@ class AppState:
     async def ready(self) -> bool:
         """Ready to classify: warmed up. The session store is not asked (/readyz/sessions is): a load balancer
         must not stop sending /classify, which needs no store, because Redis is down."""
-        return self._ready
+        return self._ready and not self.generation.draining
+
+    async def drain(self, hurry: asyncio.Event | None = None) -> None:
+        """SIGTERM (serving/patches/drain.py): readiness 503 and no new streams from now on; running streams
+        finish within RNNTEXT_DRAIN_S, or are stopped then with their sessions saved."""
+        stopped = await self.generation.drain(self.settings.drain_s, hurry)
+        log.info("worker %s drained (%d stream(s) stopped at the limit)", self.worker, stopped)
 
     async def sessions_ready(self) -> bool:
         return self._ready and await self.store.ping()
@@ -273,7 +279,10 @@ class AppState:
         caller = self.directory.lookup(client) if client else None
         s = self.settings
         return {
-            "ready": self._ready,
+            "ready": await self.ready(),
+            "draining": self.generation.draining,
+            "replica": s.replica,
+            "server_pid": os.getppid() if self.worker else os.getpid(),
             "batcher_warm": self.batcher_warm,
             "worker": self.worker,
             "pid": os.getpid(),

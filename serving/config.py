@@ -8,6 +8,7 @@ module. A value the service cannot use stops it with one line naming the variabl
 from __future__ import annotations
 
 import os
+import socket
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -126,6 +127,20 @@ class Settings(BaseModel):
         description="key prefix, so that deployments can share one Redis database",
     )
     warmup: bool = Field(True, alias="RNNTEXT_WARMUP")
+    drain_s: float = Field(
+        30.0,
+        ge=0,
+        allow_inf_nan=False,
+        alias="RNNTEXT_DRAIN_S",
+        description="on SIGTERM, how long running streams may finish before they are stopped (their sessions saved)",
+    )
+    replica: str = Field(
+        "",
+        max_length=64,
+        pattern=r"^[\x21-\x7e]*$",
+        alias="RNNTEXT_REPLICA",
+        description="this server's name in X-Rnntext-Replica and /info; empty = the host name (a pod's name)",
+    )
     read_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False, alias="RNNTEXT_READ_TIMEOUT_S")
     max_connections: int = Field(1000, ge=1, alias="RNNTEXT_MAX_CONNECTIONS")
     tracing: bool = Field(False, alias="RNNTEXT_TRACING")
@@ -160,6 +175,8 @@ class Settings(BaseModel):
             self.models = ROOT / self.models
         if self.workers == 0:
             self.workers = default_workers(self.provider)
+        if not self.replica:
+            self.replica = socket.gethostname()[:64] or "rnntext"
         # per-client shares of the global caps (docs/serving.md "Clients, quotas and limits")
         self.client_max_streams = self.client_max_streams or max(1, self.max_streams // 4)
         self.client_max_sessions = self.client_max_sessions or max(1, self.max_sessions // 10)

@@ -74,6 +74,13 @@ def overloaded(message: str) -> ClientError:
     return ClientError(503, "overloaded", message)
 
 
+def draining() -> ClientError:
+    """503 for a new stream on a server that is shutting down (SIGTERM): another replica takes it."""
+    return ClientError(
+        503, "draining", "this server is shutting down and takes no new streams; retry (another replica will serve it)"
+    )
+
+
 def openai_body(status: int, kind: str, message: str, param: str | None = None) -> dict[str, Any]:
     """OpenAI's error body (``/v1/`` routes): ``type`` from the status as OpenAI names it, ``code`` the kind."""
     return {

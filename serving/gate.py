@@ -21,8 +21,8 @@
   service's ``{"error", "kind"}`` shape (serving/errors.py ``normalize``);
 * under ``/v1/`` (the OpenAI-compatible API) every error body is OpenAI's ``{"error": {"message", "type", "param",
   "code"}}``, the same errors with the same statuses (``code`` is the kind);
-* ``X-Rnntext-Worker: <worker index>`` on every response, so that a client (and the tests) can see which
-  worker served it.
+* ``X-Rnntext-Worker: <worker index>`` and ``X-Rnntext-Replica: <RNNTEXT_REPLICA>`` on every response, so that a
+  client (and the tests, behind a load balancer) can see which worker of which replica served it.
 """
 
 from __future__ import annotations
@@ -106,8 +106,10 @@ class Gate:
         worker: Callable[[], Any] | None = None,
         quotas: Callable[[], Any] | None = None,
         access_log: bool = False,
+        replica: str = "",
     ):
         self.app = app
+        self._replica = ((b"x-rnntext-replica", replica.encode()),) if replica else ()
         self.directory = directory
         self.max_body_bytes, self.read_timeout_s = max_body_bytes, read_timeout_s
         self.on_error = on_error  # counts errors by kind and client (metrics)
@@ -239,7 +241,7 @@ class Gate:
         paths, rewrites BentoML's own 4xx bodies."""
         held: dict | None = None
         chunks: list[bytes] = []
-        extra = (self._header(), NOSNIFF, *(PAGE_HEADERS if page else ()))
+        extra = (self._header(), *self._replica, NOSNIFF, *(PAGE_HEADERS if page else ()))
 
         async def tagged(message: dict) -> None:
             nonlocal held

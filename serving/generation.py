@@ -30,6 +30,7 @@ from runtime.logprobs import CharLogprob, StopText, char_logprob
 from .clients import Client
 from .errors import (
     ClientError,
+    draining,
     not_generating,
     overloaded,
     quota_exceeded,
@@ -64,8 +65,12 @@ class Generation:
         self.model_tag, self.metrics = model_tag, metrics
         self.quotas = quotas  # serving/quotas.py: the clients' stream slots (None: no per-client quota)
         self.running: dict[str, Ticket] = {}  # this worker's streams with a session, by session id (for stop)
+        self.open = 0  # tickets begun and not yet released (their events not yet ended)
+        self.draining = False  # SIGTERM: no new stream (drain())
 
     async def begin(self, job: Job, client: Client = ANONYMOUS) -> Ticket:
+        if self.draining:
+            raise draining()
         if self.stepper.active >= self.stepper.max_streams:  # fail fast, before any work
             raise overloaded(f"all {self.stepper.max_streams} generation slots are busy")
         token, state, sid, slot, locked, kept, placeholder = None, None, job.session_id, None, None, None, False
@@ -126,6 +131,7 @@ class Generation:
             raise
         self._gauge_streams()
         t = Ticket(job, stream, token, client, slot, kept=kept, locked=locked, placeholder=placeholder)
+        self.open += 1
         if locked is not None:
             self.running[locked] = t
         return t
@@ -246,6 +252,7 @@ class Generation:
         if t.released:
             return
         t.released = True
+        self.open -= 1
         self.stepper.close(t.stream)
         self._gauge_streams()
         if t.locked is not None and self.running.get(t.locked) is t:
@@ -281,6 +288,25 @@ class Generation:
             await self.store.delete(job.session_id)
             await self.update_session_gauge()
         t.finished = True
+
+    async def drain(self, limit_s: float, hurry: asyncio.Event | None = None, grace_s: float = 10.0) -> int:
+        """A server shutting down: refuse new streams (503 ``draining``), let the running ones finish for up to
+        ``limit_s`` (or until ``hurry`` is set), then stop those left at their next character, as POST /stop does:
+        each ends with a done event (``finish_reason`` "stopped") and its kept session saved exactly after its last
+        character. Returns once every stream has ended (or ``grace_s`` after the stop); how many were stopped."""
+        self.draining = True
+        deadline = time.monotonic() + limit_s
+        while self.open and time.monotonic() < deadline and not (hurry is not None and hurry.is_set()):
+            await asyncio.sleep(0.05)
+        stopped = self.stepper.stop_all() if self.open else 0
+        if stopped:
+            log.warning(
+                "drain: %d stream(s) still running after %.0f s stopped; their sessions are saved", stopped, limit_s
+            )
+        deadline = time.monotonic() + grace_s
+        while self.open and time.monotonic() < deadline:  # their done events and saves
+            await asyncio.sleep(0.02)
+        return stopped
 
     async def stop(self, sid: str, client: Client = ANONYMOUS) -> None:
         """End the running stream of one of ``client``'s sessions at the next character boundary (POST /stop)."""

@@ -31,6 +31,13 @@ class Metrics:
         self.streams = prom.Gauge(
             "rnntext_active_streams", "Generation streams running now", multiprocess_mode="livesum"
         )
+        # the adaptive batcher's queue when the model is free to take it (serving/patches/dispatcher.py): what gathered
+        # during the last model call; a sustained value near RNNTEXT_MAX_BATCH_SIZE means add replicas
+        self.classify_queue = prom.Gauge(
+            "rnntext_classify_queue",
+            "/classify requests waiting for the model when a batch starts (adaptive batcher)",
+            multiprocess_mode="livesum",
+        )
         # client: the API key's name, "anonymous" for clients known by address (one series per address would be
         # unbounded), "-" before the client is known (a 401)
         self.errors = prom.Counter(

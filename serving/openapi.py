@@ -62,6 +62,7 @@ Kind = Literal[
     "rate_limited",
     "quota_exceeded",
     "overloaded",
+    "draining",
     "store_unavailable",
     "not_generating",
     "model_not_found",
@@ -152,7 +153,8 @@ ERRORS: dict[int, dict[str, Any]] = {
         **{"Retry-After": RETRY},
     ),
     503: _error(
-        "overloaded or store_unavailable: the service cannot take this request now",
+        "overloaded, draining (the server is shutting down: retry, another replica serves it) or store_unavailable: "
+        "the service cannot take this request now",
         **{"Retry-After": ("seconds to wait before retrying (absent when BentoML itself refuses)", False)},
     ),
 }

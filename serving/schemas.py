@@ -59,6 +59,9 @@ class Info(BaseModel):
     """What this worker serves: readiness, providers and precision, model metadata, sessions, settings."""
 
     ready: bool
+    draining: bool = Field(False, description="shutting down (SIGTERM): /readyz is 503 and new streams are refused")
+    replica: str = Field(description="this server's name (RNNTEXT_REPLICA, else the host name), as X-Rnntext-Replica")
+    server_pid: int = Field(description="the `bentoml serve` main process (signal it to stop or drain the server)")
     batcher_warm: bool
     worker: int | None = Field(description="the BentoML worker (1-based) that answered")
     pid: int = Field(description="the worker's process id")

@@ -37,6 +37,7 @@ from .config import Settings
 from .errors import ClientError, error_response
 from .gate import Gate, client_of
 from .jobs import Job
+from .patches import drain
 from .schemas import (
     CharScore,
     EndSessionRequest,
@@ -70,7 +71,7 @@ if os.environ.get("RNNTEXT_RUN_DIR") and bentoml.server_context.worker_index:
     )
 # every change to BentoML's, uvicorn's and asyncio's behaviour (serving/patches/): checked against the versions
 # they were verified on (else the server refuses to start, in the main process already), then installed
-patches.install(SETTINGS, board=BOARD)
+PATCHES = patches.install(SETTINGS, board=BOARD)
 
 
 STREAM_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # event streams: no cache, no proxy buffer
@@ -182,6 +183,11 @@ class RnnText:
         )
         self.metrics = self.state.metrics
         self.generation = self.state.generation
+        drain.register(self.state.drain)  # what SIGTERM starts in this worker (serving/patches/drain.py)
+        if "dispatcher" in PATCHES:
+            from .patches import dispatcher
+
+            dispatcher.observe_queue(self.metrics.classify_queue.set)
 
     @bentoml.on_deployment
     def _preflight() -> None:
@@ -330,4 +336,5 @@ RnnText.add_asgi_middleware(
     worker=lambda: bentoml.server_context.worker_index,
     quotas=_quotas,
     access_log=SETTINGS.access_log,
+    replica=SETTINGS.replica,
 )

@@ -167,6 +167,12 @@ class Stepper:
         self._wake.set()
         return True
 
+    def stop_all(self) -> int:
+        """``stop`` every running stream (a server draining); how many were running."""
+        with self._lock:
+            streams = list(self._active)
+        return sum(self.stop(s) for s in streams)
+
     def close(self, stream: Stream) -> None:
         """Free the stream's slot now (idempotent); no character is produced for it after this returns."""
         with self._lock:

@@ -12,7 +12,9 @@ issue in its docstring:
 * ``connections`` (connections.py): uvicorn's ``Config.load``, an HTTP protocol with a connection cap, a cap per
   address and a deadline for request heads;
 * ``accept`` (accept.py): asyncio's ``BaseSelectorEventLoop._accept_connection``, one accept per loop turn and a
-  fair share of connections between workers; only in workers, with more than one.
+  fair share of connections between workers; only in workers, with more than one;
+* ``drain`` (drain.py): uvicorn's ``Server.handle_exit``, SIGTERM drains the worker (readiness 503, no new streams,
+  running streams finish up to RNNTEXT_DRAIN_S, then stopped with their sessions saved) before uvicorn shuts down.
 
 ``install(settings, board)`` is called once when serving/service.py is imported (in ``bentoml serve``'s main
 process and in each worker, before BentoML builds its app and uvicorn server). It first asks serving/patches/guard.py
@@ -34,7 +36,7 @@ from typing import Any
 from . import guard
 
 log = logging.getLogger("rnntext.patches")
-NAMES = ("timeout", "api_callers", "tracing", "dispatcher", "connections", "accept")
+NAMES = ("timeout", "api_callers", "tracing", "dispatcher", "connections", "accept", "drain")
 
 
 def wanted(settings: Any) -> list[str]:
@@ -72,6 +74,7 @@ INSTALL: dict[str, Callable[[Any, Any, list[str]], Any]] = {
     "connections": _connections,
     # in a worker only (the board is made there): the main process accepts nothing
     "accept": lambda settings, board, names: board is not None and _module("accept").install(board),
+    "drain": lambda settings, board, names: _module("drain").install(),
 }
 
 

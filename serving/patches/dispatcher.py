@@ -31,6 +31,12 @@ from typing import Any
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
 ORIGINAL: dict[str, Any] = {}
+OBSERVERS: dict[str, Any] = {}  # "queue": called with the number of requests waiting when a batch starts (metrics)
+
+
+def observe_queue(fn: Any) -> None:
+    """``fn(waiting)`` at every batch's start and end: the rnntext_classify_queue gauge (serving/metrics.py)."""
+    OBSERVERS["queue"] = fn
 
 
 class ContinuousDispatcher(CorkDispatcher):
@@ -46,6 +52,8 @@ class ContinuousDispatcher(CorkDispatcher):
                 self._queue.popleft().future.cancel()  # waited past max_latency_ms: BentoML answers 503
             if not self._queue:
                 continue
+            if (observe := OBSERVERS.get("queue")) is not None:
+                observe(len(self._queue))
             self._sema.acquire()
             self._loop.create_task(self.outbound_call(tuple(self._get_inputs())))
 
@@ -53,6 +61,8 @@ class ContinuousDispatcher(CorkDispatcher):
         try:
             await super().outbound_call(inputs_info, training)
         finally:
+            if (observe := OBSERVERS.get("queue")) is not None:  # what waits now (0 when idle: the gauge falls)
+                observe(len(self._queue))
             async with self._wake_event:  # the model is free: the controller takes what has gathered
                 self._wake_event.notify_all()
 

@@ -37,6 +37,8 @@ NEEDS = {
     "connections": ("bentoml", "uvicorn"),
     # BentoML leaves uvicorn's loop at "auto", which picks the loop the patch works on
     "accept": ("bentoml", "uvicorn", LOOP),
+    # BentoML's worker runs uvicorn's Server, whose signal handler the patch wraps
+    "drain": ("bentoml", "uvicorn"),
 }
 # the parameters of asyncio's private method that the accept patch wraps (CPython 3.11, as verified here)
 ACCEPT_PARAMS = ("self", "protocol_factory", "sock", "sslcontext", "server", "backlog")

@@ -11,6 +11,7 @@ import inspect
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import tomllib
@@ -26,7 +27,7 @@ from serving_helpers import ROOT, Server
 
 from serving import patches
 from serving.config import ConfigError, Settings
-from serving.patches import accept, api_callers, connections, dispatcher, guard, timeout, tracing
+from serving.patches import accept, api_callers, connections, dispatcher, drain, guard, timeout, tracing
 
 BENTOML_PATCHES = ("timeout", "api_callers", "tracing", "dispatcher")
 
@@ -199,6 +200,51 @@ def test_accept_takes_one_connection_per_turn_and_waits_while_ahead(monkeypatch)
         assert len(calls) == 1 and loop.removed == [sock.fileno()] and loop.later == [accept.DEFER_S]
 
 
+def test_drain_uvicorns_signal_handler_is_the_method_it_installs_and_sets_should_exit():
+    original = drain.ORIGINAL.get("handle_exit", uvicorn.Server.handle_exit)
+    assert params(original) == ["self", "sig", "frame"]
+    assert "self.should_exit = True" in src(original) and "self.force_exit = True" in src(original)
+    # the handler is looked up on the instance when the server starts, so a patched class method is the one used
+    assert "signal.signal(sig, self.handle_exit)" in src(uvicorn.Server.capture_signals)
+    assert "signal.raise_signal(captured_signal)" in src(uvicorn.Server.capture_signals)
+    assert "while not should_exit:" in src(uvicorn.Server.main_loop) and "self.should_exit" in src(
+        uvicorn.Server.on_tick
+    )
+    assert "graceful_timeout=86400" in src(__import__("bentoml.serving", fromlist=["x"]).create_watcher)
+
+
+def test_drain_first_signal_drains_more_sigterms_wait_and_ctrl_c_hurries(monkeypatch):
+    monkeypatch.setattr(drain, "ORIGINAL", {})
+    monkeypatch.setattr(drain, "HOOK", {})
+    monkeypatch.setattr(uvicorn.Server, "handle_exit", uvicorn.Server.handle_exit)  # restored after the test
+    drain.install()
+    server = uvicorn.Server(uvicorn.Config(app=None))
+    seen = []
+
+    async def hook(hurry):
+        seen.append("drain")
+        await hurry.wait()  # the drain runs until a second Ctrl-C (or its time limit, in the service)
+        seen.append("hurried")
+
+    async def main():
+        server.handle_exit(signal.SIGTERM, None)  # no hook yet: uvicorn's own behaviour
+        assert server.should_exit and seen == [] and server._captured_signals == [signal.SIGTERM]
+        server.should_exit, server._captured_signals = False, []
+        drain.register(hook)
+        server.handle_exit(signal.SIGTERM, None)
+        await asyncio.sleep(0.01)
+        server.handle_exit(signal.SIGTERM, None)  # bentoml serve forwards the one it got: nothing more happens
+        await asyncio.sleep(0.01)
+        assert seen == ["drain"] and not server.should_exit and server._captured_signals == []
+        server.handle_exit(signal.SIGINT, None)  # Ctrl-C again: stop the running streams now
+        await asyncio.sleep(0.01)
+        assert seen == ["drain", "hurried"] and server.should_exit and not server.force_exit
+        server.handle_exit(signal.SIGINT, None)  # then uvicorn's own: a forced exit
+        assert server.force_exit
+
+    asyncio.run(main())
+
+
 # --- the guard and the setting ------------------------------------------------------------------------------------
 
 
@@ -223,10 +269,10 @@ def test_bentoml_out_of_range_refuses_with_one_line(monkeypatch):
     with pytest.raises(guard.Refused) as refused:
         guard.check(patches.NAMES)
     assert str(refused.value) == (
-        "rnntext refuses to start: patches timeout, api_callers, tracing, dispatcher, connections, accept: verified "
-        "on bentoml>=1.4.40,<1.5, installed: bentoml 1.5.0. Check them with tests/serving/test_patches.py and widen "
-        "serving/patches/guard.py, or set RNNTEXT_PATCHES_OFF=timeout,api_callers,tracing,dispatcher,connections,"
-        'accept to start without them (docs/serving.md, "Patches of dependencies")'
+        "rnntext refuses to start: patches timeout, api_callers, tracing, dispatcher, connections, accept, drain: "
+        "verified on bentoml>=1.4.40,<1.5, installed: bentoml 1.5.0. Check them with tests/serving/test_patches.py "
+        "and widen serving/patches/guard.py, or set RNNTEXT_PATCHES_OFF=timeout,api_callers,tracing,dispatcher,"
+        'connections,accept,drain to start without them (docs/serving.md, "Patches of dependencies")'
     )
     assert isinstance(refused.value, SystemExit) and refused.value.code == str(refused.value)
 
@@ -268,13 +314,13 @@ def test_uvloop_is_refused_for_the_accept_patch_only(monkeypatch):
 def test_the_setting_switches_patches_off():
     s = Settings.from_env({"RNNTEXT_PATCHES_OFF": " accept, timeout ,accept", "RNNTEXT_WORKERS": "2"})
     assert s.patches_off == ("accept", "timeout") and s.public()["patches_off"] == ["accept", "timeout"]
-    assert patches.wanted(s) == ["api_callers", "tracing", "dispatcher", "connections"]
+    assert patches.wanted(s) == ["api_callers", "tracing", "dispatcher", "connections", "drain"]
     assert Settings.from_env({}).patches_off == ()
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"RNNTEXT_PATCHES_OFF": "timeout,uvloop"})
     assert str(err.value) == (
         "RNNTEXT_PATCHES_OFF='timeout,uvloop': Value error, unknown patch 'uvloop' "
-        "(the patches: timeout, api_callers, tracing, dispatcher, connections, accept)"
+        "(the patches: timeout, api_callers, tracing, dispatcher, connections, accept, drain)"
     )
 
 
@@ -282,10 +328,10 @@ def test_the_setting_switches_patches_off():
     "env, expected",
     [
         ({"RNNTEXT_WORKERS": "2"}, list(patches.NAMES)),
-        ({"RNNTEXT_WORKERS": "1"}, ["timeout", "api_callers", "tracing", "dispatcher", "connections"]),
+        ({"RNNTEXT_WORKERS": "1"}, ["timeout", "api_callers", "tracing", "dispatcher", "connections", "drain"]),
         (
             {"RNNTEXT_WORKERS": "2", "RNNTEXT_TRACING": "1"},
-            ["timeout", "api_callers", "dispatcher", "connections", "accept"],
+            ["timeout", "api_callers", "dispatcher", "connections", "accept", "drain"],
         ),
     ],
 )
@@ -309,14 +355,21 @@ def test_install_checks_then_installs_what_the_settings_ask_for(recorded, caplog
     s = Settings.from_env({"RNNTEXT_WORKERS": "2", "RNNTEXT_PATCHES_OFF": "dispatcher"})
     board = types.SimpleNamespace(set_connections=lambda n: None)
     with caplog.at_level(logging.WARNING, "rnntext.patches"):
-        assert patches.install(s, board=board) == ["timeout", "api_callers", "tracing", "connections", "accept"]
-    assert [name for name, _, _ in recorded] == ["timeout", "api_callers", "tracing", "connections", "accept"]
+        assert patches.install(s, board=board) == [
+            "timeout",
+            "api_callers",
+            "tracing",
+            "connections",
+            "accept",
+            "drain",
+        ]
+    assert [name for name, _, _ in recorded] == ["timeout", "api_callers", "tracing", "connections", "accept", "drain"]
     assert recorded[3][1] == (s.max_connections, s.read_timeout_s, s.client_max_connections, s.directory)
     assert recorded[3][2] == {"count": board.set_connections} and recorded[4][1] == (board,)
     assert "patches switched off by RNNTEXT_PATCHES_OFF: dispatcher" in caplog.text
     recorded.clear()
     patches.install(s)  # bentoml serve's main process: no board, nothing to accept, nothing to count
-    assert [name for name, _, _ in recorded] == ["timeout", "api_callers", "tracing", "connections"]
+    assert [name for name, _, _ in recorded] == ["timeout", "api_callers", "tracing", "connections", "drain"]
     assert recorded[3][2] == {"count": None}
 
 
@@ -326,7 +379,7 @@ def test_install_refuses_before_installing_anything(recorded, monkeypatch):
         patches.install(Settings.from_env({"RNNTEXT_WORKERS": "1"}))
     assert recorded == []
     # switched off, the patches that need bentoml are not checked, and the server starts without them
-    off = ",".join(BENTOML_PATCHES + ("connections",))
+    off = ",".join(BENTOML_PATCHES + ("connections", "drain"))
     s = Settings.from_env({"RNNTEXT_WORKERS": "1", "RNNTEXT_PATCHES_OFF": off})
     assert patches.install(s) == [] and recorded == []
 
