@@ -412,7 +412,7 @@ def test_bentoml_serve_refuses_to_start_on_an_unverified_uvicorn(tmp_path):
     finally:
         srv.stop()
     assert (
-        "rnntext refuses to start: patches connections, accept: verified on uvicorn>=0.54,<0.55, installed: "
+        "rnntext refuses to start: patches connections, accept, drain: verified on uvicorn>=0.54,<0.55, installed: "
         "uvicorn 0.99.0. Check them with tests/serving/test_patches.py and widen serving/patches/guard.py, or "
-        "set RNNTEXT_PATCHES_OFF=connections,accept to start without them"
+        "set RNNTEXT_PATCHES_OFF=connections,accept,drain to start without them"
     ) in srv.output()
