@@ -251,7 +251,10 @@ def test_step_batching_16_streams_cost_far_less_than_16_single(client):
         generate(client, prompt="Holmes", max_chars=n, temperature=0)
         singles.append(time.perf_counter() - t0)
     single = sorted(singles)[1]
-    _, ticks, many = sixteen_streams(client, n)
+    # the median of three, as for the single stream: one run of 16 varied from 8x to 12.3x a lone stream on the
+    # same 2-core machine (12.3x failed a clean-clone CI run), the median of three stays within 8-10x
+    runs = [sixteen_streams(client, n) for _ in range(3)]
+    _, ticks, many = sorted(runs, key=lambda r: r[2])[1]
     print(f"1 stream: {single:.3f} s; 16 streams: {many:.3f} s; {ticks} batched steps")
     # a lone stream steps with every core (serving/board.py), 16 streams share one-thread steps: one after
     # another they would take 16x a lone one; batched, well under 12x
