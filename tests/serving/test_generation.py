@@ -276,3 +276,31 @@ def test_completion_choices_stream_side_by_side_and_are_given_back_when_the_clie
         assert (info.value.status, info.value.kind, gen.stepper.active) == (503, "overloaded", 0)
 
     run(runtime, go)
+
+
+def test_drain_refuses_new_streams_waits_for_short_ones_and_stops_long_ones_with_their_sessions(runtime):
+    async def go(gen, store):
+        short = await gen.begin(req(max_chars=50))
+        long = await gen.begin(req(max_chars=10**7, keep_session=True))  # never ends by itself
+        events = {}
+
+        async def consume(name, ticket):
+            events[name] = [json.loads(e[len(b"data: ") :]) async for e in gen.events(ticket)]
+
+        consumers = [asyncio.create_task(consume("short", short)), asyncio.create_task(consume("long", long))]
+        drained = asyncio.create_task(gen.drain(limit_s=0.5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(ClientError) as info:  # from the signal on: no new stream, even a short one
+            await gen.begin(req(max_chars=1))
+        assert (info.value.status, info.value.kind, info.value.headers()) == (503, "draining", {"Retry-After": "1"})
+        assert await drained == 1 and gen.open == 0  # the short one finished by itself, the long one was stopped
+        await asyncio.gather(*consumers)
+        assert events["short"][-1]["finish_reason"] == "length" and len(text(events["short"])) == 50
+        done = events["long"][-1]
+        assert (done["finish_reason"], done["session_id"]) == ("stopped", long.kept)
+        gen.draining = False  # the same state, read back: it continues exactly after the last character sent
+        rest = await run_all(gen, req(prompt="", session_id=long.kept, max_chars=100))
+        whole = await run_all(gen, req(max_chars=done["chars"] + 100))
+        assert text(events["long"]) + text(rest) == text(whole)
+
+    run(runtime, go)
