@@ -55,6 +55,17 @@ def cluster():
         c.stop()
 
 
+@pytest.fixture(autouse=True)
+def whole_again(cluster):
+    """Each test starts from the whole cluster, whatever the one before it killed or stopped (even if it failed)."""
+    yield
+    if not cluster.redis.alive:
+        cluster.start_redis()
+    for i, replica in enumerate(cluster.replicas):
+        if not replica.alive:
+            cluster.start_replica(i)
+
+
 def gen(url: str, **body) -> tuple[list[dict], str]:
     r = httpx.post(url + "/generate", json=body, timeout=120)
     assert r.status_code == 200, r.text
@@ -225,7 +236,8 @@ def test_a_replica_killed_mid_stream(cluster, reference):
     assert cut == on_victim and on_victim
     assert len(failed) <= 3 and all(c[0] <= dead_at for c in failed), failed
     assert recovered_at - killed_at < 2.0
-    assert all(c[2] == 200 for c in after) and {c[3] for c in after} == {cluster.names[0], cluster.names[2]}
+    # nginx sends them to the two left (least_conn: mostly to the one holding fewer streams)
+    assert after and all(c[2] == 200 and c[3] in (cluster.names[0], cluster.names[2]) for c in after)
 
     # every kept session continues exactly from its last saved state, on the replicas left
     waits = []
@@ -237,7 +249,6 @@ def test_a_replica_killed_mid_stream(cluster, reference):
         assert text == reference[p][start : start + 50], (sid, saved_by, sid in cut)
     print(f"sessions the dead replica was streaming continued after {max(waits):.1f} s (lease {LEASE_S} s)")
     assert any(saved_by == cluster.names[victim] for _, saved_by in sessions.values())
-    cluster.start_replica(victim)
 
 
 def test_redis_down_when_a_replica_starts(cluster):
