@@ -25,18 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from loadtests.server import free_port, kill_tree, wait_ready
+
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_CONF = ROOT / "deploy" / "redis" / "redis.conf"
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx" / "nginx.conf.template"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 PASSIVE_CHECK = "max_fails=1 fail_timeout=5s"  # per upstream server line (deploy/nginx/nginx.conf.template)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float, alive=lambda: True) -> None:
@@ -46,19 +42,6 @@ def wait_port(port: int, timeout: float, alive=lambda: True) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port} after {timeout:.0f} s")
-
-
-def http_status(url: str, timeout: float = 2.0) -> int | None:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
 
 
 def render_nginx(prefix: Path, listen: str, upstreams: list[tuple[int, bool]]) -> str:
@@ -106,31 +89,12 @@ class Proc:
             self.kill()
             return self.proc.returncode
 
-    def tree(self) -> list:
-        """The process and all its descendants (psutil). BentoML's workers are not in the server's process group:
-        circus starts each in a session of its own (os.setsid in circus/process.py), so signalling the group
-        reaches the main process only, and its workers would live on, still serving on the inherited socket."""
-        import psutil
-
-        try:
-            root = psutil.Process(self.proc.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
     def kill(self) -> None:
         """SIGKILL to the process and every descendant at once (a machine or a pod lost): nothing is drained or
-        saved, no connection is closed cleanly."""
-        if self.proc is None:
-            return
-        procs = self.tree()
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.kill()
-        self.proc.wait(10)
-        for p in procs[1:]:
-            with contextlib.suppress(Exception):
-                p.wait(10)
+        saved, no connection is closed cleanly. Not to the process group: it would miss BentoML's workers
+        (loadtests/server.py process_tree)."""
+        if self.proc is not None:
+            kill_tree(self.proc)
 
 
 class Cluster:
@@ -227,14 +191,9 @@ class Cluster:
         return f"http://127.0.0.1:{self.ports[i]}"
 
     def wait_ready(self, i: int, timeout: float = 240.0) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if not self.replicas[i].alive:
-                raise RuntimeError(f"{self.names[i]} exited; its log: {self.replicas[i].log}")
-            if http_status(self.replica_url(i) + "/readyz") == 200:
-                return time.monotonic() - t0
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.names[i]} not ready after {timeout:.0f} s; its log: {self.replicas[i].log}")
+        rep = self.replicas[i]
+        # asked often: a rolling restart waits on this for every replica
+        return wait_ready(self.replica_url(i), rep.proc, timeout, self.names[i], rep.log, period=0.2)
 
     def kill(self, i: int) -> None:
         self.replicas[i].kill()

@@ -1,6 +1,6 @@
 """The service under test as a subprocess: ``bentoml serve`` on a free port, ready-wait, RSS of its process tree.
 
-Shared by the locust load test, the soak, the benchmarks and the HTTP tests.
+Shared by the locust load test, the soak, the benchmarks, the HTTP tests and the local cluster (deploy/cluster.py).
 """
 
 from __future__ import annotations
@@ -45,18 +45,60 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_tree(pid: int) -> list:
+    """The process and all its descendants (psutil); empty once it is gone. A ``bentoml serve``'s workers are not
+    in its process group: circus starts each in a session of its own (os.setsid in circus/process.py), so a signal
+    to the group reaches the main process only, and its workers would live on, still serving on the inherited
+    socket. What must reach them all goes through this list."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL to a process and every descendant at once (a machine or a pod lost), then reap them."""
+    procs = process_tree(proc.pid)
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.kill()
+    proc.wait(10)
+    for p in procs[1:]:
+        with contextlib.suppress(Exception):
+            p.wait(10)
+
+
+def wait_ready(
+    url: str, proc: subprocess.Popen, timeout: float, name: str = "server", log_path=None, period: float = 0.5
+) -> float:
+    """Seconds until ``url``/readyz answers 200 (asked every ``period`` s); RuntimeError when ``proc`` exits
+    first, TimeoutError after ``timeout`` seconds."""
+    import httpx
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"{name} exited with code {proc.returncode} before it was ready"
+                + (f" (log: {log_path})" if log_path else "")
+            )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return time.perf_counter() - t0
+        time.sleep(period)
+    raise TimeoutError(f"{name} not ready after {timeout:.0f} s" + (f" (log: {log_path})" if log_path else ""))
+
+
 def tree_total(pid: int, value) -> float:
     """``value(process)`` summed over a process and all its descendants (psutil); 0 once it is gone. A process
     that ends meanwhile counts 0."""
     import psutil
 
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
     total = 0
-    for p in procs:
+    for p in process_tree(pid):
         with contextlib.suppress(psutil.Error):
             total += value(p)
     return total
@@ -96,20 +138,7 @@ class Server:
         )
 
     def wait_ready(self, timeout: float = 180.0) -> float:
-        import httpx
-
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with code {self.proc.returncode} before it was ready"
-                    + (f" (log: {self.log_path})" if self.log_path else "")
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return time.perf_counter() - t0
-            time.sleep(0.5)
-        raise TimeoutError(f"server not ready after {timeout:.0f} s")
+        return wait_ready(self.url, self.proc, timeout, log_path=self.log_path)
 
     def rss(self) -> int:
         return int(tree_total(self.proc.pid, lambda p: p.memory_info().rss))
@@ -121,9 +150,7 @@ class Server:
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
+                kill_tree(self.proc)  # the group would miss the workers (process_tree)
         if self._log is not subprocess.DEVNULL:
             self._log.close()
         self._home.cleanup()

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from serving_helpers import generated_text, sse_events
 
-from deploy.cluster import Cluster, free_port
-from loadtests.server import ONE_CLIENT_LIMITS
+from deploy.cluster import Cluster
+from loadtests.server import ONE_CLIENT_LIMITS, free_port
 
 pytestmark = [
     pytest.mark.slow,
