@@ -31,7 +31,7 @@ from typing import Any
 from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
 ORIGINAL: dict[str, Any] = {}
-OBSERVERS: dict[str, Any] = {}  # "queue": called with the number of requests waiting when a batch starts (metrics)
+OBSERVERS: dict[str, Any] = {}  # "queue": called with the requests waiting when a batch starts and ends (metrics)
 
 
 def observe_queue(fn: Any) -> None:
@@ -40,6 +40,10 @@ def observe_queue(fn: Any) -> None:
 
 
 class ContinuousDispatcher(CorkDispatcher):
+    def _report_queue(self) -> None:
+        if (observe := OBSERVERS.get("queue")) is not None:
+            observe(len(self._queue))
+
     def _ready(self) -> bool:
         return bool(self._queue) and not self._sema.is_locked()
 
@@ -52,8 +56,7 @@ class ContinuousDispatcher(CorkDispatcher):
                 self._queue.popleft().future.cancel()  # waited past max_latency_ms: BentoML answers 503
             if not self._queue:
                 continue
-            if (observe := OBSERVERS.get("queue")) is not None:
-                observe(len(self._queue))
+            self._report_queue()
             self._sema.acquire()
             self._loop.create_task(self.outbound_call(tuple(self._get_inputs())))
 
@@ -61,8 +64,7 @@ class ContinuousDispatcher(CorkDispatcher):
         try:
             await super().outbound_call(inputs_info, training)
         finally:
-            if (observe := OBSERVERS.get("queue")) is not None:  # what waits now (0 when idle: the gauge falls)
-                observe(len(self._queue))
+            self._report_queue()  # what waits now (0 when idle: the gauge falls)
             async with self._wake_event:  # the model is free: the controller takes what has gathered
                 self._wake_event.notify_all()
 

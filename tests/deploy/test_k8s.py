@@ -363,7 +363,7 @@ def test_autoscaling_components_scale_on_the_service_s_gauges():
         assert [p["metric"]["name"] for p in pods] == [gauge], name
         assert pods[0]["target"]["type"] == "AverageValue" and float(pods[0]["target"]["averageValue"]) > 0
     metrics = (ROOT / "serving" / "metrics.py").read_text()
-    assert '"rnntext_active_streams"' in metrics
+    assert '"rnntext_active_streams"' in metrics and '"rnntext_classify_queue"' in metrics
     cpu = find(objects("cpu"), "HorizontalPodAutoscaler", "rnntext")["spec"]["metrics"]
     assert [(m["type"], m["resource"]["name"]) for m in cpu] == [("Resource", "cpu")]
 

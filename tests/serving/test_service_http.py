@@ -289,6 +289,9 @@ def test_metrics_endpoint_has_custom_metrics(client):
         assert name in text, name
     chars = re.search(r"^rnntext_generated_chars_total (\S+)$", text, re.M)
     assert float(chars.group(1)) >= 3
+    # set at every batch's start and end (the warm-up ran batches): 0 once the batcher is idle
+    queue = re.search(r"^rnntext_classify_queue (\S+)$", text, re.M)
+    assert float(queue.group(1)) == 0.0
 
 
 def test_health_endpoints(client):
