@@ -128,7 +128,9 @@ def burst():
         return out
 
 with cf.ThreadPoolExecutor(4) as ex:
-    print(json.dumps([x for f in [ex.submit(burst) for _ in range(4)] for x in f.result()]))
+    futures = [ex.submit(burst) for _ in range(4)]
+    print("on", flush=True)  # the interpreter and httpx are loaded: only the burst itself runs from here
+    print(json.dumps([x for f in futures for x in f.result()]))
 """
 
 
@@ -145,28 +147,40 @@ def quiet_machine(server, timeout: float = 60.0) -> None:
         quiet = quiet + 1 if psutil.cpu_percent(interval=0.5) < 15 else 0
 
 
-def test_bob_bursting_classify_is_rate_limited_and_alice_is_not_slowed(server):
-    quiet_machine(server)
-    _classify_times(server, ALICE, 50)  # warm connections and caches
-    alone, codes = _classify_times(server, ALICE, 300)
-    assert codes == [200] * 300
+def _bob_bursts_while_alice_classifies(server) -> tuple[list[float], list]:
+    """bob at 200 requests/s (ten times his rate, for 3 s) in his own process, so that his client does not share
+    the test's interpreter lock with alice's; alice's 300 request times meanwhile, and bob's replies."""
     time.sleep(0.5)  # bob's bucket is full again (5 tokens)
-    # bob in his own process (200 requests/s: ten times his rate, for 3 s), so that his client does not share
-    # the test's interpreter lock with alice's
     bob = subprocess.Popen(
         [sys.executable, "-c", BOB_BURST, server.url, BOB["X-API-Key"], "3"], stdout=subprocess.PIPE, text=True
     )
-    time.sleep(0.5)  # bob's burst is on
+    # wait for bob's burst to be on: his interpreter starting (~0.5 s of CPU on a 2-core machine) is not his load
+    assert bob.stdout.readline().strip() == "on"
+    time.sleep(0.2)
     together, codes = _classify_times(server, ALICE, 300)
     out, _ = bob.communicate(timeout=60)
     assert codes == [200] * 300 and bob.returncode == 0
-    replies = json.loads(out)
-    refused = [r for r in replies if r[0] == 429]
-    granted = len(replies) - len(refused)
-    # bob gets his burst of 5 and 20/s over 3 s, give or take a token; everything else (~540) is refused
-    assert 5 + 20 * 3 * 0.8 <= granted <= 5 + 20 * 3 * 1.2 + 2, (granted, len(replies))
-    assert all(kind == "rate_limited" and int(retry) >= 1 for _, kind, retry in refused)
-    assert p95(together) <= 2 * p95(alone), (p95(alone), p95(together))
+    return together, json.loads(out)
+
+
+def test_bob_bursting_classify_is_rate_limited_and_alice_is_not_slowed(server):
+    quiet_machine(server)
+    _classify_times(server, ALICE, 50)  # warm connections and caches
+    # alone, together, alone, together: each side's better p95 is compared, so that one hiccup of a 2-core
+    # machine (p95 is the 15th slowest of 300 requests of ~2 ms) is not read as bob's doing
+    alone, together = [], []
+    for _ in range(2):
+        times, codes = _classify_times(server, ALICE, 300)
+        assert codes == [200] * 300
+        alone.append(p95(times))
+        times, replies = _bob_bursts_while_alice_classifies(server)
+        together.append(p95(times))
+        refused = [r for r in replies if r[0] == 429]
+        granted = len(replies) - len(refused)
+        # bob gets his burst of 5 and 20/s over 3 s, give or take a token; everything else (~540) is refused
+        assert 5 + 20 * 3 * 0.8 <= granted <= 5 + 20 * 3 * 1.2 + 2, (granted, len(replies))
+        assert all(kind == "rate_limited" and int(retry) >= 1 for _, kind, retry in refused)
+    assert min(together) <= 2 * min(alone), (alone, together)
     metrics = httpx.get(server.url + "/metrics", headers=ALICE).text
     counted = re.search(r'rnntext_errors_total\{client="bob",kind="rate_limited"\} (\d+)', metrics)
     assert counted and int(counted.group(1)) >= 1  # per worker: each counts its own
