@@ -181,6 +181,13 @@ class Cluster:
         self.redis.stop(timeout=30)  # SIGTERM: Redis fsyncs the AOF and exits
 
     def __enter__(self) -> Cluster:
+        """``with Cluster(...) as c``: started on entry (what had started is stopped if the start fails), stopped
+        on exit."""
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:

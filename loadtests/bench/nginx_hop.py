@@ -90,13 +90,9 @@ def sweep_table(rows: list[tuple[int, dict]], command: str) -> str:
 def cluster(replicas: int):
     """A started Cluster in a temporary folder (logs, Redis, the model store: all removed after), stopped after."""
     with tempfile.TemporaryDirectory(prefix="rnntext-nginx-hop-") as run:
-        c = Cluster(replicas, free_port(), run_dir=Path(run), env=dict(ONE_CLIENT_LIMITS))
-        try:
-            print(f"starting {replicas} replica(s) behind nginx ...", file=sys.stderr, flush=True)
-            c.start()
+        print(f"starting {replicas} replica(s) behind nginx ...", file=sys.stderr, flush=True)
+        with Cluster(replicas, free_port(), run_dir=Path(run), env=dict(ONE_CLIENT_LIMITS)) as c:
             yield c
-        finally:
-            c.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,12 +47,8 @@ REFERENCE = HEAD + STREAM + 60
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster(replicas=3, port=free_port(), env=ENV)
-    try:
-        c.start()
+    with Cluster(replicas=3, port=free_port(), env=ENV) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture(autouse=True)
