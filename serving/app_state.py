@@ -259,7 +259,18 @@ class AppState:
 
     async def info(self, client: str = "") -> dict:
         def model(kind: str, m: dict) -> dict:
-            keys = ("created", "metrics", "versions", "config", "corpus_fingerprint", "parity", "files", "ensemble")
+            keys = (
+                "created",
+                "metrics",
+                "cv",
+                "calibration",
+                "versions",
+                "config",
+                "corpus_fingerprint",
+                "parity",
+                "files",
+                "ensemble",
+            )
             rt = self.classifier if kind == "classifier" else self.generator
             return {
                 **{k: m.get(k) for k in keys},

@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search-classifier": ("training.classifier.search", "Optuna search over classifier hyperparameters"),
     "cv-classifier": ("training.classifier.cv", "k-fold cross-validation of classifier candidates against the SVM"),
     "export-classifier": ("training.classifier.export", "export a classifier checkpoint to TorchScript + ONNX"),
+    "recalibrate-classifier": (
+        "training.classifier.recalibrate",
+        "re-export an exported classifier with a temperature fitted on its validation split",
+    ),
     "evaluate-classifier": ("training.classifier.evaluate", "score the exported ONNX classifier on a corpus"),
     "analyze-classifier": (
         "training.classifier.analyze",

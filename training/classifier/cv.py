@@ -5,8 +5,10 @@ train and an inner validation set (early stopping, temperature fitting) the same
 splits, and fold k is the test set, so every article is tested exactly once by every model. Each candidate
 is the train-classifier config with overrides (``CANDIDATES`` or ``--candidates FILE.json``); one with
 ``"seeds": n`` is trained n times per fold and also scored as the ensemble of its n members (probabilities
-averaged; ``"ensembles": [m, ...]`` scores the first m members instead). With ``"vary_val": true`` member s also
-holds out its own validation part of the other folds (``data.val_seed = s``; give it ``"vocab_from":
+averaged; ``"ensembles": [m, ...]`` scores the first m members instead). With ``"stack": true`` the single
+model and each ensemble are also scored stacked with the SVM (``<name>+svm``): softmax(a log p + b svm), a and b
+fitted on the inner validation set by an SVM trained on the rest of the other folds. With ``"vary_val": true``
+member s also holds out its own validation part of the other folds (``data.val_seed = s``; give it ``"vocab_from":
 "train+val"`` so members share one vocabulary), and the ensemble's temperature is fitted on the other folds' test
 logits. The TF-IDF + LinearSVC baseline is scored on the same folds.
 
@@ -189,6 +191,38 @@ def svm_unit(texts: list[str], labels: list[int], split: dict) -> dict:
     train = split["train"] + split["val"]  # the SVM has no early stopping: it trains on all but the test fold
     pred = tfidf_svm([texts[i] for i in train], [labels[i] for i in train], [texts[i] for i in split["test"]])
     return {"test_pred": pred.tolist(), "seconds": time.time() - t0}
+
+
+def svm_decisions(texts: list[str], labels: list[int], split: dict) -> dict[str, np.ndarray]:
+    """The baseline's TF-IDF + LinearSVC fitted on the train part only -> decision values (N, C) on val and test:
+    the stacked candidates' second input (fitted on val, so it must not have seen val)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import LinearSVC
+
+    model = make_pipeline(TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2), LinearSVC(C=1.0))
+    model.fit([texts[i] for i in split["train"]], [labels[i] for i in split["train"]])
+    return {part: model.decision_function([texts[i] for i in split[part]]) for part in ("val", "test")}
+
+
+def fit_stack(val_logits: np.ndarray, val_svm: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(a, b) >= 0 minimising the validation NLL of softmax(a * log_softmax(logits) + b * svm decision values):
+    a two-weight stack whose softmax is calibrated on the validation set, as the temperature is."""
+    from scipy.optimize import minimize
+
+    from training.classifier.calibration import nll
+
+    logp = np.log(softmax(val_logits) + 1e-12)
+    res = minimize(
+        lambda w: nll(w[0] * logp + w[1] * val_svm, y), x0=[1.0, 1.0], bounds=[(0, 50), (0, 50)], method="L-BFGS-B"
+    )
+    return float(res.x[0]), float(res.x[1])
+
+
+def stack_scores(val_logits, val_svm, vy, test_logits, test_svm, ty) -> tuple[dict, np.ndarray]:
+    a, b = fit_stack(val_logits, val_svm, vy)
+    z = a * np.log(softmax(test_logits) + 1e-12) + b * test_svm
+    return {**score(ty, z.argmax(1)), "ece": ece(softmax(z), ty), "stack_weights": [a, b]}, z
 
 
 # ---------------------------------------------------------------- scoring
@@ -398,6 +432,7 @@ def main(args) -> int:
             {**score(ty, np.asarray(svm["test_pred"])), "seconds_per_member": svm["seconds"]},
             np.asarray(svm["test_pred"]),
         )
+        stack_svm = svm_decisions(texts, labels, split) if any(sp.get("stack") for sp in specs.values()) else None
         for name, spec in specs.items():
             units = [read_json(unit_path(run_dir, name, f, s)) for s in range(spec.get("seeds", 1))]
             val = [np.asarray(u["val_logits"]) for u in units]
@@ -419,6 +454,12 @@ def main(args) -> int:
                 else:
                     row = neural_scores(ensemble_logits(val[:m]), vy, ens_test, ty)
                 record(ens, f, {**row, "seconds_per_member": secs}, ens_test.argmax(1))
+            if spec.get("stack") and not spec.get("vary_val"):  # the single model and its ensembles, + the SVM
+                for label, m in [(name, 1)] + [(f"{name}-ens{m}", m) for m in ensemble_sizes(spec)]:
+                    row, z = stack_scores(
+                        ensemble_logits(val[:m]), stack_svm["val"], vy, ensemble_logits(test[:m]), stack_svm["test"], ty
+                    )
+                    record(f"{label}+svm", f, {**row, "seconds_per_member": secs}, z.argmax(1))
     for ens, logits in cross_fit.items():  # temperature fitted on the other folds' test logits (cross-fitted)
         for f, row in enumerate(per_fold[ens]):
             others = [g for g in range(args.folds) if g != f]

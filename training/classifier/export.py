@@ -50,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="1",
         help="divide the output logits by T: a number, or 'fit' (T minimising the validation NLL)",
     )
+    parser.add_argument(
+        "--cv",
+        metavar="CV_JSON:NAME",
+        help="record model NAME's cross-validation figures from a cv-classifier run's cv.json (accuracy mean ± std "
+        "beside the SVM's on the same folds, the paired interval, out-of-fold ECE) in the manifest: the figures "
+        "that rank models (the test split's are kept as a secondary figure)",
+    )
     parser.add_argument("--out", default="exported_models", help="exported models root; writes <out>/classifier")
     parser.add_argument("--data-dir", help="corpus for the parity check (default: the run's, or $DATA_DIR/bbc)")
     parser.add_argument("--csv", help="read the parity corpus from a CSV instead")
@@ -157,8 +164,44 @@ def score_model(model, texts: list[str], labels: list[int], vocab: Vocab, max_le
     return logits, classification_metrics(labels, logits.argmax(1), list(bbc.LABELS))
 
 
+def cv_figures(spec: str) -> dict:
+    """``CV_JSON:NAME`` -> the manifest's ``cv`` entry: NAME's and the SVM's accuracy over the same folds, their
+    paired difference with its 95% interval, and NAME's out-of-fold ECE before and after temperature scaling."""
+    from training.classifier.cv import COMPARE_WITH
+
+    path, _, name = spec.rpartition(":")
+    if not path or not Path(path).is_file():
+        raise UserError(f"--cv must be CV_JSON:NAME with an existing cv.json, got {spec!r}")
+    doc = read_json(path)
+    models, pairs = doc["models"], doc["paired_accuracy"]
+    if name not in models:
+        raise UserError(f"--cv: {path} has no model {name!r}; it has {sorted(models)}")
+    m, svm, pair = models[name], models[COMPARE_WITH], pairs[f"{name} - {COMPARE_WITH}"]
+
+    def r(x):
+        return round(float(x), 6)
+
+    return {
+        "model": name,
+        "folds": doc["folds"],
+        "articles": doc["n"],
+        "accuracy_mean": r(m["accuracy_mean"]),
+        "accuracy_std": r(m["accuracy_std"]),
+        "macro_f1_mean": r(m["macro_f1_mean"]),
+        "errors": int(round((1 - m["pooled_accuracy"]) * doc["n"])),
+        "svm_accuracy_mean": r(svm["accuracy_mean"]),
+        "svm_accuracy_std": r(svm["accuracy_std"]),
+        "svm_errors": int(round((1 - svm["pooled_accuracy"]) * doc["n"])),
+        "minus_svm": r(pair["mean"]),
+        "minus_svm_ci95": [r(x) for x in pair["ci95"]],
+        "discordant": {"only_model_right": pair["only_a_right"], "only_svm_right": pair["only_b_right"]},
+        **{k: r(m[k + "_mean"]) for k in ("ece", "ece_scaled") if k + "_mean" in m},
+        "source": str(path),
+    }
+
+
 def main(args) -> int:
-    from training.classifier.calibration import fit_temperature
+    from training.classifier.calibration import ece, fit_temperature, softmax
 
     torch.set_num_threads(args.threads)
     fixed_t = None
@@ -169,6 +212,7 @@ def main(args) -> int:
                 raise ValueError
         except ValueError:
             raise UserError(f"--temperature must be a number > 0 or 'fit', got {args.temperature!r}") from None
+    cv = cv_figures(args.cv) if args.cv else None
     runs = load_runs(args.run_dir)
     model, ckpt, split, metrics = runs[0]
     data_cfg = ckpt["run_config"]["data"]
@@ -183,21 +227,35 @@ def main(args) -> int:
     vocab, max_len = Vocab(ckpt["vocab"]), ckpt["max_len"]
     batches = parity_batches([by_id[i].text for i in split["test"]], vocab, max_len)
     t, v = metrics["test"], metrics["val"]["accuracy"]
-    ensemble = None
+    ensemble = calibration = None
     if len(runs) > 1 or fixed_t != 1.0:  # one run at T = 1 exports exactly the trained model
         model = ensemble_of(runs)
         val = [by_id[i] for i in split["val"]]
         val_logits, val_m = score_model(model, [a.text for a in val], [a.label for a in val], vocab, max_len)
         temp = fixed_t or fit_temperature(val_logits, np.array([a.label for a in val]))
-        model.temperature.fill_(temp)
         test = [by_id[i] for i in split["test"]]
-        _, t = score_model(model, [a.text for a in test], [a.label for a in test], vocab, max_len)
+        raw, _ = score_model(model, [a.text for a in test], [a.label for a in test], vocab, max_len)
+        model.temperature.fill_(temp)
+        test_logits, t = score_model(model, [a.text for a in test], [a.label for a in test], vocab, max_len)
         v = val_m["accuracy"]
+        ty = np.array([a.label for a in test])
+        calibration = {
+            "method": "temperature scaling: the output logits are divided by T inside the graph, so every "
+            "probability the runtime and /classify give is the calibrated one",
+            "temperature": temp,
+            "fitted_on": f"the {len(val)}-article validation split (minimum NLL)" if fixed_t is None else "fixed",
+            "ece_bins": 15,
+            "test_ece_before": ece(softmax(raw), ty),
+            "test_ece": ece(softmax(test_logits), ty),
+            "test_mean_confidence": float(softmax(test_logits).max(1).mean()),
+            **({"cv_ece_before": cv["ece"], "cv_ece": cv["ece_scaled"]} if cv and "ece_scaled" in cv else {}),
+        }
+        log.info("T = %.3f: test ECE %.3f -> %.3f", temp, calibration["test_ece_before"], calibration["test_ece"])
         ensemble = {
             "members": len(runs),
             "temperature": temp,
             "runs": [Path(r).name for r in args.run_dir],
-            "seeds": [c["run_config"]["train"]["seed"] for _, c, _, _ in runs],
+            "seeds": [c["run_config"].get("train", {}).get("seed") for _, c, _, _ in runs],
             "member_test_accuracy": [m["test"]["accuracy"] for *_, m in runs],
             "train_seconds": [m.get("train_seconds") for *_, m in runs],
         }
@@ -243,6 +301,8 @@ def main(args) -> int:
                     "train_seconds": sum(m.get("train_seconds") or 0 for *_, m in runs),
                 },
                 **({"ensemble": ensemble} if ensemble else {}),
+                **({"calibration": calibration} if calibration else {}),
+                **({"cv": cv} if cv else {}),
                 "corpus_fingerprint": split["corpus_fingerprint"],
                 "versions": library_versions(),
                 "parity": parity,

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from training.classifier import wide
 from training.classifier.tokenizer import PAD_ID, UNK_ID
 
 CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -41,12 +42,18 @@ class ClassifierConfig:
     word_dropout: float = 0.15  # training only: replace this share of tokens by <unk>
     embed_dropout: float = 0.4  # drops whole embedding channels (Dropout1d over E)
     dropout: float = 0.4  # between stacked layers and before the output layer
+    wide_features: int = 0  # > 0: wide-and-deep, a linear layer over TF-IDF of this many n-grams (wide.py)
+    wide_ngrams: int = 2  # the wide branch's n-grams: 1 (words) or 2 (words and word pairs)
 
     def __post_init__(self):
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {list(CELLS)}, got {self.cell!r}")
         if not self.poolings or any(p not in POOLINGS for p in self.poolings):
             raise ValueError(f"pooling must join some of {POOLINGS} with '+', got {self.pooling!r}")
+        if self.wide_features < 0 or self.wide_ngrams not in (1, 2):
+            raise ValueError(
+                f"wide_features must be >= 0 and wide_ngrams 1 or 2, got {self.wide_features}, {self.wide_ngrams}"
+            )
 
     @property
     def poolings(self) -> tuple[str, ...]:
@@ -97,26 +104,57 @@ class TextClassifier(nn.Module):
         )
         self.dropout = nn.Dropout(c.dropout)
         self.head = nn.Linear(c.hidden_size * dirs * len(c.poolings), c.num_classes)
+        if c.wide_features:  # the n-gram keys and idf come from the training data: set_wide before training
+            self.register_buffer("wide_keys", torch.zeros(c.wide_features, dtype=torch.long))
+            self.register_buffer("wide_idf", torch.zeros(c.wide_features))
+            self.wide = nn.Linear(c.wide_features, c.num_classes, bias=False)
+            nn.init.zeros_(self.wide.weight)  # starts as the plain BiLSTM
 
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+    def set_wide(self, keys, idf) -> None:
+        """The wide branch's feature keys (sorted, wide.feature_vocab) and idf; fewer than wide_features pad."""
+        n = len(keys)
+        if n > self.config.wide_features or list(keys) != sorted(keys):
+            raise ValueError(f"need <= {self.config.wide_features} sorted keys, got {n}")
+        # a spare slot holds a key above every real one (never matched: no key reaches 2**62) and idf 0
+        self.wide_keys.fill_(2**62).narrow(0, 0, n).copy_(torch.as_tensor(keys, dtype=torch.long))
+        self.wide_idf.zero_().narrow(0, 0, n).copy_(torch.as_tensor(idf, dtype=torch.float32))
+
+    def wide_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) -> (B, C): the linear layer over the rows' TF-IDF features."""
+        c = self.config
+        if torch.onnx.is_in_onnx_export():  # one TfIdfVectorizer node (a traced Function would not serialise)
+            keys = self.wide_keys.cpu().numpy()
+            pool_ = wide.pool_of(keys[keys < 2**62], c.vocab_size)
+            counts = wide.NgramCounts.apply(ids, self.wide_keys, c.vocab_size, c.wide_ngrams, pool_)
+            counts = torch.nn.functional.pad(counts, (0, c.wide_features - len(pool_[0]) - len(pool_[1]) // 2))
+        else:
+            counts = wide.count_features(ids, self.wide_keys, c.vocab_size, c.wide_ngrams)  # (B, F)
+        return self.wide(wide.tfidf(counts, self.wide_idf))
+
+    def drop_words(self, ids: torch.Tensor) -> torch.Tensor:
         if self.training and self.config.word_dropout > 0:  # the model must not lean on a few rare words
             drop = (torch.rand(ids.shape, device=ids.device) < self.config.word_dropout) & (ids != PAD_ID)
             ids = ids.masked_fill(drop, UNK_ID)
-        x = self.embedding(ids)  # (B, T, E)
+        return ids
+
+    def embed(self, ids: torch.Tensor, drop_words: bool = True) -> torch.Tensor:
+        x = self.embedding(self.drop_words(ids) if drop_words else ids)  # (B, T, E)
         # Dropout1d zeroes whole channels: (B, E, T) view so a channel is one embedding dimension
         return self.embed_dropout(x.transpose(1, 2)).transpose(1, 2)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids (B, T) int64 right-padded with 0, lengths (B,) int64 >= 1 -> logits (B, C)."""
         c = self.config
-        x = self.token_states(ids, lengths)  # (B, T, H * dirs)
-        return self.head(self.dropout(pool(x, lengths, c.poolings, c.hidden_size, c.bidirectional)))
+        ids = self.drop_words(ids)  # both branches see the same dropped words
+        x = self.token_states(ids, lengths, drop_words=False)  # (B, T, H * dirs)
+        logits = self.head(self.dropout(pool(x, lengths, c.poolings, c.hidden_size, c.bidirectional)))
+        return logits + self.wide_logits(ids) if c.wide_features else logits
 
-    def token_states(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def token_states(self, ids: torch.Tensor, lengths: torch.Tensor, drop_words: bool = True) -> torch.Tensor:
         """The top layer's output at every token, (B, T, H * dirs), zero beyond each length (what is pooled)."""
         mask = torch.arange(ids.size(1), device=ids.device).unsqueeze(0) < lengths.unsqueeze(1)
         mask = mask.unsqueeze(2).to(torch.float32)  # (B, T, 1)
-        x = self.embed(ids)  # (B, T, E)
+        x = self.embed(ids, drop_words)  # (B, T, E)
         for i, fwd in enumerate(self.fwd):
             if i > 0:
                 x = self.dropout(x)  # between stacked layers
@@ -158,7 +196,8 @@ def packed_forward(model: TextClassifier, ids: torch.Tensor, lengths: torch.Tens
     packed = pack_padded_sequence(model.embedding(ids), lengths.cpu(), batch_first=True, enforce_sorted=False)
     out, _ = stacked_rnn(model)(packed)
     out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.size(1))  # (B, T, H*dirs)
-    return model.head(pool(out, lengths, c.poolings, c.hidden_size, c.bidirectional))
+    logits = model.head(pool(out, lengths, c.poolings, c.hidden_size, c.bidirectional))
+    return logits + model.wide_logits(ids) if c.wide_features else logits
 
 
 class Ensemble(nn.Module):

@@ -11,6 +11,7 @@ vocab + labels; no pickled module) and last.pt (resume state).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -56,7 +57,14 @@ def vocab_texts(texts: list[str], split: dict, data_cfg: dict) -> list[str]:
 
 def encode_splits(articles, split, data_cfg: dict, source: list[str]) -> tuple[Vocab, dict[str, Encoded]]:
     """Vocabulary from ``source`` (vocab_texts); every split encoded and cut to max_len."""
-    vocab = Vocab.build(source, data_cfg["min_freq"], data_cfg["max_vocab"])
+    keep_rare, extra = None, ()
+    if data_cfg.get("embed_init", "random").startswith("glove"):  # widen: words GloVe knows, however rare here
+        from training.classifier import glove
+
+        index, _ = glove.load()
+        keep_rare = functools.partial(glove.knows, index=index)
+        extra = glove.frequent_words(data_cfg.get("glove_words", 0), PATTERN)
+    vocab = Vocab.build(source, data_cfg["min_freq"], data_cfg["max_vocab"], keep_rare, extra)
     data = {
         name: Encoded(
             [vocab.encode(articles[i].text, data_cfg["max_len"]) for i in idx], [articles[i].label for i in idx]
@@ -67,12 +75,28 @@ def encode_splits(articles, split, data_cfg: dict, source: list[str]) -> tuple[V
 
 
 def initial_embeddings(cfg: dict, texts: list[str], vocab: Vocab):
-    """LSA vectors of the vocabulary's texts, or None for nn.Embedding's random init."""
-    if cfg["data"].get("embed_init", "random") == "random":
-        return None
-    from training.classifier.embeddings import lsa_embeddings
+    """(V, E) initial embedding for ``embed_init``, or None for nn.Embedding's random init.
 
-    return lsa_embeddings(texts, vocab, cfg["model"]["embed_dim"])
+    lsa: LSA vectors of the vocabulary's texts. glove: GloVe's 50-d vectors in the first 50 columns (words it
+    lacks start at zero) and random N(0, 1) columns after them; glove+lsa: LSA vectors in those columns instead.
+    """
+    init, dim = cfg["data"].get("embed_init", "random"), cfg["model"]["embed_dim"]
+    if init == "random":
+        return None
+    from training.classifier.embeddings import glove_embeddings, lsa_embeddings
+
+    if init == "lsa":
+        return lsa_embeddings(texts, vocab, dim)
+    rest = None
+    if dim > 50:
+        rest = (
+            lsa_embeddings(texts, vocab, dim - 50)
+            if init == "glove+lsa"
+            else torch.randn(len(vocab), dim - 50, generator=torch.Generator().manual_seed(cfg["train"]["seed"]))
+        )
+    w, found = glove_embeddings(vocab, rest)
+    log.info("GloVe vectors for %d of %d vocabulary entries", int(found.sum()), len(vocab))
+    return w
 
 
 def fit(cfg: dict, articles, split: dict, device, run_dir: Path | None = None, progress: bool = True, **train_kw):
@@ -84,6 +108,11 @@ def fit(cfg: dict, articles, split: dict, device, run_dir: Path | None = None, p
     train_cfg = TrainConfig.from_dict(cfg["train"])
     t0 = time.time()
     init = initial_embeddings(cfg, source, vocab)
+    wide_vocab = None
+    if model_cfg.wide_features:  # n-grams of the training split only
+        from training.classifier.wide import feature_vocab
+
+        wide_vocab = feature_vocab(data["train"].ids, len(vocab), model_cfg.wide_ngrams, model_cfg.wide_features)
     init_state = None
     if train_cfg.pretrain_epochs > 0:  # on the texts of train and val (never test), labels unused
         from training.classifier.pretrain import pretrain_lm
@@ -109,6 +138,7 @@ def fit(cfg: dict, articles, split: dict, device, run_dir: Path | None = None, p
         progress=progress,
         embeddings=init,
         init_state=init_state,
+        wide_vocab=wide_vocab,
         **train_kw,
     )
     return model, history, vocab, data, time.time() - t0

@@ -15,7 +15,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 PATTERN = r"[£$€]?\d+(?:[.,]\d+)*%?|[^\W\d_]+(?:['’-][^\W\d_]+)*|[£$€%]"
@@ -39,13 +39,26 @@ class Vocab:
         self.stoi = {t: i for i, t in enumerate(self.itos)}
 
     @classmethod
-    def build(cls, texts: Iterable[str], min_freq: int = 2, max_size: int | None = None) -> Vocab:
-        """Most frequent tokens first (ties alphabetical, so the result is deterministic)."""
+    def build(
+        cls,
+        texts: Iterable[str],
+        min_freq: int = 2,
+        max_size: int | None = None,
+        keep_rare: Callable[[str], bool] | None = None,
+        extra: Iterable[str] = (),
+    ) -> Vocab:
+        """Most frequent tokens first (ties alphabetical, so the result is deterministic). ``keep_rare(token)``
+        also keeps a token seen fewer than ``min_freq`` times (e.g. one pretrained vectors know); ``extra``
+        tokens not seen at all follow, in their given order (``max_size`` counts only the seen ones)."""
         counts = Counter(tok for text in texts for tok in tokenize(text))
-        kept = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
+        kept = sorted(
+            (t for t, c in counts.items() if c >= min_freq or (keep_rare is not None and keep_rare(t))),
+            key=lambda t: (-counts[t], t),
+        )
         if max_size is not None:
             kept = kept[: max(0, max_size - 2)]
-        return cls([PAD, UNK, *kept])
+        seen = set(kept) | {PAD, UNK}
+        return cls([PAD, UNK, *kept, *(t for t in dict.fromkeys(extra) if t not in seen)])
 
     def __len__(self) -> int:
         return len(self.itos)

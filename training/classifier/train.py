@@ -43,6 +43,9 @@ class TrainConfig:
     crop: float = 0.0  # share of training articles replaced, each epoch, by a random window of them
     pretrain_epochs: int = 0  # > 0: first pretrain embedding + RNNs as language models on the non-test texts
     pretrain_lr: float = 3e-3  # peak learning rate of that pretraining (one-cycle schedule)
+    embed_lr_scale: float = 1.0  # the embedding's learning rate is lr x this (pretrained vectors: move them less)
+    freeze_embed_epochs: int = 0  # the embedding stays fixed for this many epochs first
+    wide_lr_scale: float = 1.0  # a wide-and-deep model's linear n-gram layer learns at lr x this
     seed: int = 0
 
     @classmethod
@@ -130,11 +133,16 @@ def evaluate(model: TextClassifier, data: Encoded, device="cpu", smoothing: floa
     }
 
 
-def initial_model(model_config: ClassifierConfig, embeddings=None) -> TextClassifier:
-    """A fresh model (its weights are drawn here: seed before); ``embeddings`` (V, E) replaces the embedding table."""
+def initial_model(model_config: ClassifierConfig, embeddings=None, wide_vocab=None) -> TextClassifier:
+    """A fresh model (its weights are drawn here: seed before); ``embeddings`` (V, E) replaces the embedding table;
+    ``wide_vocab`` = (keys, idf) of wide.feature_vocab sets a wide-and-deep model's n-gram features."""
     model = TextClassifier(model_config)
     if embeddings is not None:
         model.embedding.weight.data.copy_(torch.as_tensor(embeddings))
+    if model_config.wide_features:
+        if wide_vocab is None:
+            raise ValueError("a wide-and-deep model needs wide_vocab (wide.feature_vocab of the training ids)")
+        model.set_wide(*wide_vocab)
     return model
 
 
@@ -148,6 +156,7 @@ def train(
     progress: bool = True,
     embeddings=None,
     init_state: dict | None = None,
+    wide_vocab=None,
 ) -> tuple[TextClassifier, list[dict]]:
     """Train on data["train"], early-stop on data["val"]; returns (model with best weights, history).
     ``embeddings`` (V, E), when given, initialises the embedding table (e.g. LSA vectors); ``init_state``, a
@@ -155,13 +164,23 @@ def train(
     seed_everything(config.seed)
     rng = random.Random(config.seed)
     device = torch.device(device)
-    model = initial_model(model_config, embeddings)
+    model = initial_model(model_config, embeddings, wide_vocab)
     if init_state is not None:
         missing, unexpected = model.load_state_dict(init_state, strict=False)
         if unexpected or any(not k.startswith("head.") for k in missing):
             raise ValueError(f"init_state does not fit the model: missing {missing}, unexpected {unexpected}")
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    embed = list(model.embedding.parameters())
+    wide_ = list(model.wide.parameters()) if model_config.wide_features else []
+    rest = [p for p in model.parameters() if all(p is not e for e in embed + wide_)]
+    groups = [{"params": rest}]  # own groups for the scaled rates, so the plateau schedule scales them all
+    if wide_:
+        groups.append({"params": wide_, "lr": config.lr * config.wide_lr_scale})
+    if config.embed_lr_scale > 0:  # 0 = never trained
+        groups.append({"params": embed, "lr": config.lr * config.embed_lr_scale})
+    else:
+        model.embedding.weight.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=config.lr_patience)
     # the averaged weights are what is validated, early-stopped on and returned; the raw ones keep training
     ema = (
@@ -195,6 +214,8 @@ def train(
         if state["bad_epochs"] >= config.patience:
             break
         model.train()
+        if config.embed_lr_scale > 0:
+            model.embedding.weight.requires_grad_(epoch >= config.freeze_embed_epochs)
         t0, total_loss, correct, seen = time.time(), 0.0, 0, 0
         views = crop_views(data["train"].ids, config.crop, rng)
         batches = length_batches([len(s) for s in views], config.batch_size, rng)

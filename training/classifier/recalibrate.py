@@ -1,0 +1,116 @@
+"""recalibrate-classifier: re-export an exported classifier with a temperature fitted on its validation split
+(and, with ``--cv``, its cross-validation figures in the manifest), when its training run folder is gone.
+
+The exported folder carries everything but the run folder's split and metrics files: the weights (model.ts's
+state_dict), config, vocabulary, tokenizer and the held-out test ids. The split is drawn again from the corpus with
+the training defaults (``--split-seed`` etc.) and must give exactly the manifest's test ids, else nothing is
+written. Then ``export-classifier --temperature fit`` runs on a run folder rebuilt from those parts: parity,
+int8 and manifest as for any export. The weights, and so every argmax, are unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from runtime.manifest import load_manifest
+from training.classifier import data as bbc
+from training.classifier.model import ClassifierConfig, TextClassifier
+from training.common.cli import UserError
+from training.common.files import write_json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.classifier.cli import DATA_DEFAULTS
+
+    parser.add_argument("model", help="the exported classifier folder (e.g. exported_models/classifier)")
+    parser.add_argument("--data-dir", help="the corpus it was trained on (default $DATA_DIR/bbc)")
+    parser.add_argument("--cv", metavar="CV_JSON:NAME", help="as export-classifier --cv")
+    parser.add_argument("--out", default="exported_models", help="exported models root; writes <out>/classifier")
+    parser.add_argument("--threads", type=int, default=1)
+    for name in ("split_seed", "val_frac", "test_frac", "dedup_threshold"):
+        parser.add_argument("--" + name.replace("_", "-"), type=type(DATA_DEFAULTS[name]), default=DATA_DEFAULTS[name])
+
+
+def rebuild_run(folder: Path, run_dir: Path, data_cfg: dict) -> None:
+    """model.pt, split.json and metrics.json of the run that produced the exported ``folder``."""
+    from training.classifier.pipeline import load_split
+
+    m = load_manifest(folder, "classifier")
+    if m.get("ensemble"):
+        raise UserError(f"{folder} holds an ensemble: export its member runs again with --temperature fit")
+    model = TextClassifier(ClassifierConfig.from_dict(m["config"]))
+    model.load_state_dict(torch.jit.load(str(folder / "model.ts")).state_dict())
+    articles, split, dups = load_split(data_cfg)
+    test = [articles[i].id for i in split["test"]]
+    if sorted(test) != sorted(m["split"]["test"]):
+        raise UserError(
+            f"the split drawn with {data_cfg} is not the model's: {len(set(test) - set(m['split']['test']))} test "
+            "articles differ (pass the --split-seed / fractions it was trained with, and its corpus)"
+        )
+    torch.save(
+        {
+            "config": m["config"],
+            "run_config": {"data": data_cfg},
+            "state_dict": model.state_dict(),
+            "vocab": m["vocab"],
+            "labels": m["labels"],
+            "max_len": m["max_len"],
+            "tokenizer": m["tokenizer"],
+        },
+        run_dir / "model.pt",
+    )
+    write_json(
+        run_dir / "split.json",
+        {
+            **{k: [articles[i].id for i in v] for k, v in split.items()},
+            "duplicates": dups,
+            "corpus_fingerprint": bbc.fingerprint(articles),
+        },
+    )
+    mm = m["metrics"]
+    write_json(
+        run_dir / "metrics.json",
+        {
+            "test": {"accuracy": mm["test_accuracy"], "macro_f1": mm["test_macro_f1"], "n": mm["test_n"]},
+            "val": {"accuracy": mm["val_accuracy"]},
+            "baseline_tfidf_svm": {
+                "accuracy": mm["baseline_tfidf_svm_accuracy"],
+                "macro_f1": mm["baseline_tfidf_svm_macro_f1"],
+            },
+            "train_seconds": mm.get("train_seconds"),
+        },
+    )
+
+
+def main(args) -> int:
+    from training.classifier import export
+
+    folder = Path(args.model)
+    data_cfg = {
+        "data_dir": args.data_dir,
+        "split_seed": args.split_seed,
+        "val_frac": args.val_frac,
+        "test_frac": args.test_frac,
+        "dedup_threshold": args.dedup_threshold,
+    }
+    with tempfile.TemporaryDirectory(prefix="recalibrate-") as tmp:
+        run = Path(tmp) / folder.resolve().name
+        run.mkdir()
+        rebuild_run(folder, run, data_cfg)
+        return export.main(
+            argparse.Namespace(
+                run_dir=[str(run)],
+                temperature="fit",
+                cv=args.cv,
+                out=args.out,
+                data_dir=args.data_dir,
+                csv=None,
+                tolerance=1e-4,
+                opset=17,
+                threads=args.threads,
+            )
+        )
