@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "training.classifier.recalibrate",
         "re-export an exported classifier with a temperature fitted on its validation split",
     ),
+    "cost-classifier": (
+        "training.classifier.cost",
+        "serving cost per article of candidate architectures against the committed classifier",
+    ),
     "evaluate-classifier": ("training.classifier.evaluate", "score the exported ONNX classifier on a corpus"),
     "analyze-classifier": (
         "training.classifier.analyze",

@@ -322,7 +322,13 @@ def test_models_panel_shows_what_info_says(watched, client):
     info = client.get("/info").json()
     page = watched.open()
     text = page.locator("#models").text_content()
-    assert f"{info['models']['classifier']['metrics']['test_accuracy']:.4f}" in text
+    cls = info["models"]["classifier"]
+    assert f"{cls['metrics']['test_accuracy']:.4f}" in text
+    cv = cls["cv"]  # the figures that rank models come first, the test split's are labelled secondary
+    assert f"{cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}" in text
+    assert f"{cv['svm_accuracy_mean']:.4f} ± {cv['svm_accuracy_std']:.4f}" in text
+    assert f"{cls['calibration']['cv_ece']:.4f} out-of-fold" in text and "(secondary)" in text
+    assert text.index("fold CV accuracy") < text.index("test split accuracy (secondary)")
     assert f"{info['models']['generator']['metrics']['val_bits_per_char']:.4f}" in text
     assert info["precision"]["classifier"] in text and info["providers"]["generator"][0] in text
     assert "20,000" in text  # characters per generation, as this server is configured

@@ -268,6 +268,8 @@ def test_info_reports_providers_and_models(client):
     assert "CPUExecutionProvider" in doc["providers"]["generator"]
     assert set(doc["models"]["classifier"]["labels"]) == LABELS
     assert doc["models"]["classifier"]["metrics"] and doc["models"]["generator"]["metrics"]
+    cls = doc["models"]["classifier"]  # the figures that rank models: CV beside the SVM, calibrated ECE
+    assert cls["cv"]["folds"] == 5 and cls["cv"]["svm_accuracy_mean"] > 0.9 and cls["calibration"]["cv_ece"] <= 0.03
     assert doc["sessions"]["store"] == "sqlite"
     assert (doc["worker"], doc["workers"], doc["precision"]["classifier"]) == (1, 1, "int8")
     assert doc["device"]

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import training_cli as cli
 from training.classifier import data as bbc
 from training.classifier.calibration import ece, ensemble_logits, fit_temperature, nll, softmax
-from training.classifier.cv import fold_splits, t_interval
+from training.classifier.cv import fit_stack, fold_splits, t_interval
 from training.common.cli import UserError
 from training.common.files import read_json
 from training.common.study import parse_fixed
@@ -116,6 +116,19 @@ def test_ensemble_logits_average_probabilities():
     np.testing.assert_allclose(softmax(ensemble_logits(members)), np.mean([softmax(m) for m in members], 0), atol=1e-9)
 
 
+def test_stack_weights_follow_the_better_input():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 400)
+    onehot = np.eye(5)[y]
+    good = 4 * onehot + rng.normal(0, 1, (400, 5))  # right most of the time
+    noise = rng.normal(0, 1, (400, 5))  # unrelated to y
+    a, b = fit_stack(noise, good, y)  # the neural logits are noise here, the "svm" scores informative
+    assert a < 0.2 < 1 < b
+    a2, b2 = fit_stack(good * 3, noise, y)
+    assert b2 < 0.2 and a2 > 0.2
+    assert nll(a * np.log(softmax(noise)) + b * good, y) < nll(np.log(softmax(noise)) + good, y)
+
+
 def test_t_interval_matches_the_textbook():
     mean, lo, hi = t_interval([1, 2, 3, 4, 5])
     half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)  # t(0.975, 4) * s / sqrt(n)
@@ -158,6 +171,8 @@ def test_cv_command_reports_every_model_on_identical_folds_and_resumes(bbc_dir, 
                 "bilstm": {"seeds": 2},
                 "rnn": {"model": {"cell": "rnn", "bidirectional": False}},
                 "vv": {"seeds": 3, "vary_val": True, "ensembles": [2, 3], "data": {"vocab_from": "train+val"}},
+                "wide": {"model": {"wide_features": 300}, "train": {"wide_lr_scale": 10}, "stack": True},
+                "glove": {"data": {"embed_init": "glove", "glove_words": 500}, "model": {"embed_dim": 50}},
             }
         )
     )
@@ -188,8 +203,19 @@ def test_cv_command_reports_every_model_on_identical_folds_and_resumes(bbc_dir, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     head = json.loads(proc.stdout.strip().splitlines()[-1])
     assert head["folds"] == 3
-    assert sorted(head["accuracy"]) == ["bilstm", "bilstm-ens2", "rnn", "svm", "vv", "vv-ens2", "vv-ens3"]
-    assert len(list((run / "units").glob("*.json"))) == 3 * (2 + 1 + 3)
+    assert sorted(head["accuracy"]) == [
+        "bilstm",
+        "bilstm-ens2",
+        "glove",
+        "rnn",
+        "svm",
+        "vv",
+        "vv-ens2",
+        "vv-ens3",
+        "wide",
+        "wide+svm",
+    ]
+    assert len(list((run / "units").glob("*.json"))) == 3 * (2 + 1 + 3 + 1 + 1)
     assert [read_json(run / "units" / f"vv-f0-s{s}.json")["config"]["data"]["val_seed"] for s in range(3)] == [0, 1, 2]
     assert read_json(run / "units" / "bilstm-f0-s1.json")["config"]["data"]["val_seed"] == -1
     cv = read_json(run / "cv.json")
@@ -201,7 +227,17 @@ def test_cv_command_reports_every_model_on_identical_folds_and_resumes(bbc_dir, 
         pooled = sum(f["accuracy"] * s for f, s in zip(m["folds"], cv["fold_sizes"])) / 60
         assert m["pooled_accuracy"] == pytest.approx(pooled)
         if name != "svm":
-            assert 0 <= m["ece_mean"] <= 1 and m["temperature_mean"] > 0
+            assert 0 <= m["ece_mean"] <= 1
+            assert name.endswith("+svm") or m["temperature_mean"] > 0  # a stack's weights do the scaling
+    for name in ("bilstm", "wide", "glove"):  # out-of-fold calibration over all articles, and its diagram
+        m = cv["models"][name]
+        assert 0 <= m["oof_ece_scaled"] <= 1 and 0 <= m["oof_ece"] <= 1
+        assert (run / f"reliability-{name}.png").stat().st_size > 10_000
+    pair = cv["paired_accuracy"]["wide - svm"]
+    assert len(pair["only_a_right_ids"]) == pair["only_a_right"]
+    assert len(pair["only_b_right_ids"]) == pair["only_b_right"]
+    for f in cv["models"]["wide+svm"]["folds"]:  # the stack's two weights, fitted on the inner validation set
+        assert len(f["stack_weights"]) == 2 and min(f["stack_weights"]) >= 0
     pair = cv["paired_accuracy"]["bilstm - svm"]
     models = cv["models"]
     diffs = [a["accuracy"] - b["accuracy"] for a, b in zip(models["bilstm"]["folds"], models["svm"]["folds"])]

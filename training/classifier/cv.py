@@ -173,15 +173,39 @@ def unit_done(run_dir: Path, name: str, fold: int, seed: int, cfg: dict) -> bool
     if not path.is_file():
         return False
 
-    def comparable(c: dict) -> dict:  # where the corpus lives is not part of it (the fingerprint is checked)
-        return {**c, "data": {k: v for k, v in c["data"].items() if k not in ("data_dir", "csv")}}
+    def comparable(c: dict, saved: dict) -> dict:
+        # where the corpus lives is not part of it (the fingerprint is checked); a setting added after the unit was
+        # saved is the same config when it is at its default (the default is what the unit trained with)
+        defaults = setting_defaults()
+        return {
+            part: {
+                k: v
+                for k, v in c.get(part, {}).items()
+                if k not in ("data_dir", "csv") and (k in saved.get(part, {}) or v != defaults[part].get(k, object()))
+            }
+            for part in ("data", "model", "train")
+        }
 
     saved = read_json(path).get("config")
-    if saved is not None and comparable(saved) != comparable(json.loads(json.dumps(cfg))):
+    if saved is not None and comparable(saved, saved) != comparable(json.loads(json.dumps(cfg)), saved):
         raise UserError(
             f"{path} was trained with another config for {name!r}; rename the candidate or use a new --run-dir"
         )
     return True
+
+
+def setting_defaults() -> dict[str, dict]:
+    """Every data, model and train setting's default (what train-classifier uses without flags)."""
+    import dataclasses
+
+    from training.classifier.cli import DATA_DEFAULTS
+    from training.classifier.model import ClassifierConfig
+    from training.classifier.train import TrainConfig
+
+    def of(cls) -> dict:
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+    return {"data": dict(DATA_DEFAULTS), "model": of(ClassifierConfig), "train": of(TrainConfig)}
 
 
 def svm_unit(texts: list[str], labels: list[int], split: dict) -> dict:
@@ -330,6 +354,35 @@ def plot_cv(path: Path, summary: dict, k: int) -> None:
     plt.close(fig)
 
 
+def plot_reliability(path: Path, name: str, probs: dict[str, np.ndarray], y: np.ndarray) -> None:
+    """Out-of-fold reliability diagram: accuracy against confidence per bin, before and after calibration."""
+    from training.classifier.calibration import reliability
+    from training.common.plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
+    for kind, color, label in (("raw", "C1", "as trained"), ("scaled", "C0", "temperature-scaled")):
+        bins = [b for b in reliability(probs[kind], y, bins=15) if b["n"] >= 5]
+        ax.plot(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            "o-",
+            color=color,
+            label=f"{label} (ECE {ece(probs[kind], y):.3f})",
+        )
+    ax.set_xlabel("confidence (top probability), bins of 1/15 with >= 5 articles")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0.3, 1.01)
+    ax.set_ylim(0.3, 1.01)
+    ax.set_title(f"{name}: out-of-fold reliability, {len(y)} articles")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------- command
 
 
@@ -360,6 +413,7 @@ def main(args) -> int:
     if d.get("limit"):
         articles = bbc.first_per_class(articles, d["limit"])
     texts, labels = [a.text for a in articles], [a.label for a in articles]
+    texts_ids = [a.id for a in articles]
     groups = bbc.duplicate_groups(texts, d["dedup_threshold"])
     splits = fold_splits(labels, groups, args.folds, args.fold_seed, d["val_frac"])
     run_dir = Path(args.run_dir) if args.run_dir else make_run_dir(args.out, "cv")
@@ -418,9 +472,14 @@ def main(args) -> int:
     per_fold: dict[str, list[dict]] = {}
     correct: dict[str, np.ndarray] = {}
 
-    def record(name, f, row, pred):
+    oof: dict[str, dict[str, np.ndarray]] = {}  # out-of-fold probabilities (N, C): raw and calibrated
+
+    def record(name, f, row, pred, raw=None, scaled=None):
         per_fold.setdefault(name, []).append(row)
         correct.setdefault(name, np.zeros(len(y), dtype=bool))[splits[f]["test"]] = pred == y[splits[f]["test"]]
+        for kind, p in (("raw", raw), ("scaled", scaled)):
+            if p is not None:
+                oof.setdefault(name, {}).setdefault(kind, np.zeros((len(y), p.shape[1])))[splits[f]["test"]] = p
 
     cross_fit: dict[str, list[np.ndarray]] = {}  # vary_val ensembles: test logits per fold, for their temperature
     for f, split in enumerate(splits):
@@ -439,11 +498,14 @@ def main(args) -> int:
             test = [np.asarray(u["test_logits"]) for u in units]
             secs = float(np.mean([u["seconds"] for u in units]))
             vy = y[unit_split(name, f, 0)["val"]]
+            row = neural_scores(val[0], vy, test[0], ty)
             record(
                 name,
                 f,
-                {**neural_scores(val[0], vy, test[0], ty), "seconds_per_member": secs, "epochs": units[0]["epochs"]},
+                {**row, "seconds_per_member": secs, "epochs": units[0]["epochs"]},
                 test[0].argmax(1),
+                softmax(test[0]),
+                softmax(test[0] / row["temperature"]),
             )
             for m in ensemble_sizes(spec):
                 ens_test = ensemble_logits(test[:m])
@@ -451,15 +513,17 @@ def main(args) -> int:
                 if spec.get("vary_val"):  # members hold out different articles: no shared validation set
                     cross_fit.setdefault(ens, []).append(ens_test)
                     row = {**score(ty, ens_test.argmax(1)), "ece": ece(softmax(ens_test), ty)}
+                    record(ens, f, {**row, "seconds_per_member": secs}, ens_test.argmax(1))
                 else:
                     row = neural_scores(ensemble_logits(val[:m]), vy, ens_test, ty)
-                record(ens, f, {**row, "seconds_per_member": secs}, ens_test.argmax(1))
+                    scaled = softmax(ens_test / row["temperature"])
+                    record(ens, f, {**row, "seconds_per_member": secs}, ens_test.argmax(1), softmax(ens_test), scaled)
             if spec.get("stack") and not spec.get("vary_val"):  # the single model and its ensembles, + the SVM
                 for label, m in [(name, 1)] + [(f"{name}-ens{m}", m) for m in ensemble_sizes(spec)]:
                     row, z = stack_scores(
                         ensemble_logits(val[:m]), stack_svm["val"], vy, ensemble_logits(test[:m]), stack_svm["test"], ty
                     )
-                    record(f"{label}+svm", f, {**row, "seconds_per_member": secs}, z.argmax(1))
+                    record(f"{label}+svm", f, {**row, "seconds_per_member": secs}, z.argmax(1), None, softmax(z))
     for ens, logits in cross_fit.items():  # temperature fitted on the other folds' test logits (cross-fitted)
         for f, row in enumerate(per_fold[ens]):
             others = [g for g in range(args.folds) if g != f]
@@ -468,6 +532,16 @@ def main(args) -> int:
             )
             row.update(temperature=t, ece_scaled=ece(softmax(logits[f] / t), y[splits[f]["test"]]))
     summary = summarize(per_fold, correct)
+    for name, probs in oof.items():  # calibration over all N articles at once, each predicted by a model without it
+        m = summary["models"][name]
+        for kind, p in probs.items():
+            m["oof_ece" + ("" if kind == "raw" else "_scaled")] = ece(p, y)
+        if "raw" in probs and "scaled" in probs and "-ens" not in name and "+" not in name:
+            plot_reliability(run_dir / f"reliability-{name}.png", name, probs, y)
+    for pair, v in summary["paired_accuracy"].items():  # which articles, for the discordance tables
+        a, b = pair.split(" - ")
+        v["only_a_right_ids"] = [texts_ids[i] for i in np.flatnonzero(correct[a] & ~correct[b])]
+        v["only_b_right_ids"] = [texts_ids[i] for i in np.flatnonzero(~correct[a] & correct[b])]
     summary.update(
         folds=args.folds,
         n=len(y),

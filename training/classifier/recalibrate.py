@@ -5,7 +5,8 @@ The exported folder carries everything but the run folder's split and metrics fi
 state_dict), config, vocabulary, tokenizer and the held-out test ids. The split is drawn again from the corpus with
 the training defaults (``--split-seed`` etc.) and must give exactly the manifest's test ids, else nothing is
 written. Then ``export-classifier --temperature fit`` runs on a run folder rebuilt from those parts: parity,
-int8 and manifest as for any export. The weights, and so every argmax, are unchanged.
+int8 and manifest as for any export. The weights, and so every argmax, are unchanged. A model exported with a
+temperature already (one member and T) is recalibrated from its raw weights, so running this twice changes nothing.
 """
 
 from __future__ import annotations
@@ -40,10 +41,14 @@ def rebuild_run(folder: Path, run_dir: Path, data_cfg: dict) -> None:
     from training.classifier.pipeline import load_split
 
     m = load_manifest(folder, "classifier")
-    if m.get("ensemble"):
-        raise UserError(f"{folder} holds an ensemble: export its member runs again with --temperature fit")
+    members = (m.get("ensemble") or {}).get("members", 1)
+    if members != 1:
+        raise UserError(f"{folder} holds an ensemble of {members}: export its member runs with --temperature fit")
     model = TextClassifier(ClassifierConfig.from_dict(m["config"]))
-    model.load_state_dict(torch.jit.load(str(folder / "model.ts")).state_dict())
+    state = torch.jit.load(str(folder / "model.ts")).state_dict()
+    if m.get("ensemble"):  # already calibrated (one member and T): its raw weights, T is fitted again
+        state = {k.removeprefix("members.0."): v for k, v in state.items() if k.startswith("members.0.")}
+    model.load_state_dict(state)
     articles, split, dups = load_split(data_cfg)
     test = [articles[i].id for i in split["test"]]
     if sorted(test) != sorted(m["split"]["test"]):
