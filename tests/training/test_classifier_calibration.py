@@ -48,6 +48,10 @@ def test_cv_figures_name_the_model_the_svm_and_the_interval(tmp_path):
     assert cv["minus_svm"] == 0.02 and cv["minus_svm_ci95"] == [0.005, 0.035]
     assert cv["discordant"] == {"only_model_right": 4, "only_svm_right": 2}
     assert cv["ece"] == 0.08 and cv["ece_scaled"] == 0.02 and cv["folds"] == 2
+    doc = json.loads(path.read_text())
+    doc["models"]["wide"].update(oof_ece=0.07, oof_ece_scaled=0.015)  # pooled over all articles: preferred
+    path.write_text(json.dumps(doc))
+    assert (cv_figures(f"{path}:wide")["ece"], cv_figures(f"{path}:wide")["ece_scaled"]) == (0.07, 0.015)
     with pytest.raises(UserError, match="has no model 'lstm'"):
         cv_figures(f"{path}:lstm")
     with pytest.raises(UserError, match="CV_JSON:NAME"):

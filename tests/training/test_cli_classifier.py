@@ -323,7 +323,7 @@ def test_flag_defaults_are_the_config_dataclasses_defaults(cmd):
                 continue
             assert getattr(args, f.name) == f.default and type(getattr(args, f.name)) is type(f.default), f.name
             checked += 1
-    assert checked == len(dataclasses.fields(ClassifierConfig)) - 2 + len(dataclasses.fields(TrainConfig)) == 23
+    assert checked == len(dataclasses.fields(ClassifierConfig)) - 2 + len(dataclasses.fields(TrainConfig)) == 28
     assert (args.dropout, args.embed_dropout, args.hidden_size, args.bidirectional, args.epochs) == (
         0.4,
         0.4,

@@ -195,7 +195,8 @@ def cv_figures(spec: str) -> dict:
         "minus_svm": r(pair["mean"]),
         "minus_svm_ci95": [r(x) for x in pair["ci95"]],
         "discordant": {"only_model_right": pair["only_a_right"], "only_svm_right": pair["only_b_right"]},
-        **{k: r(m[k + "_mean"]) for k in ("ece", "ece_scaled") if k + "_mean" in m},
+        # out-of-fold ECE over all articles at once where the run has it, else the mean of the folds' ECE
+        **{k: r(m.get("oof_" + k, m.get(k + "_mean"))) for k in ("ece", "ece_scaled") if k + "_mean" in m},
         "source": str(path),
     }
 
