@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import training_cli as cli
 from training.classifier import data as bbc
 from training.classifier.calibration import ece, ensemble_logits, fit_temperature, nll, softmax
-from training.classifier.cv import fit_stack, fold_splits, t_interval
+from training.classifier.cv import fit_stack, fold_splits, setting_defaults, t_interval, unit_done, unit_path
 from training.common.cli import UserError
 from training.common.files import read_json
 from training.common.study import parse_fixed
@@ -127,6 +127,28 @@ def test_stack_weights_follow_the_better_input():
     a2, b2 = fit_stack(good * 3, noise, y)
     assert b2 < 0.2 and a2 > 0.2
     assert nll(a * np.log(softmax(noise)) + b * good, y) < nll(np.log(softmax(noise)) + good, y)
+
+
+def test_a_saved_unit_survives_a_setting_added_later_at_its_default(tmp_path):
+    d = setting_defaults()
+    cfg = {part: dict(d[part]) for part in ("data", "model", "train")}
+    saved = {part: {k: v for k, v in cfg[part].items() if not k.startswith("wide")} for part in cfg}
+    path = unit_path(tmp_path, "c", 0, 0)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"config": saved}))  # trained before the wide_* settings existed
+    assert unit_done(tmp_path, "c", 0, 0, cfg)
+    changed = {**cfg, "model": {**cfg["model"], "wide_features": 100}}
+    with pytest.raises(UserError, match="another config"):
+        unit_done(tmp_path, "c", 0, 0, changed)
+    assert not unit_done(tmp_path, "c", 1, 0, cfg)
+
+
+def test_without_lead_drops_only_the_first_paragraph():
+    from training.classifier.analyze import without_lead
+
+    text = "Title here\n\nThe lead names the topic.\n\nSecond paragraph.\n \nThird."
+    assert without_lead(text) == "Title here\n\nSecond paragraph.\n\nThird."
+    assert without_lead("Title\n\nOnly a lead.") == "Title\n\nOnly a lead."  # nothing would be left to read
 
 
 def test_t_interval_matches_the_textbook():
