@@ -78,20 +78,31 @@ def variants(test: list[bbc.Article], pattern: re.Pattern) -> dict[str, list[str
     }
 
 
-def cost_per_article(rt, texts: list[str], rounds: int = 3) -> dict:
-    """ms per test article through the runtime: one at a time, and in length-sorted chunks of 4 (as the service
-    batches), best of ``rounds`` passes over the split (tokenizing included)."""
+def time_runtimes(runtimes: dict, texts: list[str], rounds: int) -> dict:
+    """{name: {1: ms, 4: ms}} per article through each runtime: one at a time, and in length-sorted chunks of 4 (as
+    the service batches), best of ``rounds`` passes over ``texts`` (tokenizing included); within a round the
+    runtimes take turns, so that load on a shared host falls on all of them alike."""
     import time
 
-    out = {}
-    for name, batch in (("ms_per_article_batch1", 1), ("ms_per_article_batch4", 4)):
-        best = float("inf")
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            rt.predict_logits(texts, batch_size=batch)
-            best = min(best, time.perf_counter() - t0)
-        out[name] = 1000 * best / len(texts)
-    return {**out, "precision": rt.precision, "articles": len(texts)}
+    best = {n: {1: float("inf"), 4: float("inf")} for n in runtimes}
+    for _ in range(rounds):
+        for batch in (1, 4):
+            for n, rt in runtimes.items():
+                t0 = time.perf_counter()
+                rt.predict_logits(texts, batch_size=batch)
+                best[n][batch] = min(best[n][batch], 1000 * (time.perf_counter() - t0) / len(texts))
+    return best
+
+
+def cost_per_article(rt, texts: list[str], rounds: int = 3) -> dict:
+    """ms per test article through the runtime at batch 1 and 4 (time_runtimes)."""
+    best = time_runtimes({"model": rt}, texts, rounds)["model"]
+    return {
+        "ms_per_article_batch1": best[1],
+        "ms_per_article_batch4": best[4],
+        "precision": rt.precision,
+        "articles": len(texts),
+    }
 
 
 def plot_robustness(path: Path, table: dict) -> None:

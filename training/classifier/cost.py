@@ -12,10 +12,10 @@ may cost at most 2x today's at batch 4).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 
 from runtime.manifest import load_manifest, write_manifest
 from training.classifier import data as bbc
-from training.common.cli import UserError, data_path
+from training.common.cli import data_path
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def build(name: str, spec: dict, base: dict, ref: dict, seqs: list[list[int]], f
             "vocab": vocab,
             "tokenizer": ref["tokenizer"],
             "max_len": cfg["data"]["max_len"],
-            "config": {k: getattr(mc, k) for k in mc.__dataclass_fields__},
+            "config": dataclasses.asdict(mc),
             "precisions": {
                 "fp32": {"files": {"model": "model.onnx"}},
                 "int8": {"files": {"model": int8_name("model.onnx")}, "method": METHOD, "accepted": True},
@@ -73,42 +73,18 @@ def build(name: str, spec: dict, base: dict, ref: dict, seqs: list[list[int]], f
     )
 
 
-def time_runtimes(runtimes: dict, texts: list[str], rounds: int) -> dict:
-    """Best-of-rounds ms per article at batch 1 and 4, the runtimes in alternation within each round."""
-    best = {n: {1: float("inf"), 4: float("inf")} for n in runtimes}
-    for _ in range(rounds):
-        for batch in (1, 4):
-            for n, rt in runtimes.items():
-                t0 = time.perf_counter()
-                rt.predict_logits(texts, batch_size=batch)
-                best[n][batch] = min(best[n][batch], 1000 * (time.perf_counter() - t0) / len(texts))
-    return best
-
-
 def main(args) -> int:
     from runtime.classifier import ClassifierRuntime
-    from training.classifier.cli import DATA_DEFAULTS
-    from training.classifier.cv import CANDIDATES
-    from training.classifier.model import ClassifierConfig
-    from training.classifier.train import TrainConfig
+    from training.classifier.analyze import time_runtimes
+    from training.classifier.cv import load_candidates, setting_defaults
 
     torch.set_num_threads(args.threads)
-    specs = json.loads(Path(args.candidates).read_text()) if args.candidates else CANDIDATES
-    if args.only:
-        names = [n.strip() for n in args.only.split(",")]
-        if missing := [n for n in names if n not in specs]:
-            raise UserError(f"--only: unknown candidate(s) {missing}; have {list(specs)}")
-        specs = {n: specs[n] for n in names}
+    specs = load_candidates(args)
     ref_dir = Path(args.models) / "classifier" if (Path(args.models) / "classifier").is_dir() else Path(args.models)
     ref = load_manifest(ref_dir, "classifier")
     test_ids = set(ref["split"]["test"])
     texts = [a.text for a in bbc.read_corpus(data_path(args.data_dir, "bbc")) if a.id in test_ids]
-    fields = {f: getattr(ClassifierConfig, f, None) for f in ClassifierConfig.__dataclass_fields__}
-    base = {
-        "data": dict(DATA_DEFAULTS),
-        "model": {k: v for k, v in fields.items() if k not in ("vocab_size", "num_classes")},
-        "train": {f: getattr(TrainConfig, f) for f in TrainConfig.__dataclass_fields__},
-    }
+    base = setting_defaults()  # what train-classifier uses without flags; each candidate overrides it
     runtimes = {"committed": ClassifierRuntime(ref_dir, provider="cpu", intra_threads=1, precision=args.precision)}
     seqs = [runtimes["committed"].encode(t) for t in texts]
     with tempfile.TemporaryDirectory(prefix="cost-") as tmp:

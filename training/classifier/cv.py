@@ -173,10 +173,11 @@ def unit_done(run_dir: Path, name: str, fold: int, seed: int, cfg: dict) -> bool
     if not path.is_file():
         return False
 
+    defaults = setting_defaults()
+
     def comparable(c: dict, saved: dict) -> dict:
         # where the corpus lives is not part of it (the fingerprint is checked); a setting added after the unit was
         # saved is the same config when it is at its default (the default is what the unit trained with)
-        defaults = setting_defaults()
         return {
             part: {
                 k: v
@@ -220,12 +221,9 @@ def svm_unit(texts: list[str], labels: list[int], split: dict) -> dict:
 def svm_decisions(texts: list[str], labels: list[int], split: dict) -> dict[str, np.ndarray]:
     """The baseline's TF-IDF + LinearSVC fitted on the train part only -> decision values (N, C) on val and test:
     the stacked candidates' second input (fitted on val, so it must not have seen val)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.pipeline import make_pipeline
-    from sklearn.svm import LinearSVC
+    from training.classifier.baseline import tfidf_svm_model
 
-    model = make_pipeline(TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2), LinearSVC(C=1.0))
-    model.fit([texts[i] for i in split["train"]], [labels[i] for i in split["train"]])
+    model = tfidf_svm_model().fit([texts[i] for i in split["train"]], [labels[i] for i in split["train"]])
     return {part: model.decision_function([texts[i] for i in split[part]]) for part in ("val", "test")}
 
 

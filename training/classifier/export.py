@@ -235,9 +235,9 @@ def main(args) -> int:
         val_logits, val_m = score_model(model, [a.text for a in val], [a.label for a in val], vocab, max_len)
         temp = fixed_t or fit_temperature(val_logits, np.array([a.label for a in val]))
         test = [by_id[i] for i in split["test"]]
-        raw, _ = score_model(model, [a.text for a in test], [a.label for a in test], vocab, max_len)
+        raw, t = score_model(model, [a.text for a in test], [a.label for a in test], vocab, max_len)
         model.temperature.fill_(temp)
-        test_logits, t = score_model(model, [a.text for a in test], [a.label for a in test], vocab, max_len)
+        test_logits = raw / temp  # Ensemble.forward divides by T last; T > 0 keeps every argmax (and so t)
         v = val_m["accuracy"]
         ty = np.array([a.label for a in test])
         calibration = {

@@ -115,8 +115,8 @@ class TextClassifier(nn.Module):
         n = len(keys)
         if n > self.config.wide_features or list(keys) != sorted(keys):
             raise ValueError(f"need <= {self.config.wide_features} sorted keys, got {n}")
-        # a spare slot holds a key above every real one (never matched: no key reaches 2**62) and idf 0
-        self.wide_keys.fill_(2**62).narrow(0, 0, n).copy_(torch.as_tensor(keys, dtype=torch.long))
+        # a spare slot holds wide.UNUSED_KEY, above every real key and never matched, and idf 0
+        self.wide_keys.fill_(wide.UNUSED_KEY).narrow(0, 0, n).copy_(torch.as_tensor(keys, dtype=torch.long))
         self.wide_idf.zero_().narrow(0, 0, n).copy_(torch.as_tensor(idf, dtype=torch.float32))
 
     def wide_logits(self, ids: torch.Tensor) -> torch.Tensor:
@@ -124,7 +124,7 @@ class TextClassifier(nn.Module):
         c = self.config
         if torch.onnx.is_in_onnx_export():  # one TfIdfVectorizer node (a traced Function would not serialise)
             keys = self.wide_keys.cpu().numpy()
-            pool_ = wide.pool_of(keys[keys < 2**62], c.vocab_size)
+            pool_ = wide.pool_of(keys[keys < wide.UNUSED_KEY], c.vocab_size)
             counts = wide.NgramCounts.apply(ids, self.wide_keys, c.vocab_size, c.wide_ngrams, pool_)
             counts = torch.nn.functional.pad(counts, (0, c.wide_features - len(pool_[0]) - len(pool_[1]) // 2))
         else:

@@ -20,6 +20,8 @@ from collections import Counter
 import numpy as np
 import torch
 
+UNUSED_KEY = 2**62  # fills a model's spare feature slots: above every real key (< V * (V + 1)), never matched
+
 
 def ngram_keys(ids: torch.Tensor, vocab_size: int, n: int) -> torch.Tensor:
     """ids (B, T) -> keys (B, T) of the unigrams, followed by (B, T - 1) of the bigrams when n >= 2."""
