@@ -207,8 +207,8 @@ class GeneratorRuntime:
 
     def advance(self, states: Sequence[GenState], ids: Sequence[int], wide: bool = False) -> None:
         """Feed one character to each stream with ONE batched step call; updates the states in place.
-        fp32 gives each stream the numbers it would get alone; int8 only close ones (dynamic quantization scales
-        the whole batch's activations at once: docs/export_format.md)."""
+        Each stream gets the numbers it would get alone, bit for bit, at both precisions (int8's step graph
+        quantizes each row with its own scale: training/common/rowint8.py)."""
         if len(states) == 1:  # a lone stream: views, no copies (each step returns new arrays)
             s = states[0]
             logits, h, c = self.step(np.asarray(ids, dtype=np.int64), s.h[:, None], s.c[:, None], wide)

@@ -1,6 +1,7 @@
 """``quantize``: int8 variants of exported ONNX graphs, measured against fp32 and accepted only above a quality bar.
 
     quantize_file(src, dst)           onnxruntime.quantization.quantize_dynamic with QInt8 weights
+    quantize_role(kind, role, src, dst)  the generator's step graph row-wise (rowint8.py), every other graph as above
     classifier_quality(...)           held-out accuracy fp32 vs int8, agreement, max abs logit difference
     generator_quality(...)            bits/char fp32 vs int8, teacher forced through the step graphs
     add_int8_classifier / _generator  quantize + measure + record the manifest's "precisions" entry
@@ -34,6 +35,12 @@ from training.common.cli import DATA_DIR_ENV, UserError
 from training.common.files import read_text
 
 METHOD = "onnxruntime.quantization.quantize_dynamic: QInt8 weights (per tensor), activations quantized at run time"
+# the generator's step graph runs batches of streams: its activations get one scale per row (a stream's numbers do not
+# depend on its batch-mates); the prefill graph reads one prompt per call, where per tensor is per stream already
+GENERATOR_METHOD = (
+    "step: training.common.rowint8 (int8 weights per output column, activations quantized per row at run time: "
+    "batch-independent); prefill: " + METHOD + " (one prompt per call)"
+)
 # acceptance bars (docs/export_format.md): int8 must not lose accuracy / may cost at most 0.005 bits per char
 CLASSIFIER_BAR = {"min_accuracy_change": 0.0, "min_agreement": 0.995}
 GENERATOR_BAR = {"max_bits_per_char_change": 0.005}
@@ -56,6 +63,18 @@ def quantize_file(src: Path, dst: Path) -> None:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
     finally:
         logging.disable(logging.NOTSET)
+
+
+def quantize_role(kind: str, role: str, src: Path, dst: Path) -> None:
+    """The int8 variant of one graph of an exported folder: the generator's step graph row-wise, the rest dynamic."""
+    from training.common import rowint8
+
+    if kind == "generator" and role == "step" and rowint8.supports(src):
+        import onnx
+
+        onnx.save(rowint8.step_graph(rowint8.lstm_weights(src)), str(dst))
+    else:
+        quantize_file(src, dst)
 
 
 # ------------------------------------------------------------------ quality
@@ -171,7 +190,7 @@ def quantize_graphs(folder: Path, kind: str, say=_say) -> tuple[dict, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for role, name in fp32_files.items():
             out = Path(tmp) / int8_files[role]
-            quantize_file(folder / name, out)
+            quantize_role(kind, role, folder / name, out)
             say(
                 f"{kind}: {name} {(folder / name).stat().st_size / 1e6:.1f} MB -> "
                 f"{out.name} {out.stat().st_size / 1e6:.1f} MB"
@@ -192,9 +211,11 @@ def _record(folder: Path, man: dict, int8_files: dict, quality: dict, failures: 
     """The measured int8 entry, written to the manifest -> the entry."""
     from importlib import metadata
 
+    from training.common.rowint8 import is_rowwise
+
     entry = {
         "files": int8_files,
-        "method": METHOD,
+        "method": GENERATOR_METHOD if "step" in int8_files and is_rowwise(folder / int8_files["step"]) else METHOD,
         "accepted": not failures,
         "verdict": "; ".join(failures) if failures else "meets the bar",
         "quality": quality,
