@@ -127,7 +127,7 @@ def _rest(res: dict, out: list[str]) -> None:
         )
         out.append("| clients | mode | articles/s | p50 ms | p95 ms | failures | connections per worker |")
         out.append("| ---: | --- | ---: | ---: | ---: | ---: | --- |")
-        for mode in ("batching_on", "batching_off"):
+        for mode in ("batching_on", "batching_off", "reference"):
             for row in h.get(mode, []):
                 w = row.get("workers") or {}
                 spread = ", ".join(f"{k}: {v}" for k, v in (w.get("connections_by_worker") or {}).items())
@@ -145,8 +145,14 @@ def _rest(res: dict, out: list[str]) -> None:
                     if h.get("vs_ceiling_at_max") is not None
                     else ""
                 )
+                + (
+                    f"; batching on vs the reference server: {h['vs_reference_at_max']:.2f}"
+                    if h.get("vs_reference_at_max") is not None
+                    else ""
+                )
                 + "."
             )
+        ref = h.get("reference_server") or {}
         off = h.get("batching_off_server") or {}
         if off:
             out.append(
@@ -154,7 +160,17 @@ def _rest(res: dict, out: list[str]) -> None:
                 f"{off.get('precision', 'unknown')}. Each client holds one keep-alive connection, which stays "
                 "on one worker: the last column says how the clients were spread."
             )
+        if ref:
+            out.append(
+                f"Reference server (mode reference, `{ref.get('command', 'loadtests/bench/reference_server.py')}`): "
+                f"{ref.get('what')}; {ref.get('workers')} worker(s), {ref.get('threads_per_worker')} intra-op "
+                f"thread each, classifier precision {ref.get('precision')}, provider {ref.get('provider')}."
+            )
+        if h.get("reference_error"):
+            out.append(f"Reference server: not measured ({h['reference_error']}).")
         out.append("")
+        if h.get("ratios"):
+            out.extend(_ratios(h["ratios"]))
     if "generation" in res:
         g = res["generation"]
         out.append(f"**Generation** (streams of {g['stream_chars']} characters after a 200-character prompt):\n")
@@ -184,6 +200,27 @@ def _rest(res: dict, out: list[str]) -> None:
             f"after {s['history_chars']:,} characters of history {s['continued_ms']:.0f} ms: ratio "
             f"{s['ratio']:.2f}.\n"
         )
+
+
+def _x(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def _ratios(rows: list[dict]) -> list[str]:
+    out = [
+        "**/classify throughput ratios** (articles/s; reference = the reference server, ceiling = in-process):\n",
+        "| clients | batching on / reference | batching off / reference | batching on / ceiling | "
+        "reference / ceiling |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['concurrency']} | {_x(r.get('batching_on_vs_reference'))} | "
+            f"{_x(r.get('batching_off_vs_reference'))} | {_x(r.get('batching_on_vs_ceiling'))} | "
+            f"{_x(r.get('reference_vs_ceiling'))} |"
+        )
+    out.append("")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,10 @@ Sections (``--sections``, comma-separated; default all):
   http        HTTP /classify: throughput, p50/p95 vs concurrency with adaptive batching on and off (same worker
               count and precision), how the connections were spread over the workers, and the in-process
               ceiling measured in the same run (ceiling.py: the same runtime, articles and precision, one
-              process per usable core, no HTTP)
+              process per usable core, no HTTP), and a reference server driven the same way
+              (reference_server.py: plain uvicorn + ONNX Runtime, the same model and precision, as many
+              worker processes as the service, 1 intra-op thread each, one model call per request); the
+              service's throughput is reported as a ratio to both
   generation  time to first chunk, one stream's chars/s, aggregate chars/s of 1/4/16 concurrent streams
   session     continuing a session after 10,000 characters of history vs a fresh request
 
@@ -47,6 +50,8 @@ TARGETS: dict[str, tuple[str, str, float, str]] = {
     "continuation_ratio": ("continuing after 10,000 chars of history / fresh request", "<=", 1.1, "x"),
     "server_rss_max_gb": ("max RSS of the server's process tree during {rss_sections}", "<=", 1.5, " GB"),
 }
+# the /classify rows of the http section: the service with batching on, off, and the reference server
+HTTP_MODES = ("batching_on", "batching_off", "reference")
 # "batching off": the same service with a non-batchable /classify (one model call per request, concurrently in
 # BentoML's thread pool); everything else (workers, precision, middleware, connection spreading) is the same
 BATCHING_OFF_ENV = {"RNNTEXT_BATCHING": "0"}
@@ -125,7 +130,7 @@ def report_ceiling(c: dict) -> None:
 def report_http(r: dict) -> None:
     print("\n== HTTP /classify, one article per request (client-side latency) ==")
     print(f"{'clients':>7} {'mode':>12} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'fails':>6}  connections per worker")
-    for mode in ("batching_on", "batching_off"):
+    for mode in HTTP_MODES:
         for row in r.get(mode, []):
             w = row.get("workers") or {}
             print(
@@ -137,6 +142,26 @@ def report_http(r: dict) -> None:
         print(f"adaptive batching vs off at {r['max_concurrency']} clients: {r['speedup_at_max']:.2f}x throughput")
     if r.get("vs_ceiling_at_max") is not None:
         print(f"batching on at {r['max_concurrency']} clients vs the in-process ceiling: {r['vs_ceiling_at_max']:.2f}")
+    ref = r.get("reference_server") or {}
+    if r.get("ratios"):
+        print(
+            f"service vs the reference server ({ref.get('what', 'reference_server.py')}; {ref.get('workers')} "
+            f"worker(s), precision {ref.get('precision')}) and vs the in-process ceiling, articles/s:"
+        )
+        print(f"{'clients':>7} {'on/ref':>8} {'off/ref':>8} {'on/ceil':>8} {'ref/ceil':>9}")
+        for x in r["ratios"]:
+            print(
+                f"{x['concurrency']:7d} {_fmt(x['batching_on_vs_reference'])} {_fmt(x['batching_off_vs_reference'])} "
+                f"{_fmt(x['batching_on_vs_ceiling'])} {_fmt(x['reference_vs_ceiling'], 9)}"
+            )
+    if r.get("vs_reference_at_max") is not None:
+        print(f"batching on at {r['max_concurrency']} clients vs the reference server: {r['vs_reference_at_max']:.2f}")
+    if r.get("reference_error"):
+        print(f"reference server: not measured ({r['reference_error']})")
+
+
+def _fmt(x: float | None, width: int = 8) -> str:
+    return f"{x:{width}.2f}" if x is not None else f"{'-':>{width}}"
 
 
 def report_generation(r: dict) -> None:
@@ -254,7 +279,7 @@ def plots(res: dict, out: Path) -> list[Path]:
         plt.close(fig)
     if "http" in res and res["http"].get("batching_on"):
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
-        for mode in ("batching_on", "batching_off"):
+        for mode in HTTP_MODES:
             rows = res["http"].get(mode) or []
             c = [row["concurrency"] for row in rows]
             a1.plot(c, [row["throughput_rps"] for row in rows], marker="o", label=mode.replace("_", " "))
@@ -399,6 +424,57 @@ def describe_service(info: dict) -> dict:
     }
 
 
+def ratios(on: dict, off: dict, ref: dict, ceiling: float) -> list[dict]:
+    """Per client count: the service's /classify throughput (batching on, off) as a ratio to the reference
+    server's and to the in-process ceiling; None where a side was not measured."""
+
+    def ratio(a: dict | None, b: float | None) -> float | None:
+        return a["throughput_rps"] / b if a and b else None
+
+    return [
+        {
+            "concurrency": c,
+            "batching_on_vs_reference": ratio(on[c], (ref.get(c) or {}).get("throughput_rps")),
+            "batching_off_vs_reference": ratio(off.get(c), (ref.get(c) or {}).get("throughput_rps")),
+            "batching_on_vs_ceiling": ratio(on[c], ceiling),
+            "reference_vs_ceiling": ratio(ref.get(c), ceiling),
+        }
+        for c in sorted(on)
+    ]
+
+
+def reference_section(args, res: dict, svc: dict, provider: str, out: Path, classify_levels) -> None:
+    """The reference server (reference_server.py) with the service's worker count, classifier precision and
+    provider, started once the service is down, driven at the same client counts; it is stopped before this
+    returns. A reference server that fails is reported, and the rest of the run goes on."""
+    import httpx
+
+    from loadtests.bench import ceiling as ceil
+    from loadtests.bench.reference_server import ReferenceServer
+
+    workers, precision = svc["workers"], svc["precision"]["classifier"]
+    log = out / "reference-server.log"
+    print(f"starting the reference server ({workers} uvicorn worker(s), {precision}; log: {log}) ...", flush=True)
+    try:
+        with ReferenceServer(args.models, workers, precision, provider, log_path=log) as ref:
+            ref.wait_ready()
+            ceil.wait_idle(ref.proc.pid)  # /readyz answers once one worker is up; the others may be loading
+            info = service_info(ref.url)
+            res["http"]["reference"] = classify_levels(ref.url)
+    except (RuntimeError, TimeoutError, OSError, ValueError, httpx.HTTPError) as exc:
+        res["http"]["reference_error"] = repr(exc)
+        print(f"reference server failed: {exc!r}", flush=True)
+        return
+    res["http"]["reference_server"] = {
+        "what": "plain uvicorn + Starlette, ONNX Runtime, one model call per request, no batching",
+        "command": " ".join(["python", *ref.cmd[1:]]),
+        "workers": workers,
+        "precision": info["precision"],
+        "provider": info["provider"],
+        "threads_per_worker": info["threads"],
+    }
+
+
 def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None:
     from loadtests.bench import ceiling as ceil
     from loadtests.bench import http_load as bh
@@ -492,13 +568,17 @@ def run_server_sections(args, sections: list[str], res: dict, out: Path) -> None
             "workers": off_info["workers"],
             "precision": off_info["precision"]["classifier"],
         }
+        reference_section(args, res, svc, provider, out, classify_levels)
         on = {r["concurrency"]: r for r in res["http"]["batching_on"]}
         offr = {r["concurrency"]: r for r in res["http"]["batching_off"]}
+        ref = {r["concurrency"]: r for r in res["http"].get("reference") or []}
         res["http"].update(
             max_concurrency=top,
             batching_off_baseline="RNNTEXT_BATCHING=0",
             speedup_at_max=on[top]["throughput_rps"] / offr[top]["throughput_rps"],
             vs_ceiling_at_max=on[top]["throughput_rps"] / res["ceiling"]["articles_per_s"],
+            vs_reference_at_max=on[top]["throughput_rps"] / ref[top]["throughput_rps"] if top in ref else None,
+            ratios=ratios(on, offr, ref, res["ceiling"]["articles_per_s"]),
         )
         if 1 in on:
             res["http"]["single_client_p50_ms"] = on[1]["p50_ms"]
