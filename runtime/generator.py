@@ -5,6 +5,12 @@ The BentoML service and the ``generate`` command share these numerics. A stream'
 N characters have been emitted, every one of them has been fed to the model, so a stream can be stopped
 and resumed anywhere (``start("", state)``) and produces exactly what an uninterrupted run would.
 
+Sampling: where the export has a decode graph (``decode`` in the manifest's files: training/common/decode_graph.py),
+K characters are sampled and fed per ONNX Runtime call, the sampler inside the graph and its uniform draws taken
+from the stream's numpy RNG, so a seed gives the same text for any K (``decode_steps`` / ``Decoded``). Folders
+without one (older exports, GRU/RNN generators) sample with ``sample_next`` and feed one character per call
+(``advance``); the two samplers are the same rule.
+
 Precision and provider: ``GeneratorRuntime(folder, provider="auto", precision="auto")`` resolves both
 (``.provider`` "cpu" | "cuda", ``.precision`` "fp32" | "int8") with ``runtime.manifest.select_precision``.
 On CUDA a lone stream (``TextStream``) keeps h/c on the device between steps with IO binding (``BoundStep``).
@@ -64,6 +70,36 @@ class GenState:
     c: np.ndarray  # (L, H) float32
     logits: np.ndarray  # (V,) float32: the next character's logits, i.e. every emitted char has been fed
     rng_state: dict[str, Any] | None = field(default=None)  # numpy bit_generator.state
+
+
+class Decoded:
+    """The result of ``GeneratorRuntime.decode_steps``: K characters for each of B streams, and every state on the way.
+
+    ``ids`` (K, B); ``logits`` (K, B, V): the next-character logits after each character; ``h``, ``c`` (K, L, B, H).
+    ``take(b, n, state, rng)`` moves stream b's state to just after its first n characters and leaves its RNG having
+    drawn exactly the uniforms those n characters used, so a stream can end anywhere inside the K.
+    """
+
+    def __init__(self, out: list, first_logits: list[np.ndarray], rng_states: list, draws: np.ndarray):
+        self.ids, self.logits, self.h, self.c = out
+        self._first = first_logits  # each stream's logits before the first character (for log-probabilities)
+        self._rng_states = rng_states  # each stream's RNG state before its draws (None: it drew nothing)
+        self._draws = draws  # (K, B) bool: position k of stream b used a uniform draw
+
+    def logits_before(self, k: int, b: int) -> np.ndarray:
+        """The logits the k-th character of stream b was chosen from, (V,)."""
+        return self._first[b] if k == 0 else self.logits[k - 1, b]
+
+    def take(self, b: int, n: int, state: GenState, rng: np.random.Generator | None = None) -> None:
+        if n <= 0:
+            return
+        state.h, state.c = self.h[n - 1, :, b].copy(), self.c[n - 1, :, b].copy()
+        state.logits = self.logits[n - 1, b].copy()
+        if rng is not None and self._rng_states[b] is not None:
+            rng.bit_generator.state = self._rng_states[b]  # rewind, then draw what the n characters used
+            used = int(self._draws[:n, b].sum())
+            if used:
+                rng.random(used)
 
 
 class BoundStep:
@@ -139,6 +175,11 @@ class GeneratorRuntime:
         self.wide_step_session = None
         if self.provider == "cpu" and wide_threads > (intra_threads or 1):
             self.wide_step_session = make_session(folder / self.files["step"], self.provider, wide_threads)
+        self.decode_session = self.wide_decode_session = None
+        if "decode" in self.files:  # K characters per call, sampling in the graph
+            self.decode_session = make_session(folder / self.files["decode"], self.provider, intra_threads)
+            if self.wide_step_session is not None:
+                self.wide_decode_session = make_session(folder / self.files["decode"], self.provider, wide_threads)
         on_gpu = "CUDAExecutionProvider" in self.step_session.get_providers()
         self.device = ("cuda", cuda_device_id()) if on_gpu else ("cpu", 0)  # where BoundStep keeps h/c
         # IO binding for lone streams: on by default only where the state would otherwise cross the bus
@@ -170,6 +211,53 @@ class GeneratorRuntime:
         """ids (B,) -> logits (B, V), h, c (L, B, H). ``wide``: with the wide session, when there is one."""
         session = self.wide_step_session if wide and self.wide_step_session is not None else self.step_session
         return tuple(session.run(None, {"ids": np.asarray(ids, dtype=np.int64), "h": h, "c": c}))
+
+    @property
+    def fused(self) -> bool:
+        """Whether sampling runs in a decode graph (``decode_steps``), K characters per call."""
+        return self.decode_session is not None
+
+    def decode_steps(
+        self,
+        states: Sequence[GenState],
+        rngs: Sequence[np.random.Generator | None],
+        sampling: Sequence[tuple[float, int | None, float | None]],
+        steps: int,
+        forced: np.ndarray | None = None,
+        wide: bool = False,
+    ) -> Decoded:
+        """``steps`` characters for each stream in ONE call: sampled (temperature, top_k, top_p per stream) or, where
+        ``forced`` (steps, B) is >= 0, that id read instead (its RNG draws nothing). States are not changed: the
+        caller moves each one with ``Decoded.take`` to where its stream ends."""
+        B = len(states)
+        forced = np.full((steps, B), -1, np.int64) if forced is None else np.asarray(forced, np.int64)
+        draws = forced < 0  # (K, B)
+        u = np.zeros((steps, B), np.float64)
+        rng_states = []
+        for b, (rng, (temperature, _, _)) in enumerate(zip(rngs, sampling)):
+            if rng is None or temperature <= 0:  # greedy draws nothing, as in sample_next
+                draws[:, b] = False
+                rng_states.append(None)
+                continue
+            rng_states.append(rng.bit_generator.state)
+            n = int(draws[:, b].sum())
+            if n:
+                u[draws[:, b], b] = rng.random(n)  # the same uniforms, in the same order, for any K
+        h = np.stack([s.h for s in states], axis=1)  # (L, B, H)
+        c = np.stack([s.c for s in states], axis=1)
+        first = [s.logits for s in states]
+        feed = {
+            "logits": np.stack(first).astype(np.float32, copy=False),  # (B, V)
+            "h": h,
+            "c": c,
+            "u": u,
+            "forced": forced,
+            "temperature": np.array([t for t, _, _ in sampling], np.float32),
+            "top_k": np.array([k or 0 for _, k, _ in sampling], np.int64),
+            "top_p": np.array([1.0 if p is None else p for _, _, p in sampling], np.float32),
+        }
+        session = self.wide_decode_session if wide and self.wide_decode_session is not None else self.decode_session
+        return Decoded(session.run(None, feed), first, rng_states, draws)
 
     def bind(self, h: np.ndarray, c: np.ndarray) -> BoundStep:
         """A BoundStep starting from h, c (L, B, H): steps with the state kept on ``self.device``."""
@@ -224,9 +312,12 @@ class GeneratorRuntime:
 class TextStream:
     """Iterator over generated characters; ``.state`` is the stream's state after the last one yielded.
 
-    With ``runtime.io_binding`` (CUDA by default) the stream steps through a BoundStep: h/c stay on the device
-    and are copied back only when ``.state`` is read.
+    With a decode graph (``runtime.fused``) the stream runs CHUNK characters per call and hands them out one by
+    one; ``.state`` is moved to just after the last one handed out. Otherwise, with ``runtime.io_binding`` (CUDA
+    by default), it steps through a BoundStep: h/c stay on the device and are copied back when ``.state`` is read.
     """
+
+    CHUNK = 32  # characters per decode call: enough to spread the call's cost, few enough to stop early cheaply
 
     def __init__(
         self,
@@ -243,11 +334,20 @@ class TextStream:
         self.sampling = (temperature, top_k, top_p)
         self._state = runtime.start(prompt, state, seed)
         self._rng = runtime.rng_for(self._state)
-        self._bound = runtime.bind(self._state.h[:, None], self._state.c[:, None]) if runtime.io_binding else None
+        fused = runtime.fused
+        self._bound = (
+            runtime.bind(self._state.h[:, None], self._state.c[:, None]) if runtime.io_binding and not fused else None
+        )
         self._stale = False  # True while the bound h/c are ahead of self._state.h/.c
+        self._chunk: Decoded | None = None  # the decode call whose characters are being handed out
+        self._pos = 0  # how many of them have been
 
     @property
     def state(self) -> GenState:
+        if self._chunk is not None and self._pos:
+            self._chunk.take(0, self._pos, self._state, self._rng)
+            self.runtime.save_rng(self._state, self._rng)
+            self._chunk = None
         if self._stale:
             h, c = self._bound.state()  # (L, 1, H)
             self._state.h, self._state.c = h[:, 0], c[:, 0]
@@ -260,6 +360,8 @@ class TextStream:
     def __next__(self) -> str:
         if self.remaining <= 0:
             raise StopIteration
+        if self.runtime.fused:
+            return self._next_fused()
         s = self._state
         i = sample_next(s.logits, *self.sampling, rng=self._rng)
         # feed it now: the state always covers every emitted char
@@ -271,6 +373,17 @@ class TextStream:
         self.runtime.save_rng(s, self._rng)
         self.remaining -= 1
         return self.runtime.decode([i])
+
+    def _next_fused(self) -> str:
+        if self._chunk is None or self._pos == len(self._chunk.ids):
+            self.state  # noqa: B018 (commits the previous chunk)
+            k = min(self.CHUNK, self.remaining)
+            self._chunk = self.runtime.decode_steps([self._state], [self._rng], [self.sampling], k, wide=True)
+            self._pos = 0
+        i = int(self._chunk.ids[self._pos, 0])
+        self._pos += 1
+        self.remaining -= 1
+        return self.runtime.vocab[i]
 
 
 def generate(

@@ -163,6 +163,10 @@ class AppState:
         state = self.generator.start("The ", None, 0)
         for b in (1, 4, 16):
             self.generator.advance([copy.deepcopy(state) for _ in range(b)], [0] * b)
+            if self.generator.fused:  # the decode graph at the tick sizes the stepper uses
+                for k in {1, self.stepper.steps_for(b)}:
+                    self.generator.decode_steps([state] * b, [None] * b, [(0.0, None, None)] * b, k)
+                    self.generator.decode_steps([state] * b, [None] * b, [(0.0, None, None)] * b, k, wide=True)
         self._ready = self.batcher_warm = False
         self._gauge_task: asyncio.Task | None = None
         self._warm_task: asyncio.Task | None = None

@@ -149,9 +149,15 @@ class Generation:
         rng = rt.rng_for(state)
         if job.max_chars <= 0:
             return state, rng, None, None, None
-        i = rt.sample_next(state.logits, job.temperature, job.top_k, job.top_p, rng)
-        lp = None if job.top is None else char_logprob(state.logits, i, job.top)
-        rt.advance([state], [i])
+        if rt.fused:  # the decode graph with K = 1: its sampler, as every later character's
+            dec = rt.decode_steps([state], [rng], [(job.temperature, job.top_k, job.top_p)], 1)
+            i = int(dec.ids[0, 0])
+            lp = None if job.top is None else char_logprob(state.logits, i, job.top)
+            dec.take(0, 1, state, rng)
+        else:
+            i = rt.sample_next(state.logits, job.temperature, job.top_k, job.top_p, rng)
+            lp = None if job.top is None else char_logprob(state.logits, i, job.top)
+            rt.advance([state], [i])
         return state, rng, rt.decode([i]), lp, None
 
     async def run(self, t: Ticket) -> AsyncIterator[Chunk | Prompt | Done]:

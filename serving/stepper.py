@@ -34,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from runtime.logprobs import char_logprob, first_stop
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,11 @@ HANDOVER_S = 0.01
 # streams next to /classify at 80% of its capacity gave /classify a p95 of 353 ms on 2 cores.
 STEPPER_NICE = 10
 GIVE_WAY_S = 0.02  # the longest a tick waits for this worker's /classify batch (streams never starve)
+# With a decode graph a tick runs K characters per stream in one call: TICK_CHARS over the batch (a lone stream: 32
+# characters, ~3 ms; 16 streams: 2 each), so the per-call and per-tick costs are spread without making a tick long
+# enough to delay a /classify batch or a stop() by more than a few milliseconds.
+TICK_CHARS = 32
+MAX_STEPS = 32
 
 
 class StepperFull(Exception):
@@ -203,7 +210,7 @@ class Stepper:
             stepped = True
             self._give_way()
             try:
-                ids, records = self._tick(batch)
+                chars, commit = self._tick(batch)
             except Exception as exc:  # a failed step fails only the streams that were in it
                 log.exception("generation step failed for %d streams", len(batch))
                 self._hand_over(self._fail, self._take(batch), exc)
@@ -212,22 +219,29 @@ class Stepper:
             now = time.monotonic()
             due = now - last_handover >= HANDOVER_S
             with self._lock:
-                for s, i, record in zip(batch, ids, records):
+                for b, (s, items) in enumerate(zip(batch, chars)):
                     if s.closed:
                         continue
-                    emitted += 1
-                    if record is not None:
-                        s.logprobs.append(record)
-                    if s.forcing:
-                        s.fed += 1
-                        if not s.forcing and s.remaining <= 0:
-                            s.reason = "length"
-                    else:
-                        s.wrote(self.runtime.decode([i]))
+                    used = wrote = 0
+                    for i, record in items:  # one character (a step graph), or K (the decode graph)
+                        used += 1
+                        emitted += 1
+                        if record is not None:
+                            s.logprobs.append(record() if callable(record) else record)
+                        if s.forcing:
+                            s.fed += 1
+                            if not s.forcing and s.remaining <= 0:
+                                s.reason = "length"
+                        else:
+                            s.wrote(self.runtime.decode([i]))
+                            wrote += 1
+                        if s.reason is not None:
+                            break
+                    commit(b, used)  # its state has read exactly the characters counted above
                     finished = s.reason is not None
                     if finished:
                         self._active.remove(s)  # finished: its state covers exactly what it emitted
-                    if due or finished or s.produced == 1:
+                    if due or finished or (wrote and s.produced == wrote):  # its first characters go out at once
                         out.append((s, "".join(s.pending), finished))
                         s.pending.clear()
                 self.ticks += 1
@@ -257,21 +271,51 @@ class Stepper:
             s.pending.clear()
         return out
 
-    def _tick(self, batch: list[Stream]) -> tuple[list[int], list[Any]]:
-        """Each stream's next character (its next forced one, or a sample), then one batched step for all."""
+    def steps_for(self, streams: int) -> int:
+        """Characters per tick with a decode graph: TICK_CHARS spread over the streams, at least 1."""
+        return max(1, min(MAX_STEPS, TICK_CHARS // streams))
+
+    def _tick(self, batch: list[Stream]) -> tuple[list[list[tuple[int, Any]]], Callable[[int, int], None]]:
+        """Each stream's next characters (forced ones, or samples) and their log-probability records, from ONE model
+        call for the whole batch -> (per stream [(id, record)], commit(b, n): stream b keeps its first n)."""
         rt = self.runtime
-        ids, records = [], []
-        for s in batch:
-            forcing = s.forcing  # read once: the event loop may stop the stream meanwhile, never unforce it
-            i = (
-                int(s.forced[s.fed])
-                if forcing
-                else rt.sample_next(s.state.logits, s.temperature, s.top_k, s.top_p, s.rng)
-            )
-            ids.append(i)
-            records.append(None if s.top is None else char_logprob(s.state.logits, i, s.top))
-        rt.advance([s.state for s in batch], ids, wide=bool(self.wide and self.wide(len(batch))))
-        return ids, records
+        wide = bool(self.wide and self.wide(len(batch)))
+        if not getattr(rt, "fused", False):  # a step graph: sample here, one character per call
+            ids, records = [], []
+            for s in batch:
+                forcing = s.forcing  # read once: the event loop may stop the stream meanwhile, never unforce it
+                i = (
+                    int(s.forced[s.fed])
+                    if forcing
+                    else rt.sample_next(s.state.logits, s.temperature, s.top_k, s.top_p, s.rng)
+                )
+                ids.append(i)
+                records.append(None if s.top is None else char_logprob(s.state.logits, i, s.top))
+            rt.advance([s.state for s in batch], ids, wide=wide)
+            return [[(i, r)] for i, r in zip(ids, records)], lambda b, n: None
+        k = self.steps_for(len(batch))
+        forced = np.full((k, len(batch)), -1, np.int64)
+        for b, s in enumerate(batch):
+            if s.forcing:
+                rest = s.forced[s.fed : s.fed + k]
+                forced[: len(rest), b] = rest
+        dec = rt.decode_steps(
+            [s.state for s in batch],
+            [s.rng for s in batch],
+            [(s.temperature, s.top_k, s.top_p) for s in batch],
+            k,
+            forced,
+            wide,
+        )
+
+        def record(j: int, b: int, i: int, top: int):  # computed only for the characters a stream keeps
+            return lambda: char_logprob(dec.logits_before(j, b), i, top)
+
+        chars = [
+            [(int(dec.ids[j, b]), None if s.top is None else record(j, b, int(dec.ids[j, b]), s.top)) for j in range(k)]
+            for b, s in enumerate(batch)
+        ]
+        return chars, lambda b, n: dec.take(b, n, batch[b].state, batch[b].rng)
 
     def _take(self, batch: list[Stream]) -> list[Stream]:
         with self._lock:

@@ -3,6 +3,7 @@ path, and the generate / evaluate-generator commands."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import asdict
@@ -16,7 +17,7 @@ from training.common.files import read_text
 from training.generator.data import split_text
 
 MAX_VAL_BPC = 1.49  # issue 12 target; the committed model measures 1.425 (fp32), 1.427 (int8) (docs/generator.md)
-MAX_MODEL_MB = 70  # four fp32 copies of the weights (step/prefill x ONNX/TorchScript, 53 MB) + two int8 (7 MB)
+MAX_MODEL_MB = 85  # five fp32 copies (step/prefill x ONNX/TorchScript + decode, 67 MB) + three int8 (12 MB)
 MAX_INT8_BPC_CHANGE = 0.005  # the acceptance bar of training/common/quantize.py
 
 
@@ -50,9 +51,13 @@ def test_committed_int8_variant_is_accepted_and_chosen_on_cpu(rt, rt32, folder):
     assert (rt.provider, rt.precision, rt.files) == (
         "cpu",
         "int8",
-        {"step": "step.int8.onnx", "prefill": "prefill.int8.onnx"},
+        {"step": "step.int8.onnx", "prefill": "prefill.int8.onnx", "decode": "decode.int8.onnx"},
     )
-    assert (rt32.precision, rt32.files) == ("fp32", {"step": "step.onnx", "prefill": "prefill.onnx"})
+    assert (rt32.precision, rt32.files) == (
+        "fp32",
+        {"step": "step.onnx", "prefill": "prefill.onnx", "decode": "decode.onnx"},
+    )
+    assert rt.fused and rt32.fused
     q = int8["quality"]
     assert int8["accepted"] is True and q["n_chars"] == 64_000 and q["streams"] == 64
     assert 1.45 < q["bits_per_char"]["fp32"] < 1.55  # from the zero state, no context: 1.505
@@ -61,6 +66,11 @@ def test_committed_int8_variant_is_accepted_and_chosen_on_cpu(rt, rt32, folder):
     sizes = {role: (folder / name).stat().st_size for role, name in int8["files"].items()}
     assert 3.0e6 < sizes["prefill"] < 3.8e6  # a quarter of the fp32 13.4 MB
     assert 3.8e6 < sizes["step"] < 4.4e6  # int8 weights + the fp32 layer-0 input table (V x 4H) and decoder
+    assert 3.8e6 < sizes["decode"] < 4.4e6  # the same step inside a Loop, and the sampler
+    for prec in ("fp32", "int8"):  # the export's check: decode-graph text = step-graph text, for K = 1, 7, 64
+        for setting in ("greedy", "seeded"):
+            check = q["decode_parity"][prec][setting]
+            assert check["same_for_every_k"] and check["equal_to_step_graph"] and check["chars"] == 300
     # same model: the greedy text of the two precisions starts the same
     assert "".join(generate(rt, "Holmes", 20, temperature=0)) == "".join(generate(rt32, "Holmes", 20, temperature=0))
 
@@ -127,6 +137,7 @@ def test_io_binding_path_equals_the_plain_path(folder, precision):
     """BoundStep (h/c kept in OrtValues between calls; on CUDA by default) run on device 'cpu' here: the same
     numbers as step() with numpy arrays, bit for bit, for a batch over many steps and through TextStream."""
     rt = GeneratorRuntime(folder, "cpu", precision=precision)
+    rt.decode_session = None  # the step-graph path, where io binding applies (the decode graph: tests below)
     assert rt.io_binding is False and rt.device == ("cpu", 0)  # no GPU here: the plain path is the default
     ids = np.stack([rt.encode("Holmes and Watson, " * 6)[k : k + 60] for k in range(3)], 1)  # (60, B=3)
     h, c = rt.prefill(ids[:5].T, *rt.zero_state(3))[1:]
@@ -158,6 +169,50 @@ def test_io_binding_path_equals_the_plain_path(folder, precision):
         assert head + "".join(generate(rt, "", 70, temperature=0.8, top_k=20, state=first.state)) == text
     finally:
         rt.io_binding = False
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_decode_graph_writes_the_step_graphs_text_and_stops_anywhere(folder, precision):
+    """TextStream through the decode graph (CHUNK characters per call, sampling in the graph) writes what the step
+    graph + sample_next write one character per call; stopped mid-chunk and resumed from its stored state, the same
+    text; int8's states are the step graph's bit for bit (the same row-wise step)."""
+    fused = GeneratorRuntime(folder, "cpu", precision=precision)
+    plain = GeneratorRuntime(folder, "cpu", precision=precision)
+    plain.decode_session = None
+    assert fused.fused and not plain.fused
+    for sampling in ({"temperature": 0}, {"temperature": 0.8, "top_k": 20, "top_p": 0.95, "seed": 5}):
+        a, b = generate(fused, "It was", 150, **sampling), generate(plain, "It was", 150, **sampling)
+        text = "".join(a)
+        assert text == "".join(b) and len(text) == 150
+        if "seed" in sampling:  # (unseeded streams start from fresh entropy)
+            assert a.state.rng_state == b.state.rng_state
+        if precision == "int8":
+            assert np.array_equal(a.state.h, b.state.h) and np.array_equal(a.state.logits, b.state.logits)
+        rest = {k: v for k, v in sampling.items() if k != "seed"}
+        for cut in (1, 31, 32, 33, 77):  # TextStream.CHUNK = 32: inside, at and after a chunk's end
+            first = generate(fused, "It was", cut, **sampling)
+            head = "".join(first)
+            assert head + "".join(generate(fused, "", 150 - cut, state=first.state, **rest)) == text, cut
+        # reading .state mid-stream moves it to the characters handed out so far; the text goes on unchanged
+        stream = generate(fused, "It was", 150, **sampling)
+        head = "".join(next(stream) for _ in range(40))
+        assert "".join(generate(plain, "", 10, state=copy.deepcopy(stream.state), **rest)) == text[40:50]
+        assert head + "".join(stream) == text
+
+
+def test_decoded_take_rewinds_the_rng_to_the_draws_used(folder):
+    rt = GeneratorRuntime(folder, "cpu", precision="int8")
+    state = rt.start("Holmes", seed=1)
+    rng = rt.rng_for(state)
+    forced = np.array([[7], [-1], [-1], [-1]])  # a forced id draws nothing
+    dec = rt.decode_steps([state], [rng], [(0.8, None, None)], 4, forced)
+    assert dec.ids.shape == (4, 1) and dec.ids[0, 0] == 7 and dec.logits.shape == (4, 1, len(rt.vocab))
+    assert dec.h.shape == (4, rt.num_layers, 1, rt.hidden_size)
+    twin = np.random.default_rng(1)
+    dec.take(0, 3, state, rng)  # 1 forced + 2 sampled: two uniforms used
+    twin.random(2)
+    assert rng.bit_generator.state == twin.bit_generator.state
+    assert np.array_equal(state.logits, dec.logits[2, 0]) and np.array_equal(state.h, dec.h[2, :, 0])
 
 
 def test_sample_next():

@@ -134,7 +134,9 @@ def test_score_reads_a_session_as_it_is_and_changes_nothing(server):
     as_session = post(server, "/score", {"text": continued, "session_id": sid}, ALICE).json()
     as_context = post(server, "/score", {"text": continued, "context": "Holmes" + greedy(server, 50)}, ALICE).json()
     assert as_session["chars"] == 30 and "logprobs" not in as_session
-    assert as_session["bits_per_char"] == pytest.approx(as_context["bits_per_char"], abs=1e-3)
+    # the session's state was stepped by the row-wise int8 step graph, the context's read by the per-tensor int8
+    # prefill graph: two quantizations of one model (0.006 bits/char apart here; fp32: 1e-5)
+    assert as_session["bits_per_char"] == pytest.approx(as_context["bits_per_char"], abs=0.02)
     assert as_session["bits_per_char"] < 1.0  # its own greedy text is likely
     for headers, status in ((BOB, 404), (ALICE, 200)):
         assert post(server, "/score", {"text": "x", "session_id": sid}, headers).status_code == status

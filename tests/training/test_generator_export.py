@@ -63,6 +63,8 @@ def test_files_and_manifest(exported_small):
         "prefill.ts",
         "step.int8.onnx",
         "prefill.int8.onnx",
+        "decode.onnx",  # K characters per call, sampling in the graph (training/common/decode_graph.py)
+        "decode.int8.onnx",
     }
     for key in (
         "vocab",
@@ -87,17 +89,24 @@ def test_files_and_manifest(exported_small):
 
 def test_int8_variant_is_written_and_measured(exported_small):
     man = load_manifest(exported_small, kind="generator")
-    assert man["precisions"]["fp32"] == {"files": {"step": "step.onnx", "prefill": "prefill.onnx"}}
+    fp32_files = {"step": "step.onnx", "prefill": "prefill.onnx", "decode": "decode.onnx"}
+    assert man["precisions"]["fp32"] == {"files": fp32_files}
     int8 = man["precisions"]["int8"]
-    assert int8["files"] == {"step": "step.int8.onnx", "prefill": "prefill.int8.onnx"}
+    assert int8["files"] == {"step": "step.int8.onnx", "prefill": "prefill.int8.onnx", "decode": "decode.int8.onnx"}
+    assert "rowint8" in int8["method"]
     q = int8["quality"]
     assert (q["n_chars"], q["streams"], q["evaluated_on"]) == (64_000, 64, "the last 64,000 characters of canon.txt")
     assert q["bits_per_char_change"] == pytest.approx(q["bits_per_char"]["int8"] - q["bits_per_char"]["fp32"])
     assert q["bar"] == {"max_bits_per_char_change": 0.005}
     assert int8["accepted"] is (q["bits_per_char_change"] <= 0.005)  # random weights: either way
     assert 0 < q["prefill_max_abs_logit_diff"] < 5
-    for role, name in int8["files"].items():  # LSTM weights -> int8 (the embedding and output layer too)
-        assert (exported_small / name).stat().st_size < 0.5 * (exported_small / f"{role}.onnx").stat().st_size
+    for prec, checks in q["decode_parity"].items():  # the decode graph writes the step graph's text, for any K
+        for setting in ("greedy", "seeded"):
+            assert checks[setting]["same_for_every_k"], (prec, setting)
+            assert checks[setting]["equal_to_step_graph"] or prec == "fp32", (prec, setting)
+    for role, name in int8["files"].items():  # LSTM weights -> int8 (prefill: the embedding and output layer too)
+        bound = 0.5 if role == "prefill" else 0.75  # row-wise: layer 0's input table and the decoder stay fp32
+        assert (exported_small / name).stat().st_size < bound * (exported_small / f"{role}.onnx").stat().st_size
     rt = GeneratorRuntime(exported_small, "cpu", precision="int8")
     logits, h, c = rt.step(np.array([1, 2]), *rt.zero_state(2))
     assert logits.shape == (2, len(rt.vocab)) and h.shape == (2, 2, 48)

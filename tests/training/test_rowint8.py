@@ -76,3 +76,77 @@ def test_close_to_the_fp32_step(folder, tol, small):
     diffs = [float(np.abs(a - b).max()) for a, b in zip(got, ref)]
     assert all(0 < d < tol for d in diffs), diffs  # quantized (not equal), but close: committed ~0.11 logits
     assert (got[0].argmax(1) == ref[0].argmax(1)).mean() >= 0.75
+
+
+# ---------------------------------------------------------------------------------------- the decode graph
+@pytest.fixture(scope="module")
+def decode(small):
+    from training.common.decode_graph import decode_graph
+
+    onnx.save(decode_graph(lstm_weights(small / "step.onnx")), str(small / "decode.int8.onnx"))
+    return make_session(small / "decode.int8.onnx", "cpu", 1)
+
+
+def decode_feed(rng, steps: int, sampling: list[tuple], forced=None) -> dict:
+    B = len(sampling)
+    h = (rng.standard_normal((2, B, 32)) * 0.5).astype(np.float32)
+    return {
+        "logits": (rng.standard_normal((B, 17)) * 2).astype(np.float32),
+        "h": h,
+        "c": h * 2,
+        "u": rng.random((steps, B)),
+        "forced": np.full((steps, B), -1, np.int64) if forced is None else forced,
+        "temperature": np.array([t for t, _, _ in sampling], np.float32),
+        "top_k": np.array([k for _, k, _ in sampling], np.int64),
+        "top_p": np.array([p for _, _, p in sampling], np.float32),
+    }
+
+
+SAMPLING = [(0.0, 0, 1.0), (0.8, 0, 1.0), (1.3, 3, 1.0), (0.7, 0, 0.5), (1.0, 5, 0.9), (2.0, 1, 1.0), (1.0, 40, 0)]
+
+
+def test_decode_graph_samples_as_sample_next_and_steps_as_the_step_graph(small, decode):
+    """Every row: the id sample_next picks from the same logits and uniform (temperature 0: argmax; top_k used when
+    0 < k < V; top_p when 0 < p < 1), then the step graph's numbers for that id, bit for bit."""
+    from runtime.generator import sample_next
+
+    step = make_session(small / "step.int8.onnx", "cpu", 1)
+    feed = decode_feed(np.random.default_rng(3), 12, SAMPLING)
+    ids, logits_seq, h_seq, c_seq = decode.run(None, feed)
+    assert ids.shape == (12, 7) and logits_seq.shape == (12, 7, 17) and h_seq.shape == c_seq.shape == (12, 2, 7, 32)
+    logits, h, c = feed["logits"], feed["h"], feed["c"]
+    for k in range(12):
+        want = []
+        for b, (t, top_k, top_p) in enumerate(SAMPLING):
+
+            class Uniform:  # the graph's draw for this position
+                def random(self, u=feed["u"][k, b]):
+                    return u
+
+            want.append(sample_next(logits[b], t, top_k or None, top_p, rng=Uniform()))
+        assert ids[k].tolist() == want, k
+        logits, h, c = step.run(None, {"ids": np.array(want), "h": h, "c": c})
+        assert np.array_equal(logits, logits_seq[k]) and np.array_equal(h, h_seq[k]) and np.array_equal(c, c_seq[k])
+
+
+def test_decode_graph_is_the_same_for_any_k_and_reads_forced_ids(decode):
+    feed = decode_feed(np.random.default_rng(4), 9, SAMPLING[:4])
+    feed["forced"][:3, 1] = [4, 5, 6]  # stream 1 reads three ids, then samples
+    whole = decode.run(None, feed)
+    assert whole[0][:3, 1].tolist() == [4, 5, 6]
+    state = {k: feed[k] for k in ("logits", "h", "c")}
+    for start, stop in ((0, 1), (1, 5), (5, 9)):  # K = 1, 4, 4
+        part = decode.run(None, {**feed, **state, "u": feed["u"][start:stop], "forced": feed["forced"][start:stop]})
+        for got, want in zip(part, whole):
+            assert np.array_equal(got, want[start:stop])
+        state = {"logits": part[1][-1], "h": part[2][-1], "c": part[3][-1]}
+
+
+def test_one_row_alone_or_in_a_batch_gives_the_same_ids_and_numbers(decode):
+    feed = decode_feed(np.random.default_rng(5), 6, SAMPLING)
+    together = decode.run(None, feed)
+    for b in range(len(SAMPLING)):
+        one = {k: (v[:, b : b + 1] if k in ("h", "c", "u", "forced") else v[b : b + 1]) for k, v in feed.items()}
+        alone = decode.run(None, one)
+        assert np.array_equal(alone[0][:, 0], together[0][:, b])
+        assert np.array_equal(alone[2][:, :, 0], together[2][:, :, b])

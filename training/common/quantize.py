@@ -65,13 +65,18 @@ def quantize_file(src: Path, dst: Path) -> None:
         logging.disable(logging.NOTSET)
 
 
-def quantize_role(kind: str, role: str, src: Path, dst: Path) -> None:
-    """The int8 variant of one graph of an exported folder: the generator's step graph row-wise, the rest dynamic."""
+def quantize_role(kind: str, role: str, src: Path, dst: Path, step: Path | None = None) -> None:
+    """The int8 variant of one graph of an exported folder: the generator's step graph row-wise, its decode graph
+    (built from the fp32 step graph ``step``'s weights) with the same row-wise step inside, the rest dynamic."""
+    import onnx
+
     from training.common import rowint8
 
-    if kind == "generator" and role == "step" and rowint8.supports(src):
-        import onnx
+    if kind == "generator" and role == "decode":
+        from training.common.decode_graph import decode_graph
 
+        onnx.save(decode_graph(rowint8.lstm_weights(step)), str(dst))
+    elif kind == "generator" and role == "step" and rowint8.supports(src):
         onnx.save(rowint8.step_graph(rowint8.lstm_weights(src)), str(dst))
     else:
         quantize_file(src, dst)
@@ -137,6 +142,43 @@ def bits_per_char(runtime, ids: np.ndarray, streams: int = STREAMS) -> float:
     return nll / (streams * (n - 1)) / math.log(2)
 
 
+DECODE_CHECK_CHARS = 300
+DECODE_CHECK_K = (1, 7, 64)
+
+
+def decode_parity(runtime, chars: int = DECODE_CHECK_CHARS) -> dict:
+    """The decode graph's text (``decode_steps``, K characters per call, for each K in DECODE_CHECK_K) vs the step
+    graph's (``sample_next`` + ``advance`` per character), greedy and seeded -> {setting: {...}}."""
+    from runtime.generator import sample_next
+
+    out = {}
+    for name, (t, k, p, seed) in {"greedy": (0.0, None, None, None), "seeded": (0.8, 20, 0.95, 3)}.items():
+        state = runtime.start("Holmes", seed=seed)
+        rng = runtime.rng_for(state)
+        ref = []
+        for _ in range(chars):  # the reference: one character per step call
+            ref.append(sample_next(state.logits, t, k, p, rng))
+            runtime.advance([state], ref[-1:])
+        texts = {}
+        for steps in DECODE_CHECK_K:
+            state = runtime.start("Holmes", seed=seed)
+            rng = runtime.rng_for(state)
+            ids = []
+            while len(ids) < chars:
+                n = min(steps, chars - len(ids))
+                dec = runtime.decode_steps([state], [rng], [(t, k, p)], n)
+                dec.take(0, n, state, rng)
+                ids += dec.ids[:, 0].tolist()
+            texts[steps] = ids
+        out[name] = {
+            "chars": chars,
+            "same_for_every_k": all(v == texts[DECODE_CHECK_K[0]] for v in texts.values()),
+            "equal_to_step_graph": texts[DECODE_CHECK_K[0]] == ref,
+            "first_difference": next((i for i, (a, b) in enumerate(zip(texts[1], ref)) if a != b), None),
+        }
+    return out
+
+
 def generator_quality(
     folder: Path, int8_files: dict, text: str, evaluated_on: str, threads: int = 1
 ) -> tuple[dict, list[str]]:
@@ -150,6 +192,11 @@ def generator_quality(
         int8_files,
         step_session=make_session(folder / int8_files["step"], "cpu", threads),
         prefill_session=make_session(folder / int8_files["prefill"], "cpu", threads),
+        **(
+            {"decode_session": make_session(folder / int8_files["decode"], "cpu", threads)}
+            if "decode" in int8_files
+            else {}
+        ),
     )
     ids = fp32.encode(text)
     bpc = {k: bits_per_char(rt, ids) for k, rt in (("fp32", fp32), ("int8", int8))}
@@ -165,6 +212,14 @@ def generator_quality(
         "bar": dict(GENERATOR_BAR),
     }
     failures = []
+    if fp32.fused:
+        # int8's decode graph runs the very step graph that was measured: its text must be the step graph's; fp32's
+        # hand-built cell differs from the LSTM op by float rounding, so its equality is recorded, not required
+        q["decode_parity"] = {k: decode_parity(rt) for k, rt in (("fp32", fp32), ("int8", int8))}
+        for prec, checks in q["decode_parity"].items():
+            for name, c in checks.items():
+                if not c["same_for_every_k"] or (prec == "int8" and not c["equal_to_step_graph"]):
+                    failures.append(f"{prec} decode graph: {name} text differs ({c})")
     if not q["bits_per_char_change"] <= GENERATOR_BAR["max_bits_per_char_change"]:
         failures.append(
             f"bits/char {bpc['int8']:.4f} vs fp32 {bpc['fp32']:.4f} "
@@ -178,19 +233,40 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def add_fp32_decode(folder: Path, man: dict, say=_say) -> dict:
+    """An LSTM generator's fp32 decode graph (decode_graph.py), written beside its step graph and added to the
+    fp32 files -> the manifest (not yet written). Other kinds and cells: the manifest unchanged."""
+    import onnx
+
+    from training.common import rowint8
+    from training.common.decode_graph import decode_graph
+
+    variants = precision_variants(man)
+    fp32_files = dict(variants["fp32"]["files"])
+    if man.get("kind") != "generator" or not rowint8.supports(folder / fp32_files["step"]):
+        return man
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "decode.onnx"
+        onnx.save(decode_graph(rowint8.lstm_weights(folder / fp32_files["step"]), int8=False), str(out))
+        shutil.move(str(out), folder / out.name)
+    say(f"generator: decode.onnx {(folder / 'decode.onnx').stat().st_size / 1e6:.1f} MB (K characters per call)")
+    fp32_files["decode"] = "decode.onnx"
+    return {**man, "precisions": {**variants, "fp32": {**variants["fp32"], "files": fp32_files}}}
+
+
 def quantize_graphs(folder: Path, kind: str, say=_say) -> tuple[dict, dict]:
     """Write <name>.int8.onnx beside every fp32 graph -> (manifest, {role: int8 filename}).
 
     Each file is quantized in a temporary folder and moved in complete (the folder never holds a partial graph or
     a stray file that write_manifest would hash); then the manifest is rewritten with the variant marked
     "not measured yet" (accepted false), so the folder verifies while it is measured, and stays safe if stopped."""
-    man = load_manifest(folder, kind)  # verifies the fp32 files first
+    man = add_fp32_decode(folder, load_manifest(folder, kind))  # verifies the fp32 files first
     fp32_files = precision_variants(man)["fp32"]["files"]
     int8_files = {role: int8_name(name) for role, name in fp32_files.items()}
     with tempfile.TemporaryDirectory() as tmp:
         for role, name in fp32_files.items():
             out = Path(tmp) / int8_files[role]
-            quantize_role(kind, role, folder / name, out)
+            quantize_role(kind, role, folder / name, out, step=folder / fp32_files.get("step", ""))
             say(
                 f"{kind}: {name} {(folder / name).stat().st_size / 1e6:.1f} MB -> "
                 f"{out.name} {out.stat().st_size / 1e6:.1f} MB"

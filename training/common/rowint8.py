@@ -77,13 +77,21 @@ class _Graph:
     """A small helper around onnx.helper: names, initializers and nodes of one graph."""
 
     def __init__(self, prefix: str = ""):
-        self.nodes, self.inits, self.prefix, self._n = [], [], prefix, 0
+        self.nodes, self.inits, self.prefix, self._n, self._consts = [], [], prefix, 0, {}
+        self.rows_zero_point = ""  # (B,) uint8 zero points of the row-wise QuantizeLinear: set by emit_step
 
     def const(self, name: str, value) -> str:
+        """An initializer; a name used before must hold the same value (shared constants such as axes)."""
         from onnx import numpy_helper
 
         name = self.prefix + name
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        value = np.asarray(value)
+        if name in self._consts:
+            if not np.array_equal(self._consts[name], value):
+                raise ValueError(f"constant {name!r} defined twice with different values")
+            return name
+        self._consts[name] = value
+        self.inits.append(numpy_helper.from_array(value, name))
         return name
 
     def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs) -> str | list[str]:
@@ -94,10 +102,13 @@ class _Graph:
         self.nodes.append(helper.make_node(op_type, inputs, outs, **attrs))
         return outs[0] if n_out == 1 else outs
 
-    def linear_int8(self, x: str, w: np.ndarray, bias: np.ndarray | None, name: str) -> str:
-        """x (B, K) fp32 @ w (N, K)^T (+ bias) with row-wise int8 activations -> (B, N) fp32."""
+    def linear(self, x: str, w: np.ndarray, bias: np.ndarray | None, name: str, int8: bool = True) -> str:
+        """x (B, K) fp32 @ w (N, K)^T (+ bias) -> (B, N) fp32; int8: row-wise int8 activations, exact int GEMM."""
+        if not int8:
+            y = self.op("MatMul", [x, self.const(name + "_w", np.ascontiguousarray(w.T.astype(np.float32)))])
+            return self.op("Add", [y, self.const(name + "_b", bias.astype(np.float32))]) if bias is not None else y
         wq, ws = quantize_columns(w)
-        amax = self.op("ReduceMax", [self.op("Abs", [x])], axes=[1], keepdims=1)  # (B, 1): this row only
+        amax = self.op("ReduceMax", [self.op("Abs", [x])], axes=[1], keepdims=0)  # (B,): this row only
         s = self.op(
             "Div",
             [
@@ -105,78 +116,96 @@ class _Graph:
                 self.const(name + "_127", np.float32(127.0)),
             ],
         )
-        u = self.op(
-            "Cast",
-            [
-                self.op(
-                    "Add",
-                    [self.op("Round", [self.op("Div", [x, s])]), self.const(name + "_zp_f", np.float32(ZERO_POINT))],
-                )
-            ],
-            to=2,
-        )  # uint8
+        # round(x / s) + 128 as uint8, one scale per row (axis 0)
+        u = self.op("QuantizeLinear", [x, s, self.rows_zero_point], axis=0)
         acc = self.op(
-            "MatMulInteger", [u, self.const(name + "_wq", wq), self.const(name + "_zp", np.uint8(ZERO_POINT))]
-        )
-        y = self.op("Mul", [self.op("Mul", [self.op("Cast", [acc], to=1), s]), self.const(name + "_ws", ws)])
+            "MatMulInteger", [u, self.const(name + "_wq", wq), self.const(name + "_zpa", np.uint8(ZERO_POINT))]
+        )  # (B, N) int32
+        y = self.op("DequantizeLinear", [acc, self.const(name + "_ws", ws)], axis=1)  # acc * w_scale (N,)
+        y = self.op("Mul", [y, self.op("Unsqueeze", [s, self.const(name + "_ax1", np.array([1], np.int64))])])
         return self.op("Add", [y, self.const(name + "_b", bias.astype(np.float32))]) if bias is not None else y
 
     def cell(self, gates: str, c_prev: str, hidden: int, name: str) -> tuple[str, str]:
         """gates (B, 4H) in ONNX order i, o, f, c; c_prev (B, H) -> h, c (B, H)."""
-        i, o, f, g = self.op("Split", [gates, self.const(name + "_split", np.array([hidden] * 4, np.int64))], 4, axis=1)
-        c = self.op(
-            "Add",
-            [
-                self.op("Mul", [self.op("Sigmoid", [f]), c_prev]),
-                self.op("Mul", [self.op("Sigmoid", [i]), self.op("Tanh", [g])]),
-            ],
+        sig, g = self.op(
+            "Split", [gates, self.const(name + "_split", np.array([3 * hidden, hidden], np.int64))], 2, axis=1
         )
-        h = self.op("Mul", [self.op("Sigmoid", [o]), self.op("Tanh", [c])])
+        i, o, f = self.op(
+            "Split",
+            [self.op("Sigmoid", [sig]), self.const(name + "_split3", np.array([hidden] * 3, np.int64))],
+            3,
+            axis=1,
+        )
+        c = self.op("Add", [self.op("Mul", [f, c_prev]), self.op("Mul", [i, self.op("Tanh", [g])])])
+        h = self.op("Mul", [o, self.op("Tanh", [c])])
         return h, c
 
 
-def step_graph(weights: dict):
-    """The row-wise int8 step graph (onnx.ModelProto) with the fp32 step graph's inputs and outputs."""
-    from onnx import TensorProto, helper
-
+def emit_step(
+    g: _Graph, weights: dict, ids: str, hs: list[str], cs: list[str], int8: bool = True
+) -> tuple[str, list[str], list[str]]:
+    """One LSTM step into ``g``: ids (B,), each layer's h, c (B, H) -> logits (B, V), the layers' new h, c (B, H).
+    Per-layer (B, H) tensors, not (L, B, H): a Loop carries them without a split and a stack per character."""
     layers = weights["layers"]
-    L, H = len(layers), layers[0][1].shape[1]
-    V = weights["embed"].shape[0]
-    g = _Graph()
-    w0, _, b0 = layers[0]
+    H = layers[0][1].shape[1]
+    w0, r0, b0 = layers[0]
     table = (weights["embed"].astype(np.float64) @ w0.T.astype(np.float64) + b0).astype(np.float32)  # (V, 4H)
-    x_proj = g.op("Gather", [g.const("l0_table", table), "ids"], axis=0)  # (B, 4H)
-    ones = g.const("split_l", np.ones(L, np.int64))
-    hs = g.op("Split", ["h", ones], L, axis=0) if L > 1 else ["h"]
-    cs = g.op("Split", ["c", ones], L, axis=0) if L > 1 else ["c"]
-    axis0 = g.const("axis0", np.array([0], np.int64))
+    x_proj = g.op("Gather", [g.const("l0_table", table), ids], axis=0)  # (B, 4H): layer 0's input projection
+    if int8:  # QuantizeLinear per axis takes one zero point per row: (B,) uint8 128, made once per step
+        g.rows_zero_point = g.op("Expand", [g.const("zp128", np.uint8(ZERO_POINT)), g.op("Shape", [ids])])
     h_new, c_new, below = [], [], None
     for layer, (w, r, b) in enumerate(layers):
-        h_prev, c_prev = g.op("Squeeze", [hs[layer], axis0]), g.op("Squeeze", [cs[layer], axis0])  # (B, H)
         if layer == 0:
-            gates = g.op("Add", [x_proj, g.linear_int8(h_prev, r, None, "l0_r")])
-        else:
-            gates = g.linear_int8(
-                g.op("Concat", [below, h_prev], axis=1), np.concatenate([w, r], axis=1), b, f"l{layer}"
-            )
-        h, c = g.cell(gates, c_prev, H, f"l{layer}")
-        h_new.append(g.op("Unsqueeze", [h, axis0]))
-        c_new.append(g.op("Unsqueeze", [c, axis0]))
-        below = h
-    g.nodes.append(helper.make_node("Concat", h_new, ["h_out"], axis=0))
-    g.nodes.append(helper.make_node("Concat", c_new, ["c_out"], axis=0))
-    g.nodes.append(
-        helper.make_node(
-            "Gemm",
-            [below, g.const("dec_w", weights["dec_w"]), g.const("dec_b", weights["dec_b"])],
-            ["logits"],
-            transB=1,
-        )
-    )
+            gates = g.op("Add", [x_proj, g.linear(hs[0], r0, None, "l0_r", int8)])
+        else:  # [h_below, h_l] (B, 2H) @ [W_ih; W_hh]: one GEMM
+            x = g.op("Concat", [below, hs[layer]], axis=1)
+            gates = g.linear(x, np.concatenate([w, r], axis=1), b, f"l{layer}", int8)
+        below, c = g.cell(gates, cs[layer], H, f"l{layer}")
+        h_new.append(below)
+        c_new.append(c)
+    logits = g.op("Gemm", [below, g.const("dec_w", weights["dec_w"]), g.const("dec_b", weights["dec_b"])], transB=1)
+    return logits, h_new, c_new
+
+
+def split_layers(g: _Graph, x: str, layers: int) -> list[str]:
+    """(L, B, H) -> L names of (B, H)."""
+    axis0 = g.const("axis0", np.array([0], np.int64))
+    parts = g.op("Split", [x, g.const("split_l", np.ones(layers, np.int64))], layers, axis=0) if layers > 1 else [x]
+    return [g.op("Squeeze", [p, axis0]) for p in parts]
+
+
+def stack_layers(g: _Graph, xs: list[str], axis: int, out: str) -> None:
+    """L names of (..., B, H) -> ``out`` with a new layer axis at ``axis``."""
+    from onnx import helper
+
+    ax = g.const(f"stack_ax{axis}", np.array([axis], np.int64))
+    g.nodes.append(helper.make_node("Concat", [g.op("Unsqueeze", [x, ax]) for x in xs], [out], axis=axis))
+
+
+def make_model(g: _Graph, name: str, inputs: list, outputs: list):
+    from onnx import helper
+
+    graph = helper.make_graph(g.nodes, name, inputs, outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=PRODUCER)
+    model.ir_version = 8  # what torch.onnx writes at opset 17; onnxruntime reads up to 13
+    return model
+
+
+def step_graph(weights: dict, int8: bool = True):
+    """The step graph (onnx.ModelProto) with the fp32 step graph's inputs and outputs: ids (B,), h, c (L, B, H)
+    -> logits (B, V), h_out, c_out; int8: row-wise (this module's docstring)."""
+    from onnx import TensorProto, helper
+
+    L, H, V = len(weights["layers"]), weights["layers"][0][1].shape[1], weights["embed"].shape[0]
+    g = _Graph()
+    logits, hs, cs = emit_step(g, weights, "ids", split_layers(g, "h", L), split_layers(g, "c", L), int8)
+    g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
+    stack_layers(g, hs, 0, "h_out")
+    stack_layers(g, cs, 0, "c_out")
     f32 = TensorProto.FLOAT
-    graph = helper.make_graph(
-        g.nodes,
-        "step_rowint8",
+    return make_model(
+        g,
+        "step_rowint8" if int8 else "step_fp32",
         [
             helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"]),
             helper.make_tensor_value_info("h", f32, [L, "batch", H]),
@@ -187,8 +216,4 @@ def step_graph(weights: dict):
             helper.make_tensor_value_info("h_out", f32, [L, "batch", H]),
             helper.make_tensor_value_info("c_out", f32, [L, "batch", H]),
         ],
-        g.inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name=PRODUCER)
-    model.ir_version = 8  # what torch.onnx writes at opset 17; onnxruntime reads up to 13
-    return model
