@@ -96,6 +96,23 @@ def test_recalibrating_the_committed_model_fits_the_same_temperature(bbc_dir, ex
     assert ece(p_new, y) == pytest.approx(committed["calibration"]["test_ece"], abs=1e-4)
 
 
+@pytest.mark.slow
+def test_regraph_keeps_every_recorded_figure(bbc_dir, exported, committed, tmp_path):
+    from training.classifier.recalibrate import MEASURED
+
+    folder = str(exported / "classifier")
+    proc = cli("recalibrate-classifier", folder, "--regraph", "--data-dir", str(bbc_dir), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = load_manifest(tmp_path / "classifier", "classifier")  # verifies the rewritten sha256s
+    assert list(again) == list(committed)
+    assert {k: v for k, v in again.items() if k not in MEASURED} == {
+        k: v for k, v in committed.items() if k not in MEASURED
+    }
+    assert max(again["parity"]["max_abs_diff"].values()) < 1e-4 and again["precisions"]["int8"]["accepted"]
+    proc = cli("recalibrate-classifier", folder, "--regraph", "--cv", "x.json:m", "--out", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "--regraph keeps the manifest's cv figures" in proc.stderr
+
+
 def test_recalibrate_refuses_a_split_that_is_not_the_models(bbc_dir, exported, tmp_path):
     proc = cli(
         "recalibrate-classifier",

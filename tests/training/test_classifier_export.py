@@ -120,6 +120,36 @@ def test_onnx_equals_torchscript_on_real_articles(folder, runtime, test_articles
     assert worst < 1e-4
 
 
+def test_committed_graph_runs_one_bidirectional_lstm_with_sequence_lens(folder):
+    """The hand-built graph (training/classifier/onnx_graph.py): each row stops at its own length, no reversal by
+    gathers; the int8 variant keeps that shape with DynamicQuantizeLSTM."""
+    import onnx
+
+    for name, op in (("model.onnx", "LSTM"), ("model.int8.onnx", "DynamicQuantizeLSTM")):
+        nodes = onnx.load(str(folder / name)).graph.node
+        rnns = [n for n in nodes if n.op_type in ("LSTM", "DynamicQuantizeLSTM", "GRU", "RNN")]
+        assert [n.op_type for n in rnns] == [op], name
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in rnns[0].attribute}
+        assert attrs["direction"] == b"bidirectional" and len(rnns[0].input) > 4 and rnns[0].input[4], name
+        assert not {"GatherElements", "ReverseSequence"} & {n.op_type for n in nodes}, name
+
+
+def test_length_buckets_give_the_logits_of_one_text_at_a_time(runtime, test_articles):
+    """fp32: the same logits whatever the chunking (each row stops at its own length), in input order."""
+    from runtime.classifier import BATCH_SIZE, MAX_PADDING, length_buckets
+
+    texts = [a.text for a in test_articles[:48]]
+    together = runtime.predict_logits(texts)  # chunks of <= BATCH_SIZE, padding share <= MAX_PADDING
+    assert np.abs(together - runtime.predict_logits(texts, batch_size=1)).max() < 1e-5
+    assert np.abs(together - runtime.predict_logits(texts, max_padding=1.0)).max() < 1e-5  # whole sorted call
+    lengths = sorted(len(runtime.encode(t)) for t in texts)
+    chunks = length_buckets(lengths, BATCH_SIZE)
+    assert 1 < len(chunks) < len(texts)  # real articles of mixed lengths: some chunks hold several
+    for r in chunks:
+        rows = lengths[r.start : r.stop]
+        assert len(rows) * max(rows) - sum(rows) <= MAX_PADDING * len(rows) * max(rows)
+
+
 def test_runtime_order_batching_and_encoding(runtime, test_articles):
     texts = [a.text for a in test_articles[:24]]
     p = runtime.predict_proba(texts)

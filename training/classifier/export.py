@@ -1,7 +1,10 @@
 """export-classifier: checkpoint -> exported_models/classifier/{model.onnx, model.ts, model.int8.onnx, manifest.json}.
 
-Traces the model (its graph has no packed sequences: see training/classifier/model.py) with dynamic batch and
-length, then checks both files against eager PyTorch on real articles of several lengths and batch sizes;
+model.ts is the traced model (its graph has no packed sequences: see training/classifier/model.py); model.onnx is
+built by hand from the weights (training/classifier/onnx_graph.py: one bidirectional RNN op per layer with
+``sequence_lens``, so each row stops at its own length), or traced too for a model with the wide branch. Both have
+dynamic batch and length. Then both files are checked against eager PyTorch on real articles of several lengths and
+batch sizes (one-token rows beside the longest article included);
 the eager model is also compared with the packed-sequence reference. Above ``--tolerance`` max abs logit
 difference nothing is written. Then model.onnx is dynamically quantized to model.int8.onnx and measured on the
 held-out test split (training.common.quantize); the manifest's ``precisions`` entry records the numbers and whether
@@ -24,6 +27,7 @@ import torch
 from runtime.manifest import write_manifest
 from runtime.providers import make_session
 from training.classifier import data as bbc
+from training.classifier import onnx_graph
 from training.classifier.model import ClassifierConfig, Ensemble, TextClassifier, reference_forward
 from training.classifier.tokenizer import Vocab
 from training.classifier.train import collate
@@ -34,7 +38,7 @@ from training.common.quantize import add_int8_classifier
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZES = (1, 3, 8, 16)
+BATCH_SIZES = (1, 3, 8, 16, 32)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,8 +88,9 @@ def parity_batches(texts: list[str], vocab: Vocab, max_len: int) -> list[list[li
     for b in BATCH_SIZES:
         b = min(b, n)
         out += [enc[:b], enc[n // 2 : n // 2 + b], enc[n - b :], enc[:: max(1, n // b)][:b]]
-    # a headline-only input, a one-token input
-    out.append([vocab.encode(texts[0].split("\n")[0], max_len), [vocab.encode("the")[0]]])
+    # a headline-only input, a one-token input; one-token rows beside the longest article
+    one = [vocab.encode("the")[0]]
+    out += [[vocab.encode(texts[0].split("\n")[0], max_len), one], [one, enc[-1], one]]
     return out
 
 
@@ -94,6 +99,10 @@ def export(model: TextClassifier, folder: Path, opset: int) -> None:
     with torch.no_grad():
         ts = torch.jit.trace(model, (ids, lengths), check_trace=False)
     ts.save(str(folder / "model.ts"))
+    if onnx_graph.supported(model):
+        onnx_graph.save(model, folder / "model.onnx", opset)
+        return
+    # the wide (TF-IDF) branch is not in the hand-built graph: trace it (its RNNs then run over the padded length)
     torch.onnx.export(
         model,
         (ids, lengths),

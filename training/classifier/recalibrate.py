@@ -7,6 +7,12 @@ the training defaults (``--split-seed`` etc.) and must give exactly the manifest
 written. Then ``export-classifier --temperature fit`` runs on a run folder rebuilt from those parts: parity,
 int8 and manifest as for any export. The weights, and so every argmax, are unchanged. A model exported with a
 temperature already (one member and T) is recalibrated from its raw weights, so running this twice changes nothing.
+
+``--regraph`` re-exports the graph only (e.g. after a change to training/classifier/onnx_graph.py): the same path,
+but with the manifest's temperature as is, and every recorded figure (metrics, calibration, cv, ensemble, split, ...)
+kept from the manifest; parity, the int8 variant (measured again on the test split), versions and the date are new.
+
+    python -m training recalibrate-classifier exported_models/classifier --regraph --data-dir $DATA_DIR/bbc
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ from pathlib import Path
 
 import torch
 
-from runtime.manifest import load_manifest
+from runtime.manifest import load_manifest, write_manifest
 from training.classifier import data as bbc
 from training.classifier.model import ClassifierConfig, TextClassifier
 from training.common.cli import UserError
 from training.common.files import write_json
+
+# what --regraph measures again; every other manifest key is kept as recorded
+MEASURED = ("format_version", "parity", "precisions", "versions", "created", "files")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cv", metavar="CV_JSON:NAME", help="as export-classifier --cv")
     parser.add_argument("--out", default="exported_models", help="exported models root; writes <out>/classifier")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--regraph",
+        action="store_true",
+        help="re-export the graphs only: keep the manifest's T and figures; parity and int8 are measured again",
+    )
     for name in ("split_seed", "val_frac", "test_frac", "dedup_threshold"):
         parser.add_argument("--" + name.replace("_", "-"), type=type(DATA_DEFAULTS[name]), default=DATA_DEFAULTS[name])
 
@@ -102,14 +116,20 @@ def main(args) -> int:
         "test_frac": args.test_frac,
         "dedup_threshold": args.dedup_threshold,
     }
+    kept = None
+    if args.regraph:
+        if args.cv:
+            raise UserError("--regraph keeps the manifest's cv figures: drop --cv, or recalibrate without --regraph")
+        kept = load_manifest(folder, "classifier")
     with tempfile.TemporaryDirectory(prefix="recalibrate-") as tmp:
         run = Path(tmp) / folder.resolve().name
         run.mkdir()
         rebuild_run(folder, run, data_cfg)
-        return export.main(
+        rc = export.main(
             argparse.Namespace(
                 run_dir=[str(run)],
-                temperature="fit",
+                # repr round-trips the float: the graph divides by exactly the recorded T
+                temperature=repr(float((kept.get("ensemble") or {}).get("temperature", 1.0))) if kept else "fit",
                 cv=args.cv,
                 out=args.out,
                 data_dir=args.data_dir,
@@ -119,3 +139,10 @@ def main(args) -> int:
                 threads=args.threads,
             )
         )
+    if kept is not None:  # the figures on record, over the ones export.main wrote (the same weights and T)
+        out = Path(args.out) / "classifier"
+        new = load_manifest(out, "classifier")
+        doc = {k: new.get(k) if k in MEASURED else v for k, v in kept.items()}  # in the recorded order
+        write_manifest(out, {**doc, **{k: v for k, v in new.items() if k in MEASURED and k not in doc}})
+        print(f"{out}: manifest figures kept from {folder}; parity, int8, versions and date measured again")
+    return rc
