@@ -33,7 +33,10 @@ def emit_sampler_setup(g: _Graph, temperature: str, top_k: str, top_p: str, voca
     ax1 = g.const("s_ax1", np.array([1], np.int64))
     t = g.op("Unsqueeze", [temperature, ax1])  # (B, 1)
     greedy = g.op("LessOrEqual", [t, g.const("s_zero", np.float32(0))])
-    inv_t = g.op("Reciprocal", [g.op("Cast", [g.op("Where", [greedy, g.const("s_one", np.float32(1)), t])], to=DOUBLE)])
+    # greedy as temperature 1e-30: every logit below the largest gets probability exp(-1e24 or less) = 0, so with
+    # its draw u = 0 (greedy draws nothing) a greedy row picks rank 0: the first largest logit, as argmax does
+    t = g.op("Where", [greedy, g.const("s_tiny", np.float32(1e-30)), t])
+    inv_t = g.op("Reciprocal", [g.op("Cast", [t], to=DOUBLE)])
     k = g.op("Unsqueeze", [top_k, ax1])
     k_on = g.op(
         "And", [g.op("Greater", [k, g.const("s_k0", np.int64(0))]), g.op("Less", [k, g.const("s_kv", np.int64(vocab))])]
@@ -47,11 +50,11 @@ def emit_sampler_setup(g: _Graph, temperature: str, top_k: str, top_p: str, voca
         [g.op("Greater", [tp, g.const("s_p0", np.float32(0))]), g.op("Less", [tp, g.const("s_p1", np.float32(1))])],
     )
     tp = g.op("Cast", [g.op("Where", [p_on, tp, g.const("s_p2", np.float32(2))])], to=DOUBLE)
-    return {"greedy": greedy, "inv_t": inv_t, "keep_k": keep_k, "top_p": tp, "rank": rank}
+    return {"inv_t": inv_t, "keep_k": keep_k, "top_p": tp}
 
 
 def emit_sample(g: _Graph, logits: str, u: str, s: dict, vocab: int) -> str:
-    """Nodes that sample one id per row -> ids (B,) int64. logits (B, V) f32, u (B,) f64, s: emit_sampler_setup."""
+    """Nodes that sample one id per row -> ids (B,) int64. logits (B, V) f32, u (B, 1) f64, s: emit_sampler_setup."""
     ax1 = g.const("s_ax1", np.array([1], np.int64))
     z = g.op("Mul", [g.op("Cast", [logits], to=DOUBLE), s["inv_t"]])  # (B, V) f64
     vals, order = g.op("TopK", [z, g.const("s_v", np.array([vocab], np.int64))], 2, axis=1, largest=1, sorted=1)
@@ -61,16 +64,15 @@ def emit_sample(g: _Graph, logits: str, u: str, s: dict, vocab: int) -> str:
     last, end = g.const("s_last", np.array([vocab - 1], np.int64)), g.const("s_end", np.array([vocab], np.int64))
     cdf = g.op("CumSum", [p, cax])
     total = g.op("Slice", [cdf, last, end, ax1])  # (B, 1)
-    # keep ranks 0..n where n = how many cumulative masses are below top_p: the smallest prefix reaching it
+    # keep ranks 0..n where n = how many cumulative masses are below top_p: the smallest prefix reaching it; the
+    # kept prefix's cumulative masses are cdf's own, so its total is cdf[n]
     below = g.op("Cast", [g.op("Less", [cdf, g.op("Mul", [s["top_p"], total])])], to=INT64)
-    n = g.op("ReduceSum", [below, ax1], keepdims=1)
-    cdf = g.op("CumSum", [g.op("Mul", [p, g.op("Cast", [g.op("LessOrEqual", [s["rank"], n])], to=DOUBLE)]), cax])
-    r = g.op("Mul", [g.op("Unsqueeze", [u, ax1]), g.op("Slice", [cdf, last, end, ax1])])  # u * total, (B, 1)
+    n = g.op("Min", [g.op("ReduceSum", [below, ax1], keepdims=1), g.const("s_vmax", np.int64(vocab - 1))])
+    r = g.op("Mul", [u, g.op("GatherElements", [cdf, n], axis=1)])  # u * kept total, (B, 1)
+    # searchsorted(cdf / total, u, side="right"): how many cumulative masses are <= u * total, never past rank n
     idx = g.op("ReduceSum", [g.op("Cast", [g.op("LessOrEqual", [cdf, r])], to=INT64), ax1], keepdims=1)
-    idx = g.op("Min", [idx, g.const("s_vmax", np.int64(vocab - 1))])
-    sampled = g.op("GatherElements", [order, idx], axis=1)  # (B, 1)
-    best = g.op("ArgMax", [logits], axis=1, keepdims=1)
-    return g.op("Squeeze", [g.op("Where", [s["greedy"], best, sampled]), ax1])  # (B,)
+    sampled = g.op("GatherElements", [order, g.op("Min", [idx, n])], axis=1)  # (B, 1)
+    return g.op("Squeeze", [sampled, ax1])  # (B,)
 
 
 def decode_graph(weights: dict, int8: bool = True):
@@ -81,9 +83,10 @@ def decode_graph(weights: dict, int8: bool = True):
     f32 = TensorProto.FLOAT
     g = _Graph()
     setup = emit_sampler_setup(g, "temperature", "top_k", "top_p", V)
+    g.nodes.append(helper.make_node("Unsqueeze", ["u", g.const("ax2", np.array([2], np.int64))], ["u_col"]))
     body = _Graph(prefix="b_")
     i_k = body.op("Identity", ["k"])
-    u_k = body.op("Gather", ["u", i_k], axis=0)  # (B,)
+    u_k = body.op("Gather", ["u_col", i_k], axis=0)  # (B, 1)
     forced_k = body.op("Gather", ["forced", i_k], axis=0)
     sampled = emit_sample(body, "logits_in", u_k, setup, V)
     ids = body.op("Where", [body.op("GreaterOrEqual", [forced_k, body.const("zero", np.int64(0))]), forced_k, sampled])
