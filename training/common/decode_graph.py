@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.common.rowint8 import _Graph, emit_step, make_model, split_layers, stack_layers
+from training.common.rowint8 import ZERO_POINT, _Graph, emit_step, make_model, split_layers, stack_layers
 
 DOUBLE, INT64, BOOL = 11, 7, 9  # onnx.TensorProto data types
 
@@ -85,18 +85,25 @@ def decode_graph(weights: dict, int8: bool = True):
     setup = emit_sampler_setup(g, "temperature", "top_k", "top_p", V)
     g.nodes.append(helper.make_node("Unsqueeze", ["u", g.const("ax2", np.array([2], np.int64))], ["u_col"]))
     body = _Graph(prefix="b_")
-    i_k = body.op("Identity", ["k"])
-    u_k = body.op("Gather", ["u_col", i_k], axis=0)  # (B, 1)
-    forced_k = body.op("Gather", ["forced", i_k], axis=0)
+    # per call, not per character: each row's QuantizeLinear zero points (B,), read by the body from the outer scope
+    g.nodes.append(
+        helper.make_node(
+            "Expand", [g.const("zp128", np.uint8(ZERO_POINT)), g.op("Shape", ["temperature"])], ["zp_rows"]
+        )
+    )
+    body.rows_zero_point = "zp_rows"
+    u_k = body.op("Gather", ["u_col", "k"], axis=0)  # (B, 1)
+    forced_k = body.op("Gather", ["forced", "k"], axis=0)
     sampled = emit_sample(body, "logits_in", u_k, setup, V)
     ids = body.op("Where", [body.op("GreaterOrEqual", [forced_k, body.const("zero", np.int64(0))]), forced_k, sampled])
     h_in, c_in = [f"h{i}_in" for i in range(L)], [f"c{i}_in" for i in range(L)]
     logits, hs, cs = emit_step(body, weights, ids, h_in, c_in, int8)
     carried = ["logits", *(f"h{i}" for i in range(L)), *(f"c{i}" for i in range(L))]  # (B, V), then (B, H) each
-    for src, dst in zip(["cond_in", logits, *hs, *cs], ["cond_out"] + [n + "_out" for n in carried]):
-        body.nodes.append(helper.make_node("Identity", [src], [dst]))
-    for src, dst in zip([ids, logits, *hs, *cs], ["ids_k"] + [n + "_k" for n in carried]):  # the scan outputs
-        body.nodes.append(helper.make_node("Identity", [src], [dst]))
+    body.rename(ids, "ids_k")
+    for src, name in zip([logits, *hs, *cs], carried):  # the carried values named as outputs; their scan copies
+        body.rename(src, name + "_out")
+        body.nodes.append(helper.make_node("Identity", [name + "_out"], [name + "_k"]))
+    body.nodes.append(helper.make_node("Identity", ["cond_in"], ["cond_out"]))
     state = [helper.make_tensor_value_info(n, f32, ["batch", H]) for n in h_in + c_in]
     body_graph = helper.make_graph(
         body.nodes,
