@@ -37,16 +37,17 @@ from loadtests.texts import articles
 SECTIONS = ("models", "quant", "http", "generation", "session")
 PRECISIONS = ("auto", "fp32", "int8")
 RSS_PERIOD_S = 0.5
-# key -> (what, op, threshold, unit): the issue's targets, each judged on figures measured in the same run
+# key -> (what, op, threshold, unit): the issues' targets (issue 26 raised several), each judged on figures measured
+# in the same run
 TARGETS: dict[str, tuple[str, str, float, str]] = {
-    "classify_vs_ceiling": ("/classify articles/s at {top} clients / in-process ceiling", ">=", 0.60, ""),
-    "classify_p95_ms": ("/classify p95 at {top} clients", "<=", 100, " ms"),
+    "classify_vs_ceiling": ("/classify articles/s at {top} clients / in-process ceiling", ">=", 0.80, ""),
+    "classify_p95_ms": ("/classify p95 at {top} clients", "<=", 40, " ms"),
     "classify_errors": ("/classify failed requests (batching on, every client count)", "<=", 0, ""),
     "batching_on_vs_off": ("/classify throughput at {top} clients, batching on / off", ">=", 1.5, "x"),
-    "single_client_p50_ms": ("/classify p50, one client", "<=", 4, " ms"),
-    "one_stream_chars_per_s": ("one sampled /generate stream, chars/s", ">=", 5000, ""),
-    "streams_vs_one": ("aggregate chars/s, {streams} streams / one stream", ">=", 4, "x"),
-    "first_chunk_p50_ms": ("/generate time to first chunk, p50", "<=", 20, " ms"),
+    "single_client_p50_ms": ("/classify p50, one client", "<=", 3, " ms"),
+    "one_stream_chars_per_s": ("one sampled /generate stream, chars/s", ">=", 10000, ""),
+    "streams_vs_one": ("aggregate chars/s, {streams} streams / one stream", ">=", 6, "x"),
+    "first_chunk_p50_ms": ("/generate time to first chunk, p50", "<=", 10, " ms"),
     "continuation_ratio": ("continuing after 10,000 chars of history / fresh request", "<=", 1.1, "x"),
     "server_rss_max_gb": ("max RSS of the server's process tree during {rss_sections}", "<=", 1.5, " GB"),
 }
