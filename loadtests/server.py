@@ -104,6 +104,20 @@ def tree_total(pid: int, value) -> float:
     return total
 
 
+def stop_group(proc: subprocess.Popen, log=subprocess.DEVNULL, timeout: float = 20) -> None:
+    """SIGTERM to a server's process group (a supervisor and its workers share it), SIGKILL to its whole tree after
+    ``timeout`` s (the group would miss workers that left it), then close its log file."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_tree(proc)
+    if log is not subprocess.DEVNULL:
+        log.close()
+
+
 class Server:
     """A ``bentoml serve`` subprocess in its own process group; ``rss()`` sums its whole process tree."""
 
@@ -144,15 +158,7 @@ class Server:
         return int(tree_total(self.proc.pid, lambda p: p.memory_info().rss))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                kill_tree(self.proc)  # the group would miss the workers (process_tree)
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
+        stop_group(self.proc, self._log)
         self._home.cleanup()
 
     def __enter__(self):

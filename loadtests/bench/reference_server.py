@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from loadtests import ROOT
-from loadtests.server import free_port, kill_tree, wait_ready
+from loadtests.server import free_port, stop_group, wait_ready
 
 MODULE = "loadtests.bench.reference_server"  # not __name__: that is "__main__" when run with -m
 WORKER_HEADER = "X-Rnntext-Worker"  # as loadtests/bench/http_load.py counts it
@@ -213,17 +212,8 @@ class ReferenceServer:
         return wait_ready(self.url, self.proc, timeout, name="reference server", log_path=self.log_path)
 
     def stop(self) -> None:
-        """SIGTERM to the group (uvicorn's supervisor and its workers: they share it), SIGKILL to the tree after
-        20 s."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                kill_tree(self.proc)
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
+        """uvicorn's supervisor and its workers share a process group: loadtests.server.stop_group."""
+        stop_group(self.proc, self._log)
 
     def __enter__(self):
         return self

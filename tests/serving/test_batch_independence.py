@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from serving_helpers import Server, generated_text, sse_events
+from serving_helpers import generated_text, server, sse_events  # noqa: F401 (server: the fixture)
 
 from loadtests.server import ONE_CLIENT_LIMITS
 from serving.config import usable_cores
@@ -26,16 +26,9 @@ OTHER = {"prompt": "The", "max_chars": CHARS, "temperature": 0.9}  # unseeded: e
 ARTICLE = "Shares in the telecoms group rose after it reported profits above forecasts for the third quarter. " * 8
 
 
-@pytest.fixture(scope="module")
-def server():
-    # default model settings; the per-client quotas are lifted, since every stream here comes from one address
-    env = dict(ONE_CLIENT_LIMITS, **({"RNNTEXT_WORKERS": "2"} if usable_cores() < 2 else {}))
-    srv = Server(env=env)
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        srv.stop()
+# the shared module-scoped ``server`` fixture (serving_helpers) reads this: default model settings, the per-client
+# quotas lifted since every stream here comes from one address, and at least 2 workers
+SERVER_ENV = dict(ONE_CLIENT_LIMITS, **({"RNNTEXT_WORKERS": "2"} if usable_cores() < 2 else {}))
 
 
 def text_of(server, body: dict) -> tuple[str, int]:
