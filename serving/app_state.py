@@ -163,8 +163,8 @@ class AppState:
         state = self.generator.start("The ", None, 0)
         for b in (1, 4, 16):
             self.generator.advance([copy.deepcopy(state) for _ in range(b)], [0] * b)
-            if self.generator.fused:  # the decode graph at the tick sizes the stepper uses
-                for k in {1, self.stepper.steps_for(b)}:
+            if self.generator.fused:  # the decode graph at the tick sizes the stepper uses (a new stream's ramp)
+                for k in {1, 2, 4, 8, 16, self.stepper.steps_for(b)}:
                     self.generator.decode_steps([state] * b, [None] * b, [(0.0, None, None)] * b, k)
                     self.generator.decode_steps([state] * b, [None] * b, [(0.0, None, None)] * b, k, wide=True)
         self._ready = self.batcher_warm = False
