@@ -5,7 +5,7 @@ folder each runtime loads.
 model folders into the BentoML model store (``$BENTOML_HOME/models``) as one BentoML model:
 
     rnntext-classifier:<version>    manifest.json, model.onnx, model.ts
-    rnntext-generator:<version>     manifest.json, prefill.onnx, step.onnx, decode.onnx, prefill.ts, step.ts, *.int8.onnx
+    rnntext-generator:<version>     manifest.json, step/prefill/decode .onnx, step/prefill .ts, *.int8.onnx
 
 ``<version>`` is the first 16 hex digits of the sha256 of the manifest (canonical JSON); the manifest lists the
 sha256 of every file, so the same export always gets the same tag and any change to it gets a new one. Labels
