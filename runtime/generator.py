@@ -96,10 +96,11 @@ class Decoded:
         state.h, state.c = self.h[n - 1, :, b].copy(), self.c[n - 1, :, b].copy()
         state.logits = self.logits[n - 1, b].copy()
         if rng is not None and self._rng_states[b] is not None:
-            rng.bit_generator.state = self._rng_states[b]  # rewind, then draw what the n characters used
             used = int(self._draws[:n, b].sum())
-            if used:
-                rng.random(used)
+            if used < int(self._draws[:, b].sum()):  # it drew for characters it does not keep
+                rng.bit_generator.state = self._rng_states[b]  # rewind, then draw what the n characters used
+                if used:
+                    rng.random(used)
 
 
 class BoundStep:
@@ -342,12 +343,16 @@ class TextStream:
         self._chunk: Decoded | None = None  # the decode call whose characters are being handed out
         self._pos = 0  # how many of them have been
 
-    @property
-    def state(self) -> GenState:
+    def _commit(self) -> None:
+        """Move the state to just after the decode call's characters handed out so far (none: it stays)."""
         if self._chunk is not None and self._pos:
             self._chunk.take(0, self._pos, self._state, self._rng)
             self.runtime.save_rng(self._state, self._rng)
-            self._chunk = None
+        self._chunk = None
+
+    @property
+    def state(self) -> GenState:
+        self._commit()
         if self._stale:
             h, c = self._bound.state()  # (L, 1, H)
             self._state.h, self._state.c = h[:, 0], c[:, 0]
@@ -376,7 +381,7 @@ class TextStream:
 
     def _next_fused(self) -> str:
         if self._chunk is None or self._pos == len(self._chunk.ids):
-            self.state  # noqa: B018 (commits the previous chunk)
+            self._commit()
             k = min(self.CHUNK, self.remaining)
             self._chunk = self.runtime.decode_steps([self._state], [self._rng], [self.sampling], k, wide=True)
             self._pos = 0

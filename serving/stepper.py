@@ -313,8 +313,9 @@ class Stepper:
         def record(j: int, b: int, i: int, top: int):  # computed only for the characters a stream keeps
             return lambda: char_logprob(dec.logits_before(j, b), i, top)
 
+        ids = dec.ids.T.tolist()  # (B, K) python ints
         chars = [
-            [(int(dec.ids[j, b]), None if s.top is None else record(j, b, int(dec.ids[j, b]), s.top)) for j in range(k)]
+            [(i, None if s.top is None else record(j, b, i, s.top)) for j, i in enumerate(ids[b])]
             for b, s in enumerate(batch)
         ]
         return chars, lambda b, n: dec.take(b, n, batch[b].state, batch[b].rng)

@@ -37,13 +37,14 @@ from pathlib import Path
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from loadtests import ROOT
+from loadtests.bench.http_load import WORKER_HEADER  # the header the bench counts workers by
 from loadtests.server import free_port, stop_group, wait_ready
+from serving.config import Settings
 
 MODULE = "loadtests.bench.reference_server"  # not __name__: that is "__main__" when run with -m
-WORKER_HEADER = "X-Rnntext-Worker"  # as loadtests/bench/http_load.py counts it
-# the service's defaults (serving/config.py RNNTEXT_MAX_TEXTS, RNNTEXT_MAX_TEXT_CHARS)
-MAX_TEXTS = 64
-MAX_TEXT_CHARS = 20_000
+# the service's defaults (RNNTEXT_MAX_TEXTS, RNNTEXT_MAX_TEXT_CHARS)
+MAX_TEXTS = Settings.model_fields["max_texts"].default
+MAX_TEXT_CHARS = Settings.model_fields["max_text_chars"].default
 # the workers (uvicorn spawns them) read their settings from these
 ENV = {
     "models": "RNNTEXT_REFERENCE_MODELS",

@@ -25,7 +25,7 @@ import numpy as np
 
 from training.common.rowint8 import ZERO_POINT, _Graph, emit_step, make_model, split_layers, stack_layers
 
-DOUBLE, INT64, BOOL = 11, 7, 9  # onnx.TensorProto data types
+DOUBLE, INT64 = 11, 7  # onnx.TensorProto data types
 
 
 def emit_sampler_setup(g: _Graph, temperature: str, top_k: str, top_p: str, vocab: int) -> dict:
@@ -41,7 +41,7 @@ def emit_sampler_setup(g: _Graph, temperature: str, top_k: str, top_p: str, voca
     k_on = g.op(
         "And", [g.op("Greater", [k, g.const("s_k0", np.int64(0))]), g.op("Less", [k, g.const("s_kv", np.int64(vocab))])]
     )
-    k = g.op("Where", [k_on, k, g.const("s_kv2", np.int64(vocab))])
+    k = g.op("Where", [k_on, k, g.const("s_kv", np.int64(vocab))])
     rank = g.const("s_rank", np.arange(vocab, dtype=np.int64)[None])  # (1, V)
     keep_k = g.op("Cast", [g.op("Less", [rank, k])], to=DOUBLE)  # (B, V): 1 for the top_k ranks
     tp = g.op("Unsqueeze", [top_p, ax1])

@@ -1,7 +1,7 @@
 """``quantize``: int8 variants of exported ONNX graphs, measured against fp32 and accepted only above a quality bar.
 
     quantize_file(src, dst)           onnxruntime.quantization.quantize_dynamic with QInt8 weights
-    quantize_role(kind, role, src, dst)  the generator's step graph row-wise (rowint8.py), every other graph as above
+    quantize_role(kind, role, ...)    an LSTM generator's step and decode graphs row-wise (rowint8.py), others so
     classifier_quality(...)           held-out accuracy fp32 vs int8, agreement, max abs logit difference
     generator_quality(...)            bits/char fp32 vs int8, teacher forced through the step graphs
     add_int8_classifier / _generator  quantize + measure + record the manifest's "precisions" entry
@@ -38,8 +38,8 @@ METHOD = "onnxruntime.quantization.quantize_dynamic: QInt8 weights (per tensor),
 # the generator's step graph runs batches of streams: its activations get one scale per row (a stream's numbers do not
 # depend on its batch-mates); the prefill graph reads one prompt per call, where per tensor is per stream already
 GENERATOR_METHOD = (
-    "step: training.common.rowint8 (int8 weights per output column, activations quantized per row at run time: "
-    "batch-independent); prefill: " + METHOD + " (one prompt per call)"
+    "step and decode: training.common.rowint8 (int8 weights per output column, activations quantized per row at run "
+    "time: batch-independent); prefill: " + METHOD + " (one prompt per call)"
 )
 # acceptance bars (docs/export_format.md): int8 must not lose accuracy / may cost at most 0.005 bits per char
 CLASSIFIER_BAR = {"min_accuracy_change": 0.0, "min_agreement": 0.995}
@@ -65,19 +65,17 @@ def quantize_file(src: Path, dst: Path) -> None:
         logging.disable(logging.NOTSET)
 
 
-def quantize_role(kind: str, role: str, src: Path, dst: Path, step: Path | None = None) -> None:
-    """The int8 variant of one graph of an exported folder: the generator's step graph row-wise, its decode graph
-    (built from the fp32 step graph ``step``'s weights) with the same row-wise step inside, the rest dynamic."""
-    import onnx
+def quantize_role(kind: str, role: str, src: Path, dst: Path, weights: dict | None = None) -> None:
+    """The int8 variant of one graph of an exported folder. With an LSTM generator's ``weights``
+    (rowint8.lstm_weights of its fp32 step graph): the step graph row-wise, and the decode graph with that same
+    row-wise step inside; every other graph dynamically quantized."""
+    if kind == "generator" and weights is not None and role in ("step", "decode"):
+        import onnx
 
-    from training.common import rowint8
-
-    if kind == "generator" and role == "decode":
         from training.common.decode_graph import decode_graph
+        from training.common.rowint8 import step_graph
 
-        onnx.save(decode_graph(rowint8.lstm_weights(step)), str(dst))
-    elif kind == "generator" and role == "step" and rowint8.supports(src):
-        onnx.save(rowint8.step_graph(rowint8.lstm_weights(src)), str(dst))
+        onnx.save(step_graph(weights) if role == "step" else decode_graph(weights), str(dst))
     else:
         quantize_file(src, dst)
 
@@ -170,11 +168,12 @@ def decode_parity(runtime, chars: int = DECODE_CHECK_CHARS) -> dict:
                 dec.take(0, n, state, rng)
                 ids += dec.ids[:, 0].tolist()
             texts[steps] = ids
+        first = texts[DECODE_CHECK_K[0]]
         out[name] = {
             "chars": chars,
-            "same_for_every_k": all(v == texts[DECODE_CHECK_K[0]] for v in texts.values()),
-            "equal_to_step_graph": texts[DECODE_CHECK_K[0]] == ref,
-            "first_difference": next((i for i, (a, b) in enumerate(zip(texts[1], ref)) if a != b), None),
+            "same_for_every_k": all(v == first for v in texts.values()),
+            "equal_to_step_graph": first == ref,
+            "first_difference": next((i for i, (a, b) in enumerate(zip(first, ref)) if a != b), None),
         }
     return out
 
@@ -233,24 +232,22 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def add_fp32_decode(folder: Path, man: dict, say=_say) -> dict:
-    """An LSTM generator's fp32 decode graph (decode_graph.py), written beside its step graph and added to the
-    fp32 files -> the manifest (not yet written). Other kinds and cells: the manifest unchanged."""
+def add_fp32_decode(folder: Path, man: dict, weights: dict | None, say=_say) -> dict:
+    """An LSTM generator's fp32 decode graph (decode_graph.py) from its step graph's ``weights``, written beside it
+    and added to the fp32 files -> the manifest (not yet written). No weights (other kinds, cells): unchanged."""
+    if weights is None:
+        return man
     import onnx
 
-    from training.common import rowint8
     from training.common.decode_graph import decode_graph
 
     variants = precision_variants(man)
-    fp32_files = dict(variants["fp32"]["files"])
-    if man.get("kind") != "generator" or not rowint8.supports(folder / fp32_files["step"]):
-        return man
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "decode.onnx"
-        onnx.save(decode_graph(rowint8.lstm_weights(folder / fp32_files["step"]), int8=False), str(out))
+        onnx.save(decode_graph(weights, int8=False), str(out))
         shutil.move(str(out), folder / out.name)
     say(f"generator: decode.onnx {(folder / 'decode.onnx').stat().st_size / 1e6:.1f} MB (K characters per call)")
-    fp32_files["decode"] = "decode.onnx"
+    fp32_files = {**variants["fp32"]["files"], "decode": "decode.onnx"}
     return {**man, "precisions": {**variants, "fp32": {**variants["fp32"], "files": fp32_files}}}
 
 
@@ -260,13 +257,18 @@ def quantize_graphs(folder: Path, kind: str, say=_say) -> tuple[dict, dict]:
     Each file is quantized in a temporary folder and moved in complete (the folder never holds a partial graph or
     a stray file that write_manifest would hash); then the manifest is rewritten with the variant marked
     "not measured yet" (accepted false), so the folder verifies while it is measured, and stays safe if stopped."""
-    man = add_fp32_decode(folder, load_manifest(folder, kind))  # verifies the fp32 files first
+    from training.common.rowint8 import lstm_weights
+
+    man = load_manifest(folder, kind)  # verifies the fp32 files first
+    step = precision_variants(man)["fp32"]["files"].get("step")
+    weights = lstm_weights(folder / step) if kind == "generator" else None  # read once, for both graphs
+    man = add_fp32_decode(folder, man, weights, say)
     fp32_files = precision_variants(man)["fp32"]["files"]
     int8_files = {role: int8_name(name) for role, name in fp32_files.items()}
     with tempfile.TemporaryDirectory() as tmp:
         for role, name in fp32_files.items():
             out = Path(tmp) / int8_files[role]
-            quantize_role(kind, role, folder / name, out, step=folder / fp32_files.get("step", ""))
+            quantize_role(kind, role, folder / name, out, weights)
             say(
                 f"{kind}: {name} {(folder / name).stat().st_size / 1e6:.1f} MB -> "
                 f"{out.name} {out.stat().st_size / 1e6:.1f} MB"
@@ -287,11 +289,10 @@ def _record(folder: Path, man: dict, int8_files: dict, quality: dict, failures: 
     """The measured int8 entry, written to the manifest -> the entry."""
     from importlib import metadata
 
-    from training.common.rowint8 import is_rowwise
-
     entry = {
         "files": int8_files,
-        "method": GENERATOR_METHOD if "step" in int8_files and is_rowwise(folder / int8_files["step"]) else METHOD,
+        # a decode graph is made exactly when the step graph is an LSTM's, rebuilt row-wise (quantize_graphs)
+        "method": GENERATOR_METHOD if "decode" in int8_files else METHOD,
         "accepted": not failures,
         "verdict": "; ".join(failures) if failures else "meets the bar",
         "quality": quality,

@@ -29,21 +29,9 @@ ZERO_POINT = 128  # uint8 activations: symmetric range [-127, 127] shifted by 12
 PRODUCER = "rnntext.rowint8"
 
 
-def supports(step_path: Path) -> bool:
-    """Whether the fp32 step graph is an LSTM's (GRU and vanilla RNN generators keep per-tensor dynamic int8)."""
-    import onnx
-
-    return any(n.op_type == "LSTM" for n in onnx.load(str(step_path), load_external_data=False).graph.node)
-
-
-def is_rowwise(path: Path) -> bool:
-    import onnx
-
-    return onnx.load(str(path), load_external_data=False).producer_name == PRODUCER
-
-
-def lstm_weights(step_path: Path) -> dict:
-    """The fp32 step graph's weights -> {embed (V, E), layers [(W (4H, I), R (4H, H), b (4H,))], dec_w, dec_b}."""
+def lstm_weights(step_path: Path) -> dict | None:
+    """The fp32 step graph's weights -> {embed (V, E), layers [(W (4H, I), R (4H, H), b (4H,))], dec_w, dec_b};
+    None when it has no LSTM op (GRU and vanilla RNN generators keep per-tensor dynamic int8)."""
     import onnx
     from onnx import numpy_helper
 
@@ -55,6 +43,8 @@ def lstm_weights(step_path: Path) -> dict:
             w, r, b = (init[n.input[i]] for i in (1, 2, 3))  # (1, 4H, I), (1, 4H, H), (1, 8H)
             h4 = w.shape[1]
             layers.append((w[0], r[0], b[0, :h4] + b[0, h4:]))
+    if not layers:
+        return None
     gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
     gather = next(n for n in model.graph.node if n.op_type == "Gather")
     return {
@@ -116,26 +106,18 @@ class _Graph:
         """x (B, K) fp32 @ w (N, K)^T (+ bias) -> (B, N) fp32; int8: row-wise int8 activations, exact int GEMM."""
         if not int8:
             y = self.op("MatMul", [x, self.const(name + "_w", np.ascontiguousarray(w.T.astype(np.float32)))])
-            return self.op("Add", [y, self.const(name + "_b", bias.astype(np.float32))]) if bias is not None else y
-        wq, ws = quantize_columns(w)
-        amax = self.op("ReduceMax", [self.op("Abs", [x])], axes=[1], keepdims=0)  # (B,): this row only
-        s = self.op(
-            "Div",
-            [
-                self.op("Max", [amax, self.const(name + "_eps", np.float32(1e-12))]),
-                self.const(name + "_127", np.float32(127.0)),
-            ],
-        )
-        # round(x / s) + 128 as uint8, one scale per row (axis 0)
-        u = self.op("QuantizeLinear", [x, s, self.rows_zero_point], axis=0)
-        acc = self.op(
-            "MatMulInteger", [u, self.const(name + "_wq", wq), self.const(name + "_zpa", np.uint8(ZERO_POINT))]
-        )  # (B, N) int32
-        # (acc * s) * w_scale: Cast and Mul are vectorized; DequantizeLinear per axis took 4x as long at batch 8
-        y = self.op(
-            "Mul", [self.op("Cast", [acc], to=1), self.op("Unsqueeze", [s, self.const("ax1", np.array([1], np.int64))])]
-        )
-        y = self.op("Mul", [y, self.const(name + "_ws", ws)])
+        else:
+            wq, ws = quantize_columns(w)
+            amax = self.op("ReduceMax", [self.op("Abs", [x])], axes=[1], keepdims=0)  # (B,): this row only
+            eps, c127 = self.const(name + "_eps", np.float32(1e-12)), self.const(name + "_127", np.float32(127.0))
+            s = self.op("Div", [self.op("Max", [amax, eps]), c127])
+            # round(x / s) + 128 as uint8, one scale per row (axis 0)
+            u = self.op("QuantizeLinear", [x, s, self.rows_zero_point], axis=0)
+            zp = self.const(name + "_zpa", np.uint8(ZERO_POINT))
+            acc = self.op("MatMulInteger", [u, self.const(name + "_wq", wq), zp])  # (B, N) int32
+            # (acc * s) * w_scale: Cast and Mul are vectorized; DequantizeLinear per axis took 4x as long at batch 8
+            s_col = self.op("Unsqueeze", [s, self.const("ax1", np.array([1], np.int64))])  # (B, 1)
+            y = self.op("Mul", [self.op("Mul", [self.op("Cast", [acc], to=1), s_col]), self.const(name + "_ws", ws)])
         return self.op("Add", [y, self.const(name + "_b", bias.astype(np.float32))]) if bias is not None else y
 
     def cell(self, gates: str, c_prev: str, hidden: int, name: str) -> tuple[str, str]:

@@ -78,12 +78,14 @@ def served_steps_per_second(model, steps: int) -> dict[int, float]:
 
     from runtime.providers import make_session
     from training.common.quantize import quantize_role
+    from training.common.rowint8 import lstm_weights
     from training.generator.export import export_graphs
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         export_graphs(model, folder)
-        quantize_role("generator", "step", folder / "step.onnx", folder / "step.int8.onnx")  # as exports do
+        step = folder / "step.onnx"
+        quantize_role("generator", "step", step, folder / "step.int8.onnx", lstm_weights(step))  # as exports do
         out = {}
         for threads in (1, 2):
             sess = make_session(folder / "step.int8.onnx", provider="cpu", intra_threads=threads)
